@@ -1,0 +1,1 @@
+"""Featurizer: ``frames.parsed`` -> per-frame, per-player Parquet features -> ``features.ready``."""

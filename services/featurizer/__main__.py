@@ -1,0 +1,3 @@
+from services.featurizer.service import main
+
+main()

@@ -1,0 +1,76 @@
+"""Feature tables on disk: Parquet, one row per (frame, player), schema version in the metadata."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from services.featurizer.features import FEATURE_NAMES, FEATURE_SCHEMA_VERSION, FeatureTable
+from shared.events import PlayerInfo
+
+SCHEMA_VERSION_KEY = b"rlimpact.feature_schema_version"
+PLAYERS_KEY = b"rlimpact.players"
+KEY_COLUMNS = ("replay_id", "frame", "time", "segment", "player_index", "team")
+LABEL_COLUMNS = ("label_score", "label_concede")
+
+
+class FeatureSchemaError(ValueError):
+    """A feature file written with another feature schema version."""
+
+
+def to_arrow(table: FeatureTable) -> pa.Table:
+    n_frames, n_players, _ = table.features.shape
+    teams = np.array([p.team for p in table.players], dtype=np.int8)
+    columns: dict[str, np.ndarray | pa.Array] = {
+        "replay_id": pa.array([table.replay_id] * (n_frames * n_players), pa.string()),
+        "frame": np.repeat(np.arange(n_frames, dtype=np.int32), n_players),
+        "time": np.repeat(table.time.astype(np.float32), n_players),
+        "segment": np.repeat(table.segment.astype(np.int16), n_players),
+        "player_index": np.tile(np.arange(n_players, dtype=np.int16), n_frames),
+        "team": np.tile(teams, n_frames),
+        "label_score": table.label_score.reshape(-1),
+        "label_concede": table.label_concede.reshape(-1),
+    }
+    flat = table.features.reshape(n_frames * n_players, -1)
+    for i, name in enumerate(FEATURE_NAMES):
+        columns[name] = flat[:, i]
+    metadata = {
+        SCHEMA_VERSION_KEY: str(FEATURE_SCHEMA_VERSION).encode(),
+        PLAYERS_KEY: json.dumps([p.model_dump(mode="json") for p in table.players]).encode(),
+    }
+    return pa.table(columns).replace_schema_metadata(metadata)
+
+
+def write_features(table: FeatureTable, path: Path) -> None:
+    pq.write_table(to_arrow(table), path, compression="zstd")
+
+
+def read_features(path: Path) -> FeatureTable:
+    arrow = pq.read_table(path)
+    metadata = arrow.schema.metadata or {}
+    version = int(metadata.get(SCHEMA_VERSION_KEY, b"0"))
+    if version != FEATURE_SCHEMA_VERSION:
+        raise FeatureSchemaError(
+            f"{path}: feature schema v{version}, this code reads v{FEATURE_SCHEMA_VERSION}"
+        )
+    players = [PlayerInfo.model_validate(p) for p in json.loads(metadata[PLAYERS_KEY])]
+    n_players = len(players)
+    n_rows = arrow.num_rows
+    n_frames = n_rows // n_players
+    features = np.stack([arrow.column(name).to_numpy() for name in FEATURE_NAMES], axis=1).reshape(
+        n_frames, n_players, len(FEATURE_NAMES)
+    )
+    per_frame = slice(None, None, n_players)
+    return FeatureTable(
+        replay_id=str(arrow.column("replay_id")[0]),
+        time=arrow.column("time").to_numpy()[per_frame],
+        segment=arrow.column("segment").to_numpy()[per_frame],
+        features=features.astype(np.float32),
+        label_score=arrow.column("label_score").to_numpy().reshape(n_frames, n_players),
+        label_concede=arrow.column("label_concede").to_numpy().reshape(n_frames, n_players),
+        players=players,
+    )

@@ -1,0 +1,1 @@
+"""Ingestor: watched folder -> blob store + ``replays`` row -> ``replay.uploaded``."""

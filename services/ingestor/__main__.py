@@ -1,0 +1,3 @@
+from services.ingestor.service import main
+
+main()

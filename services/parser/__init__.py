@@ -1,0 +1,1 @@
+"""Parser: ``replay.uploaded`` -> frames (compact array file) -> ``frames.parsed``."""

@@ -1,0 +1,3 @@
+from services.parser.service import main
+
+main()

@@ -1,0 +1,1 @@
+"""Scorer: ``features.ready`` -> onnxruntime impact model -> ``scores`` + ``scores.emitted``."""

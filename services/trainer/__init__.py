@@ -1,0 +1,1 @@
+"""Trainer: ``train.requested`` -> PyTorch on featurized replays -> ONNX -> ``models``."""

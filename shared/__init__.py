@@ -1,0 +1,1 @@
+"""rlimpact's common library: settings, event schemas, storage, database, Kafka and metrics."""

@@ -1,0 +1,60 @@
+"""Process scaffolding for a service: logging, /metrics, database, topics, graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import asyncpg
+
+from shared import db, metrics
+from shared.kafka import EventProducer, ensure_topics, event_producer
+from shared.settings import Settings, get_settings
+
+
+@dataclass
+class ServiceContext:
+    name: str
+    settings: Settings
+    pool: asyncpg.Pool
+    producer: EventProducer
+    stop: asyncio.Event
+
+
+def run_service(name: str, body: Callable[[ServiceContext], Awaitable[None]]) -> None:
+    """Entry point of every service process: ``run_service("parser", run)``."""
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s"
+    )
+    settings = get_settings()
+    metrics.serve(name, settings.metrics_host, settings.metrics_port(name))
+    asyncio.run(_main(name, settings, body))
+
+
+@asynccontextmanager
+async def service_context(name: str, settings: Settings) -> AsyncIterator[ServiceContext]:
+    """Database (migrated), topics (created) and a producer: what a service or the CLI needs."""
+    pool = await db.connect(settings)
+    try:
+        await db.migrate(pool)
+        await ensure_topics(settings)
+        async with event_producer(settings, name) as producer:
+            yield ServiceContext(name, settings, pool, producer, asyncio.Event())
+    finally:
+        await pool.close()
+
+
+async def _main(
+    name: str, settings: Settings, body: Callable[[ServiceContext], Awaitable[None]]
+) -> None:
+    async with service_context(name, settings) as ctx:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, ctx.stop.set)
+        logging.getLogger(name).info("started; metrics on :%d", settings.metrics_port(name))
+        await body(ctx)
+    logging.getLogger(name).info("stopped")

@@ -1,0 +1,123 @@
+"""A private stack for the integration tests: its own Kafka, Postgres, data dir and ports.
+
+The stack is started with the project's own ``deploy/stack.sh`` (real Kafka from Maven Central
+jars, Debian's Postgres), so the tests run on exactly what users run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from shared.settings import REPO_ROOT, SERVICE_NAMES, Settings
+
+T = TypeVar("T")
+
+TEST_PORTS = {
+    "RLIMPACT_KAFKA_PORT": "19092",
+    "RLIMPACT_KAFKA_CONTROLLER_PORT": "19093",
+    "RLIMPACT_PG_PORT": "15433",
+    "RLIMPACT_METRICS_BASE_PORT": "19181",
+}
+
+
+@dataclass
+class Stack:
+    env: dict[str, str]
+    settings: Settings
+    data_dir: Path
+    processes: dict[str, subprocess.Popen[bytes]]
+
+    def log(self, service: str) -> str:
+        return (self.data_dir / "logs" / f"{service}.log").read_text(errors="replace")
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "services.cli", *args],
+            env=self.env,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+
+def _stack_script(command: str, env: dict[str, str], check: bool = True) -> None:
+    script = REPO_ROOT / "deploy" / "stack.sh"
+    subprocess.run(["bash", str(script), command], env=env, check=check)
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    # Not in pytest's tmp dir: that is private to root, and Postgres runs as user postgres.
+    data_dir = Path(
+        os.environ.get("RLIMPACT_TEST_DATA_DIR", REPO_ROOT / ".rlimpact" / "test-stack")
+    )
+    env = {
+        **os.environ,
+        **TEST_PORTS,
+        "RLIMPACT_DATA_DIR": str(data_dir),
+        "RLIMPACT_KAFKA_BOOTSTRAP": f"127.0.0.1:{TEST_PORTS['RLIMPACT_KAFKA_PORT']}",
+        # The jars are fetched once into the default data dir and shared.
+        "RLIMPACT_KAFKA_LIB_DIR": os.environ.get(
+            "RLIMPACT_KAFKA_LIB_DIR", str(REPO_ROOT / ".rlimpact" / "kafka-lib")
+        ),
+        "RLIMPACT_WATCH_INTERVAL_SECONDS": "0.5",
+        "RLIMPACT_MODEL_POLL_SECONDS": "0.5",
+        "PYTHONUNBUFFERED": "1",
+    }
+    if data_dir.exists():  # left over from an interrupted run
+        _stack_script("stop", env, check=False)
+        shutil.rmtree(data_dir)
+    data_dir.mkdir(parents=True)
+    settings = Settings.model_validate(
+        {
+            k.removeprefix("RLIMPACT_").lower(): v
+            for k, v in env.items()
+            if k.startswith("RLIMPACT_")
+        }
+    )
+    (data_dir / "logs").mkdir()
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        _stack_script("start", env)
+        for name in SERVICE_NAMES:
+            processes[name] = subprocess.Popen(
+                [sys.executable, "-m", f"services.{name}"],
+                env=env,
+                cwd=REPO_ROOT,
+                stdout=(data_dir / "logs" / f"{name}.log").open("wb"),
+                stderr=subprocess.STDOUT,
+            )
+        yield Stack(env, settings, data_dir, processes)
+    finally:
+        for process in processes.values():
+            process.terminate()
+        for process in processes.values():
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        _stack_script("stop", env, check=False)
+
+
+async def wait_for(
+    condition: Callable[[], Awaitable[T]], timeout: float, what: str, interval: float = 0.5
+) -> T:
+    """Poll ``condition()`` until it returns something truthy; fail with ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := await condition():
+            return result
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")

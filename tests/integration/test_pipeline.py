@@ -1,0 +1,174 @@
+"""The whole pipeline, five service processes on real Kafka and Postgres.
+
+Replays are dropped into the watched folder; the test then checks, from Postgres and from the
+Kafka topics themselves, that every player of every parsed replay is scored exactly once, that
+every bad file is dead-lettered with a reason, and that dropping the same files again adds
+nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import urllib.request
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from shared.events import (
+    REPLAY_FAILED,
+    SCORES_EMITTED,
+    ReplayFailed,
+    ScoreEmitted,
+    decode,
+)
+from shared.settings import SERVICE_NAMES
+from tests.integration.conftest import Stack, wait_for
+
+pytestmark = pytest.mark.integration
+
+N_GOOD = 20
+STAGE_TIMEOUT = 240.0
+
+
+@dataclass
+class Collected:
+    failed: list[ReplayFailed] = field(default_factory=list)
+    scores: list[ScoreEmitted] = field(default_factory=list)
+
+
+@pytest.fixture(scope="module")
+async def collected(stack: Stack) -> AsyncIterator[Collected]:
+    """Everything that appears on replay.failed and scores.emitted during the test."""
+    consumer = AIOKafkaConsumer(
+        REPLAY_FAILED.name,
+        SCORES_EMITTED.name,
+        bootstrap_servers=stack.settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        group_id=None,
+    )
+    await consumer.start()
+    result = Collected()
+
+    async def collect() -> None:
+        async for record in consumer:
+            if record.topic == REPLAY_FAILED.name:
+                result.failed.append(decode(ReplayFailed, record.value))
+            else:
+                result.scores.append(decode(ScoreEmitted, record.value))
+
+    task = asyncio.create_task(collect())
+    yield result
+    task.cancel()
+    await consumer.stop()
+
+
+@pytest.fixture(scope="module")
+async def pg(stack: Stack) -> AsyncIterator[asyncpg.Connection]:
+    async def connect() -> asyncpg.Connection | None:
+        try:
+            return await asyncpg.connect(stack.settings.pg_dsn)
+        except (OSError, asyncpg.PostgresError):
+            return None
+
+    conn = await wait_for(connect, 60, "Postgres")
+    yield conn
+    await conn.close()
+
+
+def _pick_good(good_replays):
+    """Small-to-medium replays with goals, so the trainer gets real labels quickly."""
+    with_goals = [r for r in good_replays if (r.goals or 0) >= 1 and r.team_size]
+    return sorted(with_goals, key=lambda r: r.path.stat().st_size)[10 : 10 + N_GOOD]
+
+
+async def _count(pg: asyncpg.Connection, sql: str) -> int:
+    return await pg.fetchval(sql)
+
+
+def _metric(stack: Stack, service: str, name: str) -> float:
+    port = stack.settings.metrics_port(service)
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in body.splitlines()
+        if line.startswith(name) and not line.startswith("#")
+    )
+
+
+async def test_replays_flow_to_exactly_one_score_per_player(
+    stack: Stack, pg: asyncpg.Connection, collected: Collected, good_replays, bad_replays
+):
+    good, bad = _pick_good(good_replays), bad_replays[:3]
+    assert len(good) == N_GOOD
+    inbox = stack.settings.inbox_dir
+    await wait_for(lambda: _exists(inbox), 60, "the ingestor to create its inbox")
+    for replay in [*good, *bad]:
+        shutil.copy(replay.path, inbox / replay.path.name)
+    total = len(good) + len(bad)
+
+    async def settled() -> bool:
+        n = await _count(pg, "SELECT count(*) FROM replays WHERE status IN ('featurized','failed')")
+        return n == total
+
+    await wait_for(settled, STAGE_TIMEOUT, f"{total} replays to be featurized or failed")
+    featurized = await _count(pg, "SELECT count(*) FROM replays WHERE status = 'featurized'")
+    assert featurized >= N_GOOD - 1, "the chosen replays all parse with subtr-actor"
+    assert await _count(pg, "SELECT count(*) FROM scores") == 0, "no model yet: nothing scored"
+
+    train = stack.cli("train")
+    assert train.returncode == 0, train.stderr
+    n_players = await _count(
+        pg,
+        "SELECT count(*) FROM replay_players p JOIN replays r ON r.id = p.replay_id"
+        " WHERE r.status = 'featurized'",
+    )
+
+    async def all_scored() -> bool:
+        return len(collected.scores) >= n_players
+
+    await wait_for(all_scored, STAGE_TIMEOUT, f"{n_players} scores.emitted events")
+
+    rows = await pg.fetch(
+        "SELECT p.replay_id, p.player_index, count(s.*) AS n FROM replay_players p"
+        " JOIN replays r ON r.id = p.replay_id LEFT JOIN scores s USING (replay_id, player_index)"
+        " WHERE r.status = 'featurized' GROUP BY 1, 2"
+    )
+    assert len(rows) == n_players and all(row["n"] == 1 for row in rows)
+    events = Counter((e.replay_id, e.player_index) for e in collected.scores)
+    assert set(events) == {(row["replay_id"], row["player_index"]) for row in rows}
+    assert set(events.values()) == {1}
+
+    failed = {e.replay_id: e for e in collected.failed}
+    for replay in bad:
+        assert replay.sha256 in failed, f"{replay.path.name} has no replay.failed event"
+        assert failed[replay.sha256].stage == "parse" and failed[replay.sha256].reason
+
+    # The same files again, under new names: nothing new anywhere.
+    replays_before = await _count(pg, "SELECT count(*) FROM replays")
+    duplicates_before = _metric(stack, "ingestor", "rlimpact_ingest_duplicates_total")
+    for replay in [*good, *bad]:
+        shutil.copy(replay.path, inbox / f"again-{replay.path.name}")
+
+    async def all_seen_as_duplicates() -> bool:
+        seen = _metric(stack, "ingestor", "rlimpact_ingest_duplicates_total")
+        return seen - duplicates_before == total
+
+    await wait_for(all_seen_as_duplicates, 60, "the ingestor to see the copies")
+    await asyncio.sleep(3)  # anything wrongly announced would be scored by now
+    assert await _count(pg, "SELECT count(*) FROM replays") == replays_before
+    assert await _count(pg, "SELECT count(*) FROM scores") == n_players
+    assert len(collected.scores) == n_players
+    assert len({e.replay_id for e in collected.failed}) == len(collected.failed)
+
+    for name in SERVICE_NAMES:
+        assert stack.processes[name].poll() is None, f"{name} died:\n{stack.log(name)[-3000:]}"
+        assert _metric(stack, name, "rlimpact_up") == 1.0
+
+
+async def _exists(path) -> bool:
+    return path.exists()
