@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The test command: sets up .venv, checks style, runs unit and integration tests.
+# The integration tests start their own Kafka and Postgres through deploy/stack.sh.
+set -euo pipefail
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
+cd "$REPO_ROOT"
+bash deploy/setup.sh trainer,dev
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/python -m pytest -q "$@"
