@@ -87,9 +87,12 @@ class ReplayUploaded(Event):
     source: str = "watch"
 
 
+Stage = Literal["ingest", "parse", "featurize", "score"]
+
+
 class ReplayFailed(Event):
     replay_id: str
-    stage: Literal["ingest", "parse", "featurize", "score"]
+    stage: Stage
     reason: str
     error_type: str
     uri: str | None = None

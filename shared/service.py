@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from shared import db, metrics
+from shared.events import REPLAY_FAILED, ReplayFailed, Stage
 from shared.kafka import EventProducer, ensure_topics, event_producer
 from shared.settings import Settings, get_settings
 
@@ -23,6 +24,21 @@ class ServiceContext:
     pool: asyncpg.Pool
     producer: EventProducer
     stop: asyncio.Event
+
+    async def fail_replay(
+        self, replay_id: str, stage: Stage, reason: str, error_type: str, uri: str | None = None
+    ) -> None:
+        """Dead-letter a replay: ``failed`` in Postgres and a ``replay.failed`` event."""
+        metrics.ERRORS.labels(self.name, error_type).inc()
+        logging.getLogger(self.name).warning("failed %s: %s", replay_id[:12], reason)
+        async with self.pool.acquire() as conn:
+            await db.set_status(conn, replay_id, stage, "failed", reason)
+        await self.producer.send(
+            REPLAY_FAILED,
+            ReplayFailed(
+                replay_id=replay_id, stage=stage, reason=reason, error_type=error_type, uri=uri
+            ),
+        )
 
 
 def run_service(name: str, body: Callable[[ServiceContext], Awaitable[None]]) -> None:

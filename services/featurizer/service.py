@@ -37,9 +37,14 @@ def featurize_to_store(
 
 async def run(ctx: ServiceContext) -> None:
     async def handle(event: FramesParsed) -> None:
-        ready = await asyncio.to_thread(
-            featurize_to_store, event, ctx.settings.horizon_seconds, ctx.settings.blob_dir
-        )
+        try:
+            ready = await asyncio.to_thread(
+                featurize_to_store, event, ctx.settings.horizon_seconds, ctx.settings.blob_dir
+            )
+        except (OSError, ValueError) as error:  # missing/corrupt frames file, bad contents
+            reason = f"cannot featurize: {error}"
+            await ctx.fail_replay(event.replay_id, "featurize", reason, type(error).__name__)
+            return
         async with ctx.pool.acquire() as conn:
             await db.set_status(
                 conn, event.replay_id, NAME, "featurized", features_uri=ready.features_uri

@@ -9,13 +9,11 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from services.parser.parse import ReplayParseError, parse_replay_file
-from shared import db, metrics
+from shared import db
 from shared.events import (
     FRAMES_PARSED,
-    REPLAY_FAILED,
     REPLAY_UPLOADED,
     FramesParsed,
-    ReplayFailed,
     ReplayUploaded,
 )
 from shared.kafka import consume
@@ -87,20 +85,7 @@ class Parser:
         log.info("parsed %s: %d frames", event.replay_id[:12], parsed.n_frames)
 
     async def _fail(self, event: ReplayUploaded, reason: str, error_type: str) -> None:
-        metrics.ERRORS.labels(NAME, error_type).inc()
-        log.warning("failed %s (%s): %s", event.replay_id[:12], event.filename, reason)
-        async with self.ctx.pool.acquire() as conn:
-            await db.set_status(conn, event.replay_id, NAME, "failed", reason)
-        await self.ctx.producer.send(
-            REPLAY_FAILED,
-            ReplayFailed(
-                replay_id=event.replay_id,
-                stage="parse",
-                reason=reason,
-                error_type=error_type,
-                uri=event.uri,
-            ),
-        )
+        await self.ctx.fail_replay(event.replay_id, "parse", reason, error_type, event.uri)
 
 
 async def run(ctx: ServiceContext) -> None:
