@@ -259,6 +259,7 @@ def cmd_up(_: argparse.Namespace, settings: Settings) -> int:
             f"{service}: started (pid {process.pid}, metrics :{settings.metrics_port(service)},"
             f" log {logs / f'{service}.log'})"
         )
+    settings.inbox_dir.mkdir(parents=True, exist_ok=True)
     print(f"drop .replay files into {settings.inbox_dir}")
     return 0
 
