@@ -21,7 +21,6 @@ class Settings(BaseSettings):
         REPO_ROOT / ".rlimpact", description="Kafka/Postgres data, blobs, watch dir"
     )
     kafka_bootstrap: str = "127.0.0.1:9092"
-    kafka_port: int = 9092
     pg_host: str = "127.0.0.1"
     pg_port: int = 5433
     pg_user: str = "rlimpact"

@@ -28,11 +28,12 @@ WORKER_RECYCLE_AFTER = 50  # replays per worker process, bounding any leak in th
 def parse_to_store(uri: str, replay_id: str, fps: float, blob_dir: Path) -> FramesParsed:
     """Runs in a worker process: parse the stored replay and write its frames file."""
     parsed = parse_replay_file(uri_to_path(uri), replay_id, fps)
-    with BlobStore(blob_dir).writer("frames", replay_id, ".npz") as tmp:
+    store = BlobStore(blob_dir)
+    with store.writer("frames", replay_id, ".npz") as tmp:
         parsed.save(tmp)
     return FramesParsed(
         replay_id=replay_id,
-        frames_uri=BlobStore(blob_dir).path_for("frames", replay_id, ".npz").as_uri(),
+        frames_uri=store.path_for("frames", replay_id, ".npz").as_uri(),
         n_frames=parsed.n_frames,
         fps=fps,
         team_size=parsed.team_size,
