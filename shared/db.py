@@ -78,15 +78,19 @@ async def set_status(
     reason: str | None = None,
     **columns: Any,
 ) -> None:
+    """Set a replay's status and record the change; a replay with no row (rejected at ingest,
+    before it was recorded) has no status to set."""
     assignments = "".join(f", {name} = ${i}" for i, name in enumerate(columns, start=4))
-    await conn.execute(
+    updated = await conn.fetchval(
         f"UPDATE replays SET status = $2, status_reason = $3, updated_at = now(){assignments}"
-        " WHERE id = $1",
+        " WHERE id = $1 RETURNING id",
         replay_id,
         status,
         reason,
         *columns.values(),
     )
+    if updated is None:
+        return
     await conn.execute(
         "INSERT INTO replay_status_history (replay_id, stage, status, reason)"
         " VALUES ($1, $2, $3, $4)",

@@ -10,8 +10,8 @@ from pathlib import Path
 from prometheus_client import Counter
 
 from services.ingestor.ingest import FolderWatcher, IngestRejected, upload_event
-from shared import db, metrics
-from shared.events import REPLAY_FAILED, REPLAY_UPLOADED, ReplayFailed, ReplayUploaded
+from shared import db
+from shared.events import REPLAY_UPLOADED, ReplayUploaded
 from shared.service import ServiceContext, run_service
 from shared.storage import BlobStore, sha256_file
 
@@ -66,19 +66,8 @@ async def republish_unannounced(ctx: ServiceContext) -> int:
 
 
 async def _reject(path: Path, reason: str, ctx: ServiceContext) -> None:
-    metrics.ERRORS.labels(NAME, "rejected").inc()
     replay_id = await asyncio.to_thread(sha256_file, path)
-    log.warning("rejected %s: %s", path.name, reason)
-    await ctx.producer.send(
-        REPLAY_FAILED,
-        ReplayFailed(
-            replay_id=replay_id,
-            stage="ingest",
-            reason=reason,
-            error_type="IngestRejected",
-            uri=path.as_uri(),
-        ),
-    )
+    await ctx.fail_replay(replay_id, "ingest", reason, "IngestRejected", path.as_uri())
 
 
 async def run(ctx: ServiceContext) -> None:

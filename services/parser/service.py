@@ -65,11 +65,15 @@ class Parser:
                 settings.blob_dir,
             )
         except ReplayParseError as error:
-            await self._fail(event, error.reason, "ReplayParseError")
+            await self.ctx.fail_replay(
+                event.replay_id, "parse", error.reason, "ReplayParseError", event.uri
+            )
             return
         except BrokenProcessPool:
             self.pool = self._new_pool()
-            await self._fail(event, "parser worker process died", "WorkerCrashed")
+            await self.ctx.fail_replay(
+                event.replay_id, "parse", "parser worker process died", "WorkerCrashed", event.uri
+            )
             return
         async with self.ctx.pool.acquire() as conn, conn.transaction():
             await db.replace_players(conn, event.replay_id, parsed.players)
@@ -84,9 +88,6 @@ class Parser:
             )
         await self.ctx.producer.send(FRAMES_PARSED, parsed)
         log.info("parsed %s: %d frames", event.replay_id[:12], parsed.n_frames)
-
-    async def _fail(self, event: ReplayUploaded, reason: str, error_type: str) -> None:
-        await self.ctx.fail_replay(event.replay_id, "parse", reason, error_type, event.uri)
 
 
 async def run(ctx: ServiceContext) -> None:
