@@ -23,11 +23,13 @@ from shared.settings import REPO_ROOT, SERVICE_NAMES, Settings
 
 T = TypeVar("T")
 
+# Several checkouts (or developers) can run the suite side by side with distinct offsets.
+PORT_OFFSET = int(os.environ.get("RLIMPACT_TEST_PORT_OFFSET", "0"))
 TEST_PORTS = {
-    "RLIMPACT_KAFKA_PORT": "19092",
-    "RLIMPACT_KAFKA_CONTROLLER_PORT": "19093",
-    "RLIMPACT_PG_PORT": "15433",
-    "RLIMPACT_METRICS_BASE_PORT": "19181",
+    "RLIMPACT_KAFKA_PORT": str(19092 + PORT_OFFSET),
+    "RLIMPACT_KAFKA_CONTROLLER_PORT": str(19093 + PORT_OFFSET),
+    "RLIMPACT_PG_PORT": str(15433 + PORT_OFFSET),
+    "RLIMPACT_METRICS_BASE_PORT": str(19181 + PORT_OFFSET),
 }
 
 
@@ -61,7 +63,9 @@ def _stack_script(command: str, env: dict[str, str], check: bool = True) -> None
 def stack() -> Iterator[Stack]:
     # Not in pytest's tmp dir: that is private to root, and Postgres runs as user postgres.
     data_dir = Path(
-        os.environ.get("RLIMPACT_TEST_DATA_DIR", REPO_ROOT / ".rlimpact" / "test-stack")
+        os.environ.get(
+            "RLIMPACT_TEST_DATA_DIR", REPO_ROOT / ".rlimpact" / f"test-stack-{PORT_OFFSET}"
+        )
     )
     env = {
         **os.environ,

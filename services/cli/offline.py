@@ -1,0 +1,107 @@
+"""Offline commands: score and train on replay files in-process, no servers needed."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from services.cli.common import DEFAULT_MODEL_FILE, replay_files
+from shared.settings import Settings
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    train = commands.add_parser("train", help="ask the trainer service to train (or --local)")
+    train.add_argument(
+        "--promote", choices=["if-none-active", "always", "never"], default="if-none-active"
+    )
+    train.add_argument(
+        "--local",
+        type=Path,
+        metavar="REPLAY_DIR",
+        help="train in-process on the replays of this folder instead (no servers needed)",
+    )
+    train.add_argument("--out", type=Path, help="with --local: where to write the ONNX model")
+    train.add_argument("--epochs", type=int, default=6)
+    train.add_argument("--seed", type=int, default=0)
+    train.set_defaults(func=cmd_train)
+
+    score = commands.add_parser("score", help="score replay files offline (no servers needed)")
+    score.add_argument("paths", nargs="+", type=Path, help="replay files or folders")
+    score.add_argument("--model", type=Path, help="ONNX model (default: the shipped model)")
+    score.set_defaults(func=cmd_score)
+
+
+def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
+    from services.featurizer.features import featurize
+    from services.parser.parse import ReplayParseError, parse_replay_file
+    from services.scorer.score import ImpactModel, score_table
+    from shared.storage import sha256_file
+
+    model_path = args.model or settings.default_model_dir / DEFAULT_MODEL_FILE
+    if not model_path.exists():
+        raise SystemExit(f"rlimpact: no model at {model_path}: train one with 'rlimpact train'")
+    model = ImpactModel(model_path)
+    files = list(replay_files(args.paths))
+    failures = 0
+    print(f"model {model.version}  (impact: mean 100 x (P(score) - P(concede)) over the replay)")
+    for path in tqdm(files, desc="score", unit="replay", disable=len(files) < 2, file=sys.stderr):
+        try:
+            parsed = parse_replay_file(path, sha256_file(path), settings.fps)
+        except ReplayParseError as error:
+            failures += 1
+            print(f"\n{path.name}: rejected: {error.reason}")
+            continue
+        scores = score_table(featurize(parsed, settings.horizon_seconds), model)
+        print(
+            f"\n{path.name}  ({parsed.team_size}v{parsed.team_size}, {parsed.n_frames} frames, "
+            f"{len(parsed.goals)} goals)"
+        )
+        print(f"  {'player':<24} {'team':<7} {'impact':>8}")
+        for score in sorted(scores, key=lambda s: (s.team, -s.impact)):
+            team = "blue" if score.team == 0 else "orange"
+            print(f"  {score.name[:24]:<24} {team:<7} {score.impact:>8.2f}")
+    return 1 if failures == len(files) else 0
+
+
+def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    if args.local is None:
+        return asyncio.run(_request_training(settings, args.promote))
+    from services.featurizer.features import featurize
+    from services.parser.parse import ReplayParseError, parse_replay_file
+    from services.trainer.train import TrainConfig, export_onnx, train_impact_model
+    from shared.storage import sha256_file
+
+    out = args.out or settings.default_model_dir / DEFAULT_MODEL_FILE
+    tables = []
+    for path in tqdm(list(replay_files([args.local])), desc="featurize", unit="replay"):
+        try:
+            parsed = parse_replay_file(path, sha256_file(path), settings.fps)
+        except ReplayParseError:
+            continue
+        tables.append(featurize(parsed, settings.horizon_seconds))
+    result = train_impact_model(tables, TrainConfig(epochs=args.epochs, seed=args.seed))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    export_onnx(result.model, out, f"impact-local-seed{args.seed}-{len(tables)}replays")
+    print(
+        f"trained on {len(result.train_replays)} replays, validated on "
+        f"{len(result.val_replays)}; wrote {out}"
+    )
+    for name, value in result.metrics.items():
+        print(f"  {name:<22} {value:.4f}")
+    return 0
+
+
+async def _request_training(settings: Settings, promote: str) -> int:
+    from shared.events import TRAIN_REQUESTED, TrainRequested
+    from shared.service import service_context
+
+    async with service_context("cli", settings) as ctx:
+        await ctx.producer.send(
+            TRAIN_REQUESTED, TrainRequested(requested_by="cli", promote=promote)
+        )
+    print("train.requested sent; the trainer service picks it up ('rlimpact status' to follow)")
+    return 0
