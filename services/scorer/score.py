@@ -32,7 +32,9 @@ class PlayerScore:
     player_index: int
     name: str
     team: int
-    impact: float
+    impact: float  # offence + defence
+    offence: float  # the part from raising P(score)
+    defence: float  # the part from lowering P(concede) (positive = good defending)
     n_frames: int
 
 
@@ -63,13 +65,16 @@ class ImpactModel:
 def score_table(table: FeatureTable, model: ImpactModel) -> list[PlayerScore]:
     n_frames, n_players, n_features = table.features.shape
     probabilities = model.predict(table.features.reshape(-1, n_features))
-    balance = (probabilities[:, 0] - probabilities[:, 1]).reshape(n_frames, n_players)
+    offence = IMPACT_SCALE * probabilities[:, 0].reshape(n_frames, n_players).mean(axis=0)
+    defence = -IMPACT_SCALE * probabilities[:, 1].reshape(n_frames, n_players).mean(axis=0)
     return [
         PlayerScore(
             player_index=player.index,
             name=player.name,
             team=player.team,
-            impact=float(IMPACT_SCALE * balance[:, player.index].mean()),
+            impact=float(offence[player.index] + defence[player.index]),
+            offence=float(offence[player.index]),
+            defence=float(defence[player.index]),
             n_frames=n_frames,
         )
         for player in table.players
