@@ -1,13 +1,14 @@
 """The parsed-replay data model shared by parser (writer) and featurizer (reader).
 
 Frames are stored as one compressed ``.npz`` per replay: dense float32 arrays sampled at a
-fixed rate, plus a JSON header with players and goals (the ``frames.parsed`` event repeats it).
+fixed rate, the ball touches, plus a JSON header with players and goals (the ``frames.parsed``
+event repeats it).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from pydantic import TypeAdapter
 
 from shared.events import GoalInfo, PlayerInfo
 
-FRAMES_FORMAT_VERSION = 1
+FRAMES_FORMAT_VERSION = 2  # 2: touches
 
 BALL_FIELDS = ("x", "y", "z", "vx", "vy", "vz")
 PLAYER_FIELDS = (
@@ -44,6 +45,8 @@ class ParsedReplay:
     players: list[PlayerInfo]
     goals: list[GoalInfo]
     team_size: int
+    # [K, 2] int32 (sampled frame index, player index) per ball touch, sorted by frame
+    touches: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), dtype=np.int32))
 
     @property
     def n_frames(self) -> int:
@@ -66,6 +69,7 @@ class ParsedReplay:
                 seconds_remaining=self.seconds_remaining,
                 ball=self.ball,
                 cars=self.cars,
+                touches=self.touches.astype(np.int32).reshape(-1, 2),
             )
 
     @classmethod
@@ -84,4 +88,5 @@ class ParsedReplay:
                 players=_players_adapter.validate_python(header["players"]),
                 goals=_goals_adapter.validate_python(header["goals"]),
                 team_size=header["team_size"],
+                touches=data["touches"],
             )

@@ -1,15 +1,19 @@
-"""Parser service: parses uploads in worker processes; an unparseable replay is dead-lettered."""
+"""Parser service: parses uploads in worker processes; an unparseable replay is dead-lettered.
+
+Each replay is parsed and validated in a worker process (:mod:`services.parser.workers`) under
+a per-replay timeout; a replay that fails to decode, breaks a validation rule, hangs or kills
+its worker goes to ``replay.failed`` and the service goes on with the next one.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
-from services.parser.parse import ReplayParseError, parse_replay_file
-from shared import db
+from services.parser.parse import ReplayParseError
+from services.parser.validate import parse_valid_replay
+from services.parser.workers import WorkerPool
+from shared import db, metrics
 from shared.events import (
     FRAMES_PARSED,
     REPLAY_UPLOADED,
@@ -18,16 +22,18 @@ from shared.events import (
 )
 from shared.kafka import consume
 from shared.service import ServiceContext, run_service
+from shared.settings import ValidationRules
 from shared.storage import BlobStore, uri_to_path
 
 NAME = "parser"
 log = logging.getLogger(NAME)
-WORKER_RECYCLE_AFTER = 50  # replays per worker process, bounding any leak in the native parser
 
 
-def parse_to_store(uri: str, replay_id: str, fps: float, blob_dir: Path) -> FramesParsed:
-    """Runs in a worker process: parse the stored replay and write its frames file."""
-    parsed = parse_replay_file(uri_to_path(uri), replay_id, fps)
+def parse_to_store(
+    uri: str, replay_id: str, fps: float, blob_dir: Path, rules: ValidationRules
+) -> FramesParsed:
+    """Runs in a worker process: parse and validate the stored replay, write its frames file."""
+    parsed = parse_valid_replay(uri_to_path(uri), replay_id, fps, rules)
     store = BlobStore(blob_dir)
     with store.writer("frames", replay_id, ".npz") as tmp:
         parsed.save(tmp)
@@ -43,36 +49,24 @@ def parse_to_store(uri: str, replay_id: str, fps: float, blob_dir: Path) -> Fram
 
 
 class Parser:
-    def __init__(self, ctx: ServiceContext) -> None:
+    def __init__(self, ctx: ServiceContext, workers: WorkerPool) -> None:
         self.ctx = ctx
-        self.pool = self._new_pool()
-
-    def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(
-            max_workers=self.ctx.settings.parser_workers, max_tasks_per_child=WORKER_RECYCLE_AFTER
-        )
+        self.workers = workers
 
     async def handle(self, event: ReplayUploaded) -> None:
         settings = self.ctx.settings
-        loop = asyncio.get_running_loop()
         try:
-            parsed = await loop.run_in_executor(
-                self.pool,
+            parsed = await self.workers.run(
                 parse_to_store,
                 event.uri,
                 event.replay_id,
                 settings.fps,
                 settings.blob_dir,
+                settings.validation,
             )
         except ReplayParseError as error:
             await self.ctx.fail_replay(
-                event.replay_id, "parse", error.reason, "ReplayParseError", event.uri
-            )
-            return
-        except BrokenProcessPool:
-            self.pool = self._new_pool()
-            await self.ctx.fail_replay(
-                event.replay_id, "parse", "parser worker process died", "WorkerCrashed", event.uri
+                event.replay_id, "parse", error.reason, type(error).__name__, event.uri, error.rule
             )
             return
         async with self.ctx.pool.acquire() as conn, conn.transaction():
@@ -90,21 +84,29 @@ class Parser:
         log.info("parsed %s: %d frames", event.replay_id[:12], parsed.n_frames)
 
 
+def worker_pool(ctx: ServiceContext) -> WorkerPool:
+    settings = ctx.settings
+    restarts = metrics.WORKER_RESTARTS.labels(NAME)
+    return WorkerPool(
+        settings.parser_workers,
+        settings.parse_timeout_seconds,
+        settings.parser_recycle_after,
+        on_restart=restarts.inc,
+    )
+
+
 async def run(ctx: ServiceContext) -> None:
-    parser = Parser(ctx)
-    try:
+    with worker_pool(ctx) as workers:
         await consume(
             ctx.settings,
             NAME,
             REPLAY_UPLOADED,
             ReplayUploaded,
-            parser.handle,
+            Parser(ctx, workers).handle,
             ctx.producer,
             batch_size=ctx.settings.parser_workers,
             stop=ctx.stop,
         )
-    finally:
-        parser.pool.shutdown(cancel_futures=True)
 
 
 def main() -> None:
