@@ -1,1 +1,2 @@
-"""Ingestor: watched folder -> blob store + ``replays`` row -> ``replay.uploaded``."""
+"""Ingestor: watched folder, S3 bucket, replay.submitted -> blob store + ``replays`` row ->
+``replay.uploaded``."""

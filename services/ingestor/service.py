@@ -1,44 +1,118 @@
-"""Ingestor service: polls the watched folder; one ``replay.uploaded`` per distinct content."""
+"""Ingestor service: one ``replay.uploaded`` per distinct content, from three sources.
+
+- the watched folder (``RLIMPACT_WATCH_DIR``);
+- new objects under ``RLIMPACT_S3_PREFIX`` in the S3-compatible bucket ``RLIMPACT_S3_BUCKET``;
+- ``replay.submitted`` events that point at a file (``rlimpact upload`` or any producer).
+
+Every file goes through :func:`ingest_file`: the limits of ``ingest.py``, then hash, blob store,
+``replays`` row (a known hash is a duplicate) and the event. Bucket objects and submitted files
+are recorded in ``ingest_objects`` after that, so a restart neither repeats nor misses one.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
 
 from prometheus_client import Counter
 
-from services.ingestor.ingest import FolderWatcher, IngestRejected, upload_event
+from services.ingestor.ingest import (
+    FolderWatcher,
+    IngestRejected,
+    check_name,
+    check_size,
+    rejection_id,
+    resolve_inside,
+    shown,
+    upload_event,
+)
+from services.ingestor.s3 import Bucket, BucketUnavailable, ObjectInfo, parse_s3_uri
 from shared import db
-from shared.events import REPLAY_UPLOADED, ReplayUploaded
+from shared.events import REPLAY_SUBMITTED, REPLAY_UPLOADED, ReplaySubmitted, ReplayUploaded
+from shared.kafka import consume
 from shared.service import ServiceContext, run_service
-from shared.storage import BlobStore, sha256_file
+from shared.storage import BlobStore, uri_to_path
 
 NAME = "ingestor"
 log = logging.getLogger(NAME)
 DUPLICATES = Counter("rlimpact_ingest_duplicates_total", "Files whose content was already known")
+FILES = Counter(
+    "rlimpact_ingest_files_total", "Files dealt with, by source and outcome", ["source", "outcome"]
+)
+LISTING_PAGE = 1000
+
+Outcome = Literal["new", "duplicate", "rejected"]
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    outcome: Outcome
+    replay_id: str  # for a rejection, rejection_id(uri)
+    reason: str | None = None
+    event: ReplayUploaded | None = None
+
+
+# ---------------------------------------------------------------- one file, any source
+
+
+async def ingest_file(
+    path: Path,
+    store: BlobStore,
+    ctx: ServiceContext,
+    *,
+    source: str,
+    uri: str,
+    filename: str | None = None,
+    within: Path | None = None,
+) -> IngestResult:
+    """Check, store, record and announce one local file (``uri``: where it came from).
+
+    ``filename`` defaults to the path's name; ``within``: refuse a path that leads outside it.
+    """
+    max_bytes = ctx.settings.max_replay_bytes
+
+    def checked_upload() -> ReplayUploaded:
+        if within is not None:
+            resolve_inside(within, path)
+        return upload_event(path, store, max_bytes, source, filename)
+
+    try:
+        event = await asyncio.to_thread(checked_upload)
+    except IngestRejected as rejected:
+        return await reject(ctx, uri, rejected.reason, source)
+    async with ctx.pool.acquire() as conn:
+        if not await db.insert_replay(conn, event):
+            DUPLICATES.inc()
+            FILES.labels(source, "duplicate").inc()
+            log.info("duplicate content %s (%s): skipped", event.replay_id[:12], event.filename)
+            return IngestResult("duplicate", event.replay_id, event=event)
+    await publish(event, ctx)
+    FILES.labels(source, "new").inc()
+    log.info("ingested %s as %s", shown(event.filename), event.replay_id[:12])
+    return IngestResult("new", event.replay_id, event=event)
 
 
 async def ingest_path(
     path: Path, store: BlobStore, ctx: ServiceContext, source: str = "watch"
 ) -> ReplayUploaded | None:
-    """Store, record and announce one file; None for a duplicate or a rejected file."""
-    try:
-        event = await asyncio.to_thread(
-            upload_event, path, store, ctx.settings.max_replay_bytes, source
-        )
-    except IngestRejected as rejected:
-        await _reject(path, rejected.reason, ctx)
-        return None
-    async with ctx.pool.acquire() as conn:
-        if not await db.insert_replay(conn, event):
-            DUPLICATES.inc()
-            log.info("duplicate content %s (%s): skipped", event.replay_id[:12], path.name)
-            return None
-    await publish(event, ctx)
-    log.info("ingested %s as %s", path.name, event.replay_id[:12])
-    return event
+    """One local file; the event if its content was new, else None (duplicate or rejected)."""
+    result = await ingest_file(path, store, ctx, source=source, uri=path.as_uri())
+    return result.event if result.outcome == "new" else None
+
+
+async def reject(ctx: ServiceContext, uri: str, reason: str, source: str) -> IngestResult:
+    """Dead-letter a file refused at ingest (``replay.failed``, stage ``ingest``)."""
+    FILES.labels(source, "rejected").inc()
+    replay_id = rejection_id(uri)
+    await ctx.fail_replay(replay_id, "ingest", reason, "IngestRejected", uri)
+    return IngestResult("rejected", replay_id, reason)
 
 
 async def publish(event: ReplayUploaded, ctx: ServiceContext) -> None:
@@ -65,24 +139,212 @@ async def republish_unannounced(ctx: ServiceContext) -> int:
     return len(rows)
 
 
-async def _reject(path: Path, reason: str, ctx: ServiceContext) -> None:
-    replay_id = await asyncio.to_thread(sha256_file, path)
-    await ctx.fail_replay(replay_id, "ingest", reason, "IngestRejected", path.as_uri())
+async def _record(
+    ctx: ServiceContext, uri: str, etag: str, size: int, source: str, result: IngestResult
+) -> None:
+    async with ctx.pool.acquire() as conn:
+        await db.record_ingested_object(
+            conn,
+            db.IngestedObject(
+                uri, etag, size, source, result.outcome, result.replay_id, result.reason
+            ),
+        )
 
 
-async def run(ctx: ServiceContext) -> None:
-    store = BlobStore(ctx.settings.blob_dir)
+# ---------------------------------------------------------------- the bucket
+
+
+@contextlib.contextmanager
+def _download_dir(ctx: ServiceContext) -> Iterator[Path]:
+    """A private temp folder beside the blob store (same file system, cleaned up after)."""
+    root = ctx.settings.blob_dir / "downloads"
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        yield Path(tmp)
+
+
+async def ingest_object(
+    bucket: Bucket,
+    item: ObjectInfo,
+    store: BlobStore,
+    ctx: ServiceContext,
+    source: str,
+    filename: str | None = None,
+) -> IngestResult | None:
+    """Fetch one object version and ingest it, then record it in ``ingest_objects``.
+
+    A hostile key or an oversize object is rejected without being fetched. None if the object
+    was deleted or replaced since it was listed (the next listing shows the new version).
+    """
+    uri = bucket.uri(item.key)
+    try:
+        result = await _fetch_and_ingest(bucket, item, store, ctx, source, filename)
+    except IngestRejected as rejected:
+        result = await reject(ctx, uri, rejected.reason, source)
+    if result is not None:
+        await _record(ctx, uri, item.etag, item.size, source, result)
+    return result
+
+
+async def _fetch_and_ingest(
+    bucket: Bucket,
+    item: ObjectInfo,
+    store: BlobStore,
+    ctx: ServiceContext,
+    source: str,
+    filename: str | None,
+) -> IngestResult | None:
+    name = check_name(item.key)
+    check_size(item.size, ctx.settings.max_replay_bytes)
+    with _download_dir(ctx) as tmp:
+        local = tmp / "object"
+        max_bytes = ctx.settings.max_replay_bytes
+        if not await asyncio.to_thread(bucket.download, item, local, max_bytes):
+            return None
+        return await ingest_file(
+            local, store, ctx, source=source, uri=bucket.uri(item.key), filename=filename or name
+        )
+
+
+async def poll_bucket(bucket: Bucket, store: BlobStore, ctx: ServiceContext) -> list[IngestResult]:
+    """Ingest every object version under the prefix not yet in ``ingest_objects``."""
+    prefix = ctx.settings.s3_prefix
+    results: list[IngestResult] = []
+    start_after: str | None = None
+    while not ctx.stop.is_set():
+        page = await asyncio.to_thread(bucket.page, prefix, start_after, LISTING_PAGE)
+        if not page:
+            break
+        async with ctx.pool.acquire() as conn:
+            seen = await db.ingested_versions(conn, [bucket.uri(item.key) for item in page])
+        for item in page:
+            if (bucket.uri(item.key), item.etag) in seen or ctx.stop.is_set():
+                continue
+            if (result := await ingest_object(bucket, item, store, ctx, "s3")) is not None:
+                results.append(result)
+        if len(page) < LISTING_PAGE:
+            break
+        start_after = page[-1].key
+    return results
+
+
+async def watch_bucket(bucket: Bucket, store: BlobStore, ctx: ServiceContext) -> None:
+    log.info(
+        "watching %s every %.1fs", bucket.uri(ctx.settings.s3_prefix), ctx.settings.s3_poll_seconds
+    )
+    last_error = ""
+    while not ctx.stop.is_set():
+        try:
+            await poll_bucket(bucket, store, ctx)
+            last_error = ""
+        except BucketUnavailable as error:
+            if str(error) != last_error:  # once per outage, not once per poll
+                log.error("%s; retrying every %.1fs", error, ctx.settings.s3_poll_seconds)
+            last_error = str(error)
+        await _sleep(ctx, ctx.settings.s3_poll_seconds)
+
+
+# ---------------------------------------------------------------- replay.submitted
+
+
+class Submissions:
+    """Handles ``replay.submitted``: fetch what the URI points at, then :func:`ingest_file`."""
+
+    def __init__(self, ctx: ServiceContext, store: BlobStore, bucket: Bucket | None) -> None:
+        self.ctx = ctx
+        self.store = store
+        self.bucket = bucket
+
+    async def handle(self, event: ReplaySubmitted) -> None:
+        try:
+            filename = check_name(event.filename)
+            scheme = urlparse(event.uri).scheme
+            if scheme == "s3":
+                await self._take_object(event, filename)
+            elif scheme == "file":
+                await self._take_file(event, filename)
+            else:
+                raise IngestRejected(f"unsupported URI {shown(event.uri)}: use s3:// or file://")
+        except IngestRejected as rejected:
+            await reject(self.ctx, event.uri, rejected.reason, event.source)
+
+    async def _take_object(self, event: ReplaySubmitted, filename: str) -> None:
+        if self.bucket is None:
+            raise IngestRejected("an s3:// URI, but no bucket is configured (RLIMPACT_S3_BUCKET)")
+        name, key = parse_s3_uri(event.uri)
+        if name != self.bucket.name:
+            raise IngestRejected(f"bucket {shown(name)} is not the configured {self.bucket.name!r}")
+        check_name(key)
+        item = await asyncio.to_thread(self.bucket.stat, key)
+        if item is None:
+            raise IngestRejected(f"no object at {shown(event.uri)}")
+        uri = self.bucket.uri(key)
+        async with self.ctx.pool.acquire() as conn:
+            if (uri, item.etag) in await db.ingested_versions(conn, [uri]):
+                log.info("%s was already taken in", shown(uri))
+                return
+        await ingest_object(self.bucket, item, self.store, self.ctx, event.source, filename)
+
+    async def _take_file(self, event: ReplaySubmitted, filename: str) -> None:
+        path = resolve_inside(self.ctx.settings.upload_dir, uri_to_path(event.uri))
+        uri = path.as_uri()
+        if not path.is_file():
+            async with self.ctx.pool.acquire() as conn:
+                if await db.ingested_versions(conn, [uri]):
+                    log.info("%s was already taken in", shown(uri))
+                    return  # a redelivery: the file went once it was taken in
+            raise IngestRejected(f"no such file: {shown(uri)}")
+        size = path.stat().st_size
+        result = await ingest_file(
+            path, self.store, self.ctx, source=event.source, uri=uri, filename=filename
+        )
+        await _record(self.ctx, uri, "", size, event.source, result)
+        if result.outcome != "rejected":  # a rejected file stays for inspection
+            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()  # rlimpact upload's per-file folder, once empty
+
+
+# ---------------------------------------------------------------- the service
+
+
+async def watch_folder(store: BlobStore, ctx: ServiceContext) -> None:
     inbox = ctx.settings.inbox_dir
     inbox.mkdir(parents=True, exist_ok=True)
-    if recovered := await republish_unannounced(ctx):
-        log.info("announced %d replays left unannounced by an earlier run", recovered)
     watcher = FolderWatcher(inbox)
     log.info("watching %s", inbox)
     while not ctx.stop.is_set():
         for path in watcher.poll():
-            await ingest_path(path, store, ctx)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(ctx.stop.wait(), ctx.settings.watch_interval_seconds)
+            await ingest_file(path, store, ctx, source="watch", uri=path.as_uri(), within=inbox)
+        await _sleep(ctx, ctx.settings.watch_interval_seconds)
+
+
+async def _sleep(ctx: ServiceContext, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(ctx.stop.wait(), seconds)
+
+
+async def run(ctx: ServiceContext) -> None:
+    store = BlobStore(ctx.settings.blob_dir)
+    if recovered := await republish_unannounced(ctx):
+        log.info("announced %d replays left unannounced by an earlier run", recovered)
+    bucket = Bucket(ctx.settings) if ctx.settings.s3_bucket else None
+    submissions = Submissions(ctx, store, bucket)
+    async with asyncio.TaskGroup() as tasks:
+        tasks.create_task(watch_folder(store, ctx))
+        if bucket is not None:
+            tasks.create_task(watch_bucket(bucket, store, ctx))
+        tasks.create_task(
+            consume(
+                ctx.settings,
+                NAME,
+                REPLAY_SUBMITTED,
+                ReplaySubmitted,
+                submissions.handle,
+                ctx.producer,
+                stop=ctx.stop,
+            )
+        )
 
 
 def main() -> None:

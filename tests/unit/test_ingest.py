@@ -1,12 +1,32 @@
 from __future__ import annotations
 
+import argparse
 import hashlib
+import io
 import os
 from pathlib import Path
 
 import pytest
 
-from services.ingestor.ingest import FolderWatcher, IngestRejected, upload_event
+from services.cli import build_parser
+from services.cli.ingest import stage_file
+from services.ingestor.ingest import (
+    MAX_KEY_BYTES,
+    SNIFF_BYTES,
+    FolderWatcher,
+    IngestRejected,
+    check_name,
+    check_size,
+    copy_limited,
+    rejection_id,
+    resolve_inside,
+    shown,
+    sniff_replay,
+    upload_event,
+)
+from services.ingestor.s3 import parse_s3_uri, s3_uri
+from shared.events import ReplaySubmitted, decode, encode
+from shared.settings import Settings
 from shared.storage import BlobStore, uri_to_path
 
 
@@ -25,21 +45,199 @@ def test_watcher_yields_a_file_once_it_stops_changing(tmp_path: Path):
     assert watcher.poll() == [replay]
 
 
-def test_same_content_under_two_names_is_one_blob(tmp_path: Path):
+def test_same_content_under_two_names_is_one_blob(tmp_path: Path, standard_replay):
     store = BlobStore(tmp_path / "blobs")
+    content = standard_replay.path.read_bytes()
     first, second = tmp_path / "a.replay", tmp_path / "b.replay"
-    first.write_bytes(b"same bytes")
-    second.write_bytes(b"same bytes")
-    a = upload_event(first, store, max_bytes=100, source="test")
-    b = upload_event(second, store, max_bytes=100, source="test")
-    assert a.replay_id == b.replay_id == hashlib.sha256(b"same bytes").hexdigest()
-    assert a.uri == b.uri and uri_to_path(a.uri).read_bytes() == b"same bytes"
+    first.write_bytes(content)
+    second.write_bytes(content)
+    a = upload_event(first, store, max_bytes=len(content), source="test")
+    b = upload_event(second, store, max_bytes=len(content), source="test")
+    assert a.replay_id == b.replay_id == hashlib.sha256(content).hexdigest()
+    assert a.uri == b.uri and uri_to_path(a.uri).read_bytes() == content
+    assert (a.filename, b.filename) == ("a.replay", "b.replay")
     assert len(list((tmp_path / "blobs").rglob("*.replay"))) == 1
 
 
-@pytest.mark.parametrize(("content", "reason"), [(b"x" * 101, "over the limit"), (b"", "empty")])
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"x" * 101, "over the limit"),
+        (b"", "empty"),
+        (b"<html>this is not a replay at all</html>", "not a Rocket League replay"),
+        (b"TAGame.Replay_", "not a Rocket League replay"),  # too short to be one
+    ],
+)
 def test_unfit_files_are_rejected_with_a_reason(tmp_path: Path, content: bytes, reason: str):
     path = tmp_path / "x.replay"
     path.write_bytes(content)
+    store = BlobStore(tmp_path / "blobs")
     with pytest.raises(IngestRejected, match=reason):
-        upload_event(path, BlobStore(tmp_path / "blobs"), max_bytes=100, source="test")
+        upload_event(path, store, max_bytes=100, source="test")
+    assert not (tmp_path / "blobs").exists(), "nothing is stored for a rejected file"
+
+
+def test_a_hostile_file_name_is_rejected_before_anything_is_stored(tmp_path, standard_replay):
+    store = BlobStore(tmp_path / "blobs")
+    with pytest.raises(IngestRejected, match="path segment"):
+        upload_event(standard_replay.path, store, 10**9, "test", filename="../../etc/x.replay")
+    assert not (tmp_path / "blobs").exists()
+
+
+def test_the_sniff_refuses_only_files_that_cannot_parse(manifest):
+    """Every replay that parses passes, and so do the fuzzed ones in bad/ (the parser says what
+    is wrong with those); the corpus's header-less fragments of replays are refused."""
+    refused = []
+    for row in manifest:
+        try:
+            with row.path.open("rb") as handle:
+                sniff_replay(handle.read(SNIFF_BYTES))
+        except IngestRejected:
+            refused.append(row)
+    assert refused, "the corpus has fragments without a replay header"
+    assert all(not row.subtr_actor_ok and row.path.parent.name != "bad" for row in refused)
+    assert all("partial" in row.path.name for row in refused)
+
+
+@pytest.mark.parametrize(
+    ("name", "base"),
+    [
+        ("a.replay", "a.replay"),
+        ("incoming/2026/my game (1).replay", "my game (1).replay"),
+        ("incoming/ré plày ⚽.replay", "ré plày ⚽.replay"),
+        ("incoming/..hidden.replay", "..hidden.replay"),  # dots inside a name are fine
+        ("notes.txt", "notes.txt"),  # the name is not judged by its suffix; the bytes are
+    ],
+)
+def test_ordinary_names_pass_and_give_their_last_segment(name: str, base: str):
+    assert check_name(name) == base
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("", "empty"),
+        ("../evil.replay", "path segment"),
+        ("incoming/../../etc/passwd", "path segment"),
+        ("incoming/./x.replay", "path segment"),
+        ("incoming//x.replay", "path segment"),
+        ("incoming/..", "path segment"),
+        ("/etc/passwd", "absolute"),
+        ("C:evil.replay", "absolute"),
+        ("..\\..\\evil.replay", "backslash"),
+        ("a\x00b.replay", "NUL"),
+        ("evil\n.replay", "control"),
+        ("evil\x1b[31m.replay", "control"),
+        ("evil\u202eyalper.exe", "control"),  # right-to-left override
+        ("incoming/", "folder"),
+        ("x" * 300 + ".replay", "over 255 bytes"),
+        ("a/" * 600 + "x.replay", f"over {MAX_KEY_BYTES} bytes"),
+    ],
+)
+def test_hostile_names_are_rejected(name: str, reason: str):
+    with pytest.raises(IngestRejected, match=reason):
+        check_name(name)
+
+
+def test_names_in_reasons_are_escaped_and_short():
+    text = shown("evil\n\x00" + "x" * 500)
+    assert "\n" not in text and "\x00" not in text and "\\n" in text
+    assert len(text) < 120 and "(506 characters)" in text
+
+
+def test_size_limits():
+    check_size(100, 100)
+    with pytest.raises(IngestRejected, match="over the limit of 100"):
+        check_size(101, 100)
+    with pytest.raises(IngestRejected, match="empty"):
+        check_size(0, 100)
+
+
+def test_a_stream_is_cut_off_once_it_grows_past_the_limit():
+    target = io.BytesIO()
+    assert copy_limited(io.BytesIO(b"x" * 100), target, 100) == 100
+    assert target.getvalue() == b"x" * 100
+    with pytest.raises(IngestRejected, match="over the limit of 100 bytes"):
+        copy_limited(io.BytesIO(b"x" * 101), io.BytesIO(), 100)
+
+
+def test_paths_must_stay_inside_their_folder(tmp_path: Path):
+    root = tmp_path / "incoming"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "ok.replay").write_bytes(b"x")
+    secret = tmp_path / "secret.replay"
+    secret.write_bytes(b"x")
+    (root / "link.replay").symlink_to(secret)
+    assert resolve_inside(root, root / "sub" / "ok.replay") == (root / "sub" / "ok.replay")
+    for escape in (root / "link.replay", root / ".." / "secret.replay", Path("/etc/passwd")):
+        with pytest.raises(IngestRejected, match="leads outside"):
+            resolve_inside(root, escape)
+
+
+def test_a_rejection_is_identified_by_its_uri():
+    assert rejection_id("s3://b/k") == hashlib.sha256(b"s3://b/k").hexdigest()
+    assert rejection_id("s3://b/k") != rejection_id("s3://b/k2")
+
+
+@pytest.mark.parametrize(
+    "key", ["incoming/a.replay", "incoming/a b%20c?.replay", "incoming/evil\n\x00.replay"]
+)
+def test_s3_uris_carry_any_key_safely(key: str):
+    uri = s3_uri("replays", key)
+    assert "\n" not in uri and "\x00" not in uri and " " not in uri
+    assert parse_s3_uri(uri) == ("replays", key)
+
+
+@pytest.mark.parametrize("uri", ["s3://bucket", "s3:///key", "file:///x.replay", "bucket/key"])
+def test_malformed_s3_uris_are_rejected(uri: str):
+    with pytest.raises(IngestRejected, match="not an s3://bucket/key URI"):
+        parse_s3_uri(uri)
+
+
+def test_upload_without_a_bucket_stages_the_file_in_the_incoming_folder(
+    tmp_path: Path, standard_replay
+):
+    settings = Settings(data_dir=tmp_path)
+    event = stage_file(standard_replay.path, settings, None, "upload")
+    target = uri_to_path(event.uri)
+    assert target == settings.upload_dir / standard_replay.sha256 / standard_replay.path.name
+    assert target.read_bytes() == standard_replay.path.read_bytes()
+    assert (event.filename, event.source) == (standard_replay.path.name, "upload")
+    assert decode(ReplaySubmitted, encode(event)) == event
+    assert stage_file(standard_replay.path, settings, None, "upload").uri == event.uri
+    assert [p.name for p in target.parent.iterdir()] == [target.name], "no partial files left"
+
+
+def test_upload_refuses_a_non_replay_before_staging_it(tmp_path: Path):
+    settings = Settings(data_dir=tmp_path)
+    text = tmp_path / "notes.replay"
+    text.write_text("meeting notes, not a replay")
+    with pytest.raises(IngestRejected, match="not a Rocket League replay"):
+        stage_file(text, settings, None, "upload")
+    assert not settings.upload_dir.exists()
+
+
+@pytest.mark.parametrize(
+    ("raw", "ok"),
+    [
+        (b'{"uri": "s3://replays/uploads/a.replay", "filename": "a.replay"}', True),
+        (b'{"uri": "file:///x", "filename": "x", "source": "my-bot.v2"}', True),
+        (b'{"uri": "file:///x", "filename": "x", "source": "Not Allowed"}', False),
+        (b'{"uri": "file:///x"}', False),
+        (b'{"uri": "file:///x", "filename": "x", "bytes": "AAAA"}', False),
+    ],
+)
+def test_the_submission_message_format(raw: bytes, ok: bool):
+    if ok:
+        assert decode(ReplaySubmitted, raw).schema_version == 1
+    else:
+        with pytest.raises(ValueError):
+            decode(ReplaySubmitted, raw)
+
+
+def test_upload_source_is_checked_by_the_command_line(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["upload", "--source", "Bad Source", "x.replay"])
+    assert "--source" in capsys.readouterr().err
+    args = build_parser().parse_args(["upload", "x.replay"])
+    assert isinstance(args, argparse.Namespace) and args.source == "upload"
