@@ -6,11 +6,20 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
 from services.cli.common import DEFAULT_MODEL_FILE, replay_files
 from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from services.featurizer.features import FeatureTable
+
+IMPACT_LEGEND = (
+    "impact: value added by the player's touches, 100 = one goal "
+    "(offence: team P(score) raised; defence: team P(concede) lowered)"
+)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -26,7 +35,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     train.add_argument("--out", type=Path, help="with --local: where to write the ONNX model")
     train.add_argument("--epochs", type=int, default=6)
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=int, default=0, help="seeds the weights and the split")
+    train.add_argument(
+        "--val-fraction", type=float, default=0.2, help="share of replays held out (by file)"
+    )
     train.set_defaults(func=cmd_train)
 
     score = commands.add_parser("score", help="score replay files offline (no servers needed)")
@@ -35,22 +47,54 @@ def register(commands: argparse._SubParsersAction) -> None:
     score.set_defaults(func=cmd_score)
 
 
+def featurize_replays(
+    paths: list[Path], settings: Settings, desc: str = "featurize"
+) -> list[tuple[Path, FeatureTable]]:
+    """Parse, validate and featurize replay files; those that fail are reported and skipped."""
+    from services.featurizer.features import featurize
+    from services.parser.parse import ReplayParseError
+    from services.parser.validate import parse_valid_replay
+    from shared.storage import sha256_file
+
+    tables = []
+    rejected: list[str] = []
+    files = list(replay_files(paths))
+    for path in tqdm(files, desc=desc, unit="replay", file=sys.stderr, disable=len(files) < 2):
+        try:
+            parsed = parse_valid_replay(path, sha256_file(path), settings.fps, settings.validation)
+        except ReplayParseError as error:
+            rejected.append(f"{path.name}: {error.reason}")
+            continue
+        tables.append((path, featurize(parsed, settings.horizon_seconds)))
+    if rejected:
+        print(
+            f"skipped {len(rejected)} of {len(files)} replays that cannot be used:", file=sys.stderr
+        )
+        for line in rejected:
+            print(f"  {line}", file=sys.stderr)
+    return tables
+
+
 def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
     from services.featurizer.features import featurize
-    from services.parser.parse import ReplayParseError, parse_replay_file
-    from services.scorer.score import ImpactModel, score_table
+    from services.parser.parse import ReplayParseError
+    from services.parser.validate import parse_valid_replay
+    from services.scorer.score import ImpactModel, ModelSchemaError, score_table
     from shared.storage import sha256_file
 
     model_path = args.model or settings.default_model_dir / DEFAULT_MODEL_FILE
     if not model_path.exists():
         raise SystemExit(f"rlimpact: no model at {model_path}: train one with 'rlimpact train'")
-    model = ImpactModel(model_path)
+    try:
+        model = ImpactModel(model_path)
+    except ModelSchemaError as error:
+        raise SystemExit(f"rlimpact: {error}; retrain it ('rlimpact train --local')") from None
     files = list(replay_files(args.paths))
     failures = 0
-    print(f"model {model.version}  (impact: mean 100 x (P(score) - P(concede)) over the replay)")
+    print(f"model {model.version}\n{IMPACT_LEGEND}")
     for path in tqdm(files, desc="score", unit="replay", disable=len(files) < 2, file=sys.stderr):
         try:
-            parsed = parse_replay_file(path, sha256_file(path), settings.fps)
+            parsed = parse_valid_replay(path, sha256_file(path), settings.fps, settings.validation)
         except ReplayParseError as error:
             failures += 1
             print(f"\n{path.name}: rejected: {error.reason}")
@@ -60,36 +104,37 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
             f"\n{path.name}  ({parsed.team_size}v{parsed.team_size}, {parsed.n_frames} frames, "
             f"{len(parsed.goals)} goals)"
         )
-        print(f"  {'player':<24} {'team':<7} {'impact':>8}")
+        print(
+            f"  {'player':<24} {'team':<7} {'impact':>8} {'offence':>8} {'defence':>8} "
+            f"{'per min':>8} {'touches':>8}"
+        )
         for score in sorted(scores, key=lambda s: (s.team, -s.impact)):
             team = "blue" if score.team == 0 else "orange"
-            print(f"  {score.name[:24]:<24} {team:<7} {score.impact:>8.2f}")
+            print(
+                f"  {score.name[:24]:<24} {team:<7} {score.impact:>8.1f} {score.offence:>8.1f} "
+                f"{score.defence:>8.1f} {score.impact_per_minute:>8.2f} {score.touches:>8d}"
+            )
     return 1 if failures == len(files) else 0
 
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     if args.local is None:
         return asyncio.run(_request_training(settings, args.promote))
-    from services.featurizer.features import featurize
-    from services.parser.parse import ReplayParseError, parse_replay_file
     from services.trainer.train import TrainConfig, export_onnx, train_impact_model
-    from shared.storage import sha256_file
 
     out = args.out or settings.default_model_dir / DEFAULT_MODEL_FILE
-    tables = []
-    for path in tqdm(list(replay_files([args.local])), desc="featurize", unit="replay"):
-        try:
-            parsed = parse_replay_file(path, sha256_file(path), settings.fps)
-        except ReplayParseError:
-            continue
-        tables.append(featurize(parsed, settings.horizon_seconds))
-    result = train_impact_model(tables, TrainConfig(epochs=args.epochs, seed=args.seed))
+    tables = [table for _, table in featurize_replays([args.local], settings)]
+    if len(tables) < 2:
+        raise SystemExit(f"rlimpact: need at least 2 usable replays in {args.local}")
+    config = TrainConfig(epochs=args.epochs, seed=args.seed, val_fraction=args.val_fraction)
+    result = train_impact_model(tables, config)
     out.parent.mkdir(parents=True, exist_ok=True)
     export_onnx(result.model, out, f"impact-local-seed{args.seed}-{len(tables)}replays")
     print(
         f"trained on {len(result.train_replays)} replays, validated on "
-        f"{len(result.val_replays)}; wrote {out}"
+        f"{len(result.val_replays)} held-out replays; wrote {out}"
     )
+    print("held-out metrics, per (live frame, team):")
     for name, value in result.metrics.items():
         print(f"  {name:<22} {value:.4f}")
     return 0

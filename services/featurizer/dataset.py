@@ -1,4 +1,9 @@
-"""Feature tables on disk: Parquet, one row per (frame, player), schema version in the metadata."""
+"""Feature tables on disk: Parquet, one row per (frame, player), schema version in the metadata.
+
+Key columns, the labels, ``live`` (play is on) and ``touched`` (the player touched the ball in
+that frame) come first, then one float column per feature in ``FEATURE_NAMES`` order. The file
+metadata holds the feature schema version, the players and the goals.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +15,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from services.featurizer.features import FEATURE_NAMES, FEATURE_SCHEMA_VERSION, FeatureTable
-from shared.events import PlayerInfo
+from shared.events import GoalInfo, PlayerInfo
 
 SCHEMA_VERSION_KEY = b"rlimpact.feature_schema_version"
 PLAYERS_KEY = b"rlimpact.players"
-KEY_COLUMNS = ("replay_id", "frame", "time", "segment", "player_index", "team")
+GOALS_KEY = b"rlimpact.goals"
+KEY_COLUMNS = ("replay_id", "frame", "time", "segment", "live", "player_index", "team")
 LABEL_COLUMNS = ("label_score", "label_concede")
+EVENT_COLUMNS = ("touched",)
 
 
 class FeatureSchemaError(ValueError):
@@ -30,10 +37,12 @@ def to_arrow(table: FeatureTable) -> pa.Table:
         "frame": np.repeat(np.arange(n_frames, dtype=np.int32), n_players),
         "time": np.repeat(table.time.astype(np.float32), n_players),
         "segment": np.repeat(table.segment.astype(np.int16), n_players),
+        "live": np.repeat(table.live.astype(bool), n_players),
         "player_index": np.tile(np.arange(n_players, dtype=np.int16), n_frames),
         "team": np.tile(teams, n_frames),
         "label_score": table.label_score.reshape(-1),
         "label_concede": table.label_concede.reshape(-1),
+        "touched": table.touched.reshape(-1),
     }
     flat = table.features.reshape(n_frames * n_players, -1)
     for i, name in enumerate(FEATURE_NAMES):
@@ -41,6 +50,7 @@ def to_arrow(table: FeatureTable) -> pa.Table:
     metadata = {
         SCHEMA_VERSION_KEY: str(FEATURE_SCHEMA_VERSION).encode(),
         PLAYERS_KEY: json.dumps([p.model_dump(mode="json") for p in table.players]).encode(),
+        GOALS_KEY: json.dumps([g.model_dump(mode="json") for g in table.goals]).encode(),
     }
     return pa.table(columns).replace_schema_metadata(metadata)
 
@@ -58,6 +68,7 @@ def read_features(path: Path) -> FeatureTable:
             f"{path}: feature schema v{version}, this code reads v{FEATURE_SCHEMA_VERSION}"
         )
     players = [PlayerInfo.model_validate(p) for p in json.loads(metadata[PLAYERS_KEY])]
+    goals = [GoalInfo.model_validate(g) for g in json.loads(metadata[GOALS_KEY])]
     n_players = len(players)
     n_rows = arrow.num_rows
     n_frames = n_rows // n_players
@@ -69,8 +80,11 @@ def read_features(path: Path) -> FeatureTable:
         replay_id=str(arrow.column("replay_id")[0]),
         time=arrow.column("time").to_numpy()[per_frame],
         segment=arrow.column("segment").to_numpy()[per_frame],
+        live=arrow.column("live").to_numpy()[per_frame],
         features=features.astype(np.float32),
         label_score=arrow.column("label_score").to_numpy().reshape(n_frames, n_players),
         label_concede=arrow.column("label_concede").to_numpy().reshape(n_frames, n_players),
+        touched=arrow.column("touched").to_numpy().reshape(n_frames, n_players),
         players=players,
+        goals=goals,
     )

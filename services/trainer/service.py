@@ -1,15 +1,44 @@
-"""Trainer service: on ``train.requested``, trains on all featurized replays and registers."""
+"""Trainer service: on ``train.requested``, trains on all featurized replays and registers.
+
+It trains the impact model and, when Postgres holds skill labels (``player_labels``) for
+featurized replays, the skill model too. Each is exported to ONNX, checked against torch
+(max abs difference <= ``PARITY_TOLERANCE``), registered as a candidate, and promoted as the
+request says. Checkpoints, milestones and the loss curve go to ``$DATA_DIR/runs/<kind>-<hash>``,
+named after the training data, so a trainer killed mid-run resumes it when the request is
+delivered again.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import logging
+from collections import defaultdict
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from torch import nn
 
 from services.featurizer.dataset import read_features
-from services.featurizer.features import FEATURE_SCHEMA_VERSION
-from services.trainer.train import TrainConfig, export_onnx, train_impact_model
+from services.featurizer.features import FEATURE_SCHEMA_VERSION, N_FEATURES, FeatureTable
+from services.scorer.skill import player_sequences
+from services.trainer.skill import (
+    SKILL_SIGNATURE,
+    PlayerKey,
+    SkillConfig,
+    export_skill_onnx,
+    train_skill_model,
+)
+from services.trainer.train import (
+    OnnxSignature,
+    TrainConfig,
+    TrainResult,
+    export_onnx,
+    onnx_parity,
+    train_impact_model,
+)
 from shared import db
 from shared.events import MODEL_PROMOTED, TRAIN_REQUESTED, ModelPromoted, TrainRequested
 from shared.kafka import consume
@@ -17,13 +46,74 @@ from shared.service import ServiceContext, run_service
 from shared.storage import BlobStore, sha256_file, uri_to_path
 
 NAME = "trainer"
-MODEL_NAME = "impact"
+PARITY_TOLERANCE = 1e-4
+PARITY_ROWS = 4096
 log = logging.getLogger(NAME)
 
 
-def model_version(replay_ids: list[str]) -> str:
+def model_version(kind: str, replay_ids: list[str]) -> str:
     data_hash = hashlib.sha256("".join(sorted(replay_ids)).encode()).hexdigest()[:8]
-    return f"{MODEL_NAME}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{data_hash}"
+    return f"{kind}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{data_hash}"
+
+
+def run_dir(ctx: ServiceContext, kind: str, replay_ids: list[str], labels: list[str]) -> Path:
+    key = "\n".join([kind, *sorted(replay_ids), *sorted(labels)])
+    return (
+        ctx.settings.data_dir / "runs" / f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    )
+
+
+def mean_ratings(labels: list[db.PlayerLabel]) -> dict[PlayerKey, float]:
+    """One rating per (replay, player): the mean over the sources that rated the player."""
+    by_player: dict[PlayerKey, list[float]] = defaultdict(list)
+    for label in labels:
+        by_player[(label.replay_id, label.player_index)].append(label.skill_rating)
+    return {key: float(np.mean(values)) for key, values in by_player.items()}
+
+
+async def register(
+    ctx: ServiceContext,
+    kind: str,
+    result: TrainResult,
+    request: TrainRequested,
+    export: Callable[[nn.Module, Path, str], None],
+    parity_input: np.ndarray,
+    signature: OnnxSignature,
+) -> db.ModelRecord:
+    """Export, check ONNX against torch, register as a candidate, promote as requested."""
+    version = model_version(kind, result.train_replays + result.val_replays)
+    store = BlobStore(ctx.settings.blob_dir)
+    blob_id = version.replace("-", "")
+    with store.writer("models", blob_id, ".onnx") as tmp:
+        await asyncio.to_thread(export, result.model, tmp, version)
+        parity = await asyncio.to_thread(onnx_parity, result.model, tmp, parity_input, signature)
+        if parity > PARITY_TOLERANCE:
+            raise ValueError(f"ONNX export of {version} differs from torch by {parity:.2e}")
+    path = store.path_for("models", blob_id, ".onnx")
+    async with ctx.pool.acquire() as conn:
+        record = await db.register_model(
+            conn,
+            name=kind,
+            version=version,
+            uri=path.as_uri(),
+            sha256=await asyncio.to_thread(sha256_file, path),
+            feature_schema_version=FEATURE_SCHEMA_VERSION,
+            metrics={**result.metrics, "onnx_max_abs_diff": parity},
+            kind=kind,
+        )
+        has_active = await db.active_model(conn, kind) is not None
+        promote = request.promote == "always" or (
+            request.promote == "if-none-active" and not has_active
+        )
+        if promote:
+            record = await db.promote_model(conn, record.id)
+    log.info("registered %s (%s): %s", version, record.status, result.metrics)
+    if promote:
+        await ctx.producer.send(
+            MODEL_PROMOTED,
+            ModelPromoted(model_id=record.id, model_version=record.version, kind=kind),
+        )
+    return record
 
 
 async def train_and_register(
@@ -31,37 +121,46 @@ async def train_and_register(
 ) -> tuple[db.ModelRecord, int]:
     async with ctx.pool.acquire() as conn:
         rows = await db.featurized_replays(conn)
+        labels = await db.player_labels(conn)
     tables = await asyncio.to_thread(
         lambda: [read_features(uri_to_path(row["features_uri"])) for row in rows]
     )
-    result = await asyncio.to_thread(train_impact_model, tables, TrainConfig(), False)
-    version = model_version([t.replay_id for t in tables])
-    store = BlobStore(ctx.settings.blob_dir)
-    with store.writer("models", version.replace("-", ""), ".onnx") as tmp:
-        await asyncio.to_thread(export_onnx, result.model, tmp, version)
-    path = store.path_for("models", version.replace("-", ""), ".onnx")
-    async with ctx.pool.acquire() as conn:
-        record = await db.register_model(
-            conn,
-            name=MODEL_NAME,
-            version=version,
-            uri=path.as_uri(),
-            sha256=await asyncio.to_thread(sha256_file, path),
-            feature_schema_version=FEATURE_SCHEMA_VERSION,
-            metrics=result.metrics,
-        )
-        has_active = await db.active_model(conn) is not None
-        promote = request.promote == "always" or (
-            request.promote == "if-none-active" and not has_active
-        )
-        if promote:
-            record = await db.promote_model(conn, record.id)
-    log.info("registered %s on %d replays: %s", version, len(tables), result.metrics)
-    if promote:
-        await ctx.producer.send(
-            MODEL_PROMOTED, ModelPromoted(model_id=record.id, model_version=record.version)
-        )
+    replay_ids = [t.replay_id for t in tables]
+    result = await asyncio.to_thread(
+        train_impact_model, tables, TrainConfig(), False, run_dir(ctx, "impact", replay_ids, [])
+    )
+    parity_rows = tables[0].features.reshape(-1, N_FEATURES)[:PARITY_ROWS]
+    record = await register(
+        ctx, "impact", result, request, export_onnx, parity_rows, OnnxSignature()
+    )
+    ratings = mean_ratings([label for label in labels if label.replay_id in set(replay_ids)])
+    if ratings:
+        await train_skill(ctx, request, tables, ratings)
     return record, len(tables)
+
+
+async def train_skill(
+    ctx: ServiceContext,
+    request: TrainRequested,
+    tables: list[FeatureTable],
+    ratings: Mapping[PlayerKey, float],
+) -> db.ModelRecord | None:
+    """The skill model, on the featurized replays that have labels; None if too few."""
+    config = SkillConfig()
+    label_lines = [f"{key[0]} {key[1]} {value}" for key, value in ratings.items()]
+    folder = run_dir(ctx, "skill", [t.replay_id for t in tables], label_lines)
+    try:
+        result = await asyncio.to_thread(train_skill_model, tables, ratings, config, False, folder)
+    except ValueError as error:  # too few labelled players: the impact model stands alone
+        log.warning("no skill model: %s", error)
+        return None
+    labelled = next(t for t in tables if any((t.replay_id, p.index) in ratings for p in t.players))
+    sequences = player_sequences(labelled, config.stride)
+
+    def export(model: nn.Module, path: Path, version: str) -> None:
+        export_skill_onnx(model, path, version, config.stride)
+
+    return await register(ctx, "skill", result, request, export, sequences, SKILL_SIGNATURE)
 
 
 async def run(ctx: ServiceContext) -> None:

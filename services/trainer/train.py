@@ -3,25 +3,99 @@
 Labels come from the replays themselves: for each (frame, player) row, does the player's team
 score (column 0) or concede (column 1) within the horizon. Replays are split into training and
 validation sets by file, never by frame, so validation frames come from unseen matches.
+
+:func:`fit` is the training loop every model here uses (the skill model too): seeded so that a
+run is reproducible, checkpointed after every epoch so that a killed run resumes where it was
+(bit for bit: each epoch's randomness derives from the seed and the epoch number), early
+stopping on the validation loss, milestone snapshots with metadata, and a loss curve as PNG.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import json
+import os
 import warnings
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from services.featurizer.features import FEATURE_SCHEMA_VERSION, N_FEATURES, FeatureTable
+from services.featurizer.features import (
+    FEATURE_NAMES,
+    FEATURE_SCHEMA_VERSION,
+    N_FEATURES,
+    FeatureTable,
+)
 from services.scorer.score import INPUT_NAME, META_SCHEMA, META_VERSION, OUTPUT_NAME
+from services.scorer.skill import META_KIND
+from services.trainer.evaluate import TorchPredictor, forecasts
+from services.trainer.evaluate import binary_metrics as binary_metrics  # re-exported
+from services.trainer.evaluate import roc_auc as roc_auc  # re-exported
 
-EPSILON = 1e-7
+CHECKPOINT_FILE = "checkpoint.pt"
+LOSS_CURVE_FILE = "loss.png"
+MILESTONES_DIR = "milestones"
+VAL_CHUNK_ROWS = 65536
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """How :func:`fit` runs, whatever the model."""
+
+    epochs: int
+    learning_rate: float
+    seed: int = 0
+    weight_decay: float = 0.0
+    patience: int = 3  # stop after this many epochs without a better validation loss (0: never)
+    min_delta: float = 0.0  # how much lower a validation loss must be to count as better
+    milestone_every: int = 5  # snapshot every N epochs, besides the final one (0: final only)
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What snapshots say about a run besides its metrics."""
+
+    kind: str  # "impact" | "skill"
+    data_hash: str  # of the training and validation data, see :func:`data_hash`
+    feature_schema_version: int = FEATURE_SCHEMA_VERSION
+
+
+@dataclass(frozen=True)
+class EpochLog:
+    epoch: int
+    train_loss: float
+    val_loss: float
+
+
+@dataclass(frozen=True)
+class FitResult:
+    history: list[EpochLog]
+    best_epoch: int  # the model returned has this epoch's weights
+    stopped_early: bool
+    resumed_at: int  # epochs a killed run had done before this one resumed it (0: fresh run)
+
+
+B = TypeVar("B")
+
+
+class FitTask(Protocol[B]):
+    """The data side of a fit: batches of training data, a batch's loss, the validation loss."""
+
+    def batches(self, rng: np.random.Generator) -> Iterable[B]: ...
+
+    def loss(self, model: nn.Module, batch: B) -> torch.Tensor: ...
+
+    def val_loss(self, model: nn.Module) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -32,6 +106,26 @@ class TrainConfig:
     hidden: tuple[int, ...] = (128, 64)
     val_fraction: float = 0.2
     seed: int = 0
+    patience: int = 3
+    min_delta: float = 0.0
+    milestone_every: int = 5
+    # The impact model's inputs and regularisation (see ImpactNet and stack_rows)
+    inputs: tuple[str, ...] | None = None  # feature names the model reads (None: all)
+    dropout: float = 0.2
+    weight_decay: float = 1e-4
+    frame_stride: int = 4  # train on every n-th live frame (neighbours are near duplicates)
+
+    @property
+    def fit(self) -> FitConfig:
+        return FitConfig(
+            epochs=self.epochs,
+            learning_rate=self.learning_rate,
+            seed=self.seed,
+            weight_decay=self.weight_decay,
+            patience=self.patience,
+            min_delta=self.min_delta,
+            milestone_every=self.milestone_every,
+        )
 
 
 @dataclass(frozen=True)
@@ -40,23 +134,64 @@ class TrainResult:
     metrics: dict[str, float]
     train_replays: list[str]
     val_replays: list[str]
+    fit: FitResult | None = None
+    data_hash: str = ""
 
 
 class ImpactNet(nn.Module):
-    """MLP from one (frame, player) feature row to P(score), P(concede) within the horizon."""
+    """MLP from one (frame, player) feature row to P(score), P(concede) within the horizon.
 
-    def __init__(self, n_features: int = N_FEATURES, hidden: tuple[int, ...] = (128, 64)) -> None:
+    It takes whole feature rows and itself picks the columns it reads (``inputs``: the
+    ball-only baseline reads 6) and standardises them with the training rows' mean and
+    deviation, so the exported ONNX graph needs no preprocessing outside it.
+    """
+
+    def __init__(
+        self,
+        n_features: int = N_FEATURES,
+        hidden: tuple[int, ...] = (128, 64),
+        *,
+        inputs: tuple[str, ...] | None = None,
+        dropout: float = 0.0,
+        mean: np.ndarray | None = None,
+        std: np.ndarray | None = None,
+    ) -> None:
         super().__init__()
+        columns = [FEATURE_NAMES.index(name) for name in inputs] if inputs else range(n_features)
+        width = len(columns)
+        self.register_buffer("columns", torch.tensor(list(columns), dtype=torch.long))
+        self.register_buffer("mean", _buffer(mean, width, 0.0))
+        self.register_buffer("std", _buffer(std, width, 1.0))
         layers: list[nn.Module] = []
-        width = n_features
         for size in hidden:
             layers += [nn.Linear(width, size), nn.ReLU()]
+            layers += [nn.Dropout(dropout)] if dropout else []
             width = size
         layers.append(nn.Linear(width, 2))
-        self.logits = nn.Sequential(*layers)
+        self.mlp = nn.Sequential(*layers)
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        chosen = torch.index_select(features, 1, self.columns)
+        return self.mlp((chosen - self.mean) / self.std)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.logits(features))
+
+
+MIN_INPUT_STD = 1e-2  # constant columns (team size in a 3v3-only set) are not blown up
+
+
+def _buffer(values: np.ndarray | None, width: int, default: float) -> torch.Tensor:
+    if values is None:
+        return torch.full((width,), default)
+    return torch.as_tensor(np.asarray(values, dtype=np.float32))
+
+
+def input_scaling(x_train: np.ndarray, inputs: tuple[str, ...] | None) -> tuple[np.ndarray, ...]:
+    """Mean and deviation of the training rows' model inputs."""
+    columns = [FEATURE_NAMES.index(n) for n in inputs] if inputs else slice(None)
+    chosen = x_train[:, columns].astype(np.float64)
+    return chosen.mean(axis=0), np.maximum(chosen.std(axis=0), MIN_INPUT_STD)
 
 
 def split_by_replay(
@@ -71,91 +206,348 @@ def split_by_replay(
     return ranked[n_val:], ranked[:n_val]
 
 
-def stack_rows(tables: list[FeatureTable]) -> tuple[np.ndarray, np.ndarray]:
-    features = np.concatenate([t.features.reshape(-1, N_FEATURES) for t in tables])
+def stack_rows(tables: list[FeatureTable], stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(features, labels) rows of every ``stride``-th live frame: the model never sees the
+    dead time between a goal and the next kickoff (goal replay, countdown)."""
+    pairs = [(t, np.flatnonzero(t.live)[::stride]) for t in tables]
+    features = np.concatenate([t.features[f].reshape(-1, N_FEATURES) for t, f in pairs])
     labels = np.concatenate(
-        [np.stack([t.label_score.reshape(-1), t.label_concede.reshape(-1)], axis=1) for t in tables]
+        [
+            np.stack([t.label_score[f].reshape(-1), t.label_concede[f].reshape(-1)], axis=1)
+            for t, f in pairs
+        ]
     )
     return features.astype(np.float32), labels.astype(np.float32)
 
 
+@dataclass(frozen=True)
+class _ImpactTask:
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    batch_size: int
+
+    def batches(self, rng: np.random.Generator) -> Iterable[torch.Tensor]:
+        order = rng.permutation(len(self.x_train))
+        for batch in np.array_split(order, max(1, len(order) // self.batch_size)):
+            yield torch.from_numpy(batch)
+
+    def loss(self, model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+        return nn.functional.binary_cross_entropy_with_logits(
+            model.logits(self.x_train[batch]), self.y_train[batch]
+        )
+
+    def val_loss(self, model: nn.Module) -> float:
+        total = 0.0
+        for start in range(0, len(self.x_val), VAL_CHUNK_ROWS):
+            rows = slice(start, start + VAL_CHUNK_ROWS)
+            total += nn.functional.binary_cross_entropy_with_logits(
+                model.logits(self.x_val[rows]), self.y_val[rows], reduction="sum"
+            ).item()
+        return total / self.y_val.numel()
+
+
 def train_impact_model(
-    tables: list[FeatureTable], config: TrainConfig = TrainConfig(), progress: bool = True
+    tables: list[FeatureTable],
+    config: TrainConfig = TrainConfig(),
+    progress: bool = True,
+    run_dir: Path | None = None,
 ) -> TrainResult:
-    torch.manual_seed(config.seed)
-    generator = np.random.default_rng(config.seed)
+    """Train on ``tables``; with ``run_dir``, checkpoint there and resume a killed run."""
     train_tables, val_tables = split_by_replay(tables, config.val_fraction, config.seed)
-    x_train, y_train = stack_rows(train_tables)
+    x_train, y_train = stack_rows(train_tables, config.frame_stride)
     x_val, y_val = stack_rows(val_tables)
-    model = ImpactNet(N_FEATURES, config.hidden)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    loss_fn = nn.BCEWithLogitsLoss()
-    features, labels = torch.from_numpy(x_train), torch.from_numpy(y_train)
-    for _ in tqdm(range(config.epochs), desc="train", unit="epoch", disable=not progress):
-        model.train()
-        order = generator.permutation(len(features))
-        for batch in np.array_split(order, max(1, len(order) // config.batch_size)):
-            index = torch.from_numpy(batch)
-            optimizer.zero_grad()
-            loss = loss_fn(model.logits(features[index]), labels[index])
-            loss.backward()
-            optimizer.step()
-    model.eval()
-    with torch.no_grad():
-        predicted = model(torch.from_numpy(x_val)).numpy()
+    if not len(x_train) or not len(x_val):
+        raise ValueError("no live frames to train or validate on")
+    torch.manual_seed(config.seed)
+    mean, std = input_scaling(x_train, config.inputs)
+    model = ImpactNet(
+        N_FEATURES, config.hidden, inputs=config.inputs, dropout=config.dropout, mean=mean, std=std
+    )
+    task = _ImpactTask(*map(torch.from_numpy, (x_train, y_train, x_val, y_val)), config.batch_size)
+    train_ids, val_ids = [t.replay_id for t in train_tables], [t.replay_id for t in val_tables]
+    run = RunInfo("impact", data_hash(train_ids, val_ids))
+    fitted = fit(model, task, config.fit, run, run_dir, progress)
+    # per (live frame, team) of the validation replays, as `rlimpact evaluate` reports them
+    held_out = forecasts(val_tables, TorchPredictor(model)).metrics()
     metrics = {
-        **{f"score_{k}": v for k, v in binary_metrics(y_val[:, 0], predicted[:, 0]).items()},
-        **{f"concede_{k}": v for k, v in binary_metrics(y_val[:, 1], predicted[:, 1]).items()},
+        **{f"score_{k}": v for k, v in held_out["score"].items()},
+        **{f"concede_{k}": v for k, v in held_out["concede"].items()},
         "train_rows": float(len(x_train)),
         "val_rows": float(len(x_val)),
+        **fit_metrics(fitted),
     }
+    if run_dir is not None:
+        write_snapshot(run_dir, "final", model, metrics, run, config.fit, fitted.best_epoch)
     return TrainResult(
         model=model,
         metrics=metrics,
-        train_replays=[t.replay_id for t in train_tables],
-        val_replays=[t.replay_id for t in val_tables],
+        train_replays=train_ids,
+        val_replays=val_ids,
+        fit=fitted,
+        data_hash=run.data_hash,
     )
 
 
-def binary_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
-    p = np.clip(probabilities.astype(np.float64), EPSILON, 1 - EPSILON)
-    y = labels.astype(np.float64)
+# ---------------------------------------------------------------- the training loop
+
+
+def data_hash(train_ids: Iterable[str], val_ids: Iterable[str], labels: Iterable[str] = ()) -> str:
+    """sha256 over what a model was trained and validated on (replay ids, extra label lines)."""
+    lines = sorted([*(f"train {i}" for i in train_ids), *(f"val {i}" for i in val_ids), *labels])
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def fit(
+    model: nn.Module,
+    task: FitTask[B],
+    config: FitConfig,
+    run: RunInfo,
+    run_dir: Path | None = None,
+    progress: bool = True,
+) -> FitResult:
+    """Train ``model`` in place; on return it holds the weights of its best validation epoch.
+
+    With ``run_dir``, a checkpoint is written there after every epoch (atomically), and a
+    checkpoint found there of the same run (kind, data, settings) is resumed from.
+    """
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    state = _FitState(best_state=copy.deepcopy(model.state_dict()))
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _load_checkpoint(run_dir / CHECKPOINT_FILE, model, optimizer, state, config, run)
+    resumed_at = len(state.history)
+    bar = tqdm(
+        total=config.epochs, initial=resumed_at, desc=f"train {run.kind}", unit="epoch",
+        disable=not progress,
+    )  # fmt: skip
+    while not state.finished(config):
+        epoch = len(state.history) + 1
+        train_loss = _train_epoch(model, optimizer, task, config.seed, epoch)
+        model.eval()
+        with torch.no_grad():
+            val_loss = task.val_loss(model)
+        state.record(EpochLog(epoch, train_loss, val_loss), model, config.min_delta)
+        bar.update()
+        bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}")
+        if run_dir is not None:
+            _save_checkpoint(run_dir / CHECKPOINT_FILE, model, optimizer, state, config, run)
+            write_loss_curve(state.history, state.best_epoch, run_dir / LOSS_CURVE_FILE, run.kind)
+            if config.milestone_every and epoch % config.milestone_every == 0:
+                metrics = {"train_loss": train_loss, "val_loss": val_loss}
+                write_snapshot(run_dir, f"epoch-{epoch:04d}", model, metrics, run, config, epoch)
+    bar.close()
+    model.load_state_dict(state.best_state)
+    model.eval()
+    return FitResult(
+        history=list(state.history),
+        best_epoch=state.best_epoch,
+        stopped_early=len(state.history) < config.epochs,
+        resumed_at=resumed_at,
+    )
+
+
+def fit_metrics(fitted: FitResult) -> dict[str, float]:
+    best = fitted.history[fitted.best_epoch - 1] if fitted.best_epoch else None
     return {
-        "log_loss": float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))),
-        "brier": float(np.mean((p - y) ** 2)),
-        "roc_auc": roc_auc(y, p),
-        "positive_rate": float(y.mean()),
+        "epochs_run": float(len(fitted.history)),
+        "best_epoch": float(fitted.best_epoch),
+        "best_val_loss": best.val_loss if best else float("nan"),
     }
 
 
-def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Mann-Whitney AUC with average ranks for ties; NaN when only one class is present."""
-    positives = labels > 0.5
-    n_pos, n_neg = int(positives.sum()), int((~positives).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)
-    ranks = ((ends - counts + 1 + ends) / 2.0)[inverse]
-    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+@dataclass
+class _FitState:
+    best_state: dict[str, torch.Tensor]
+    history: list[EpochLog] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val: float = float("inf")
+
+    def record(self, log: EpochLog, model: nn.Module, min_delta: float) -> None:
+        self.history.append(log)
+        if log.val_loss < self.best_val - min_delta:
+            self.best_val, self.best_epoch = log.val_loss, log.epoch
+            self.best_state = copy.deepcopy(model.state_dict())
+
+    def finished(self, config: FitConfig) -> bool:
+        done = len(self.history)
+        stale = done - self.best_epoch
+        return done >= config.epochs or (config.patience > 0 and stale >= config.patience)
 
 
-def export_onnx(model: nn.Module, path: Path, version: str) -> None:
-    """Write ``model`` as ONNX with its version and feature schema in the metadata."""
+def _train_epoch(
+    model: nn.Module, optimizer: torch.optim.Optimizer, task: FitTask[B], seed: int, epoch: int
+) -> float:
+    # Each epoch's randomness comes from (seed, epoch) alone, so a resumed run repeats exactly
+    # what the killed run would have done.
+    torch.manual_seed(seed * 1_000_003 + epoch)
+    rng = np.random.default_rng([seed, epoch])
+    model.train()
+    losses = []
+    for batch in task.batches(rng):
+        optimizer.zero_grad()
+        loss = task.loss(model, batch)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return float(np.mean(losses)) if losses else float("nan")
+
+
+def _run_key(config: FitConfig, run: RunInfo) -> dict[str, object]:
+    """What must match for a checkpoint to be resumed (the epoch budget may grow)."""
+    return {**asdict(config), "epochs": None, **asdict(run)}
+
+
+def _save_checkpoint(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: _FitState,
+    config: FitConfig,
+    run: RunInfo,
+) -> None:
+    checkpoint = {
+        "key": json.dumps(_run_key(config, run), sort_keys=True),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "best_state": state.best_state,
+        "best_epoch": state.best_epoch,
+        "best_val": state.best_val,
+        "history": [asdict(log) for log in state.history],
+    }
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(checkpoint, tmp)
+    os.replace(tmp, path)  # a kill mid-write leaves the previous checkpoint intact
+
+
+def _load_checkpoint(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: _FitState,
+    config: FitConfig,
+    run: RunInfo,
+) -> None:
+    if not path.exists():
+        return
+    checkpoint = torch.load(path, weights_only=True)
+    if checkpoint["key"] != json.dumps(_run_key(config, run), sort_keys=True):
+        raise ValueError(
+            f"{path} is the checkpoint of another run (other data, kind or settings): "
+            "remove it or use another run directory"
+        )
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    state.best_state = checkpoint["best_state"]
+    state.best_epoch = checkpoint["best_epoch"]
+    state.best_val = checkpoint["best_val"]
+    state.history = [EpochLog(**log) for log in checkpoint["history"]]
+
+
+def write_snapshot(
+    run_dir: Path,
+    name: str,
+    model: nn.Module,
+    metrics: dict[str, float],
+    run: RunInfo,
+    config: FitConfig,
+    epoch: int,
+) -> Path:
+    """``milestones/NAME.pt`` (weights) and ``NAME.json`` (metadata); returns the JSON path."""
+    folder = run_dir / MILESTONES_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), folder / f"{name}.pt")
+    meta = {
+        "name": name,
+        "kind": run.kind,
+        "epoch": epoch,
+        "metrics": metrics,
+        "timestamp": datetime.now(UTC).isoformat(),
+        "feature_schema_version": run.feature_schema_version,
+        "data_hash": run.data_hash,
+        "config": asdict(config),
+    }
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(meta, indent=2, allow_nan=True) + "\n")
+    return path
+
+
+def write_loss_curve(history: list[EpochLog], best_epoch: int, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    epochs = [log.epoch for log in history]
+    figure, axes = plt.subplots(figsize=(6, 4))
+    axes.plot(epochs, [log.train_loss for log in history], marker="o", label="training")
+    axes.plot(epochs, [log.val_loss for log in history], marker="o", label="validation")
+    if best_epoch:
+        axes.axvline(best_epoch, color="grey", linestyle="--", label=f"best (epoch {best_epoch})")
+    axes.set(xlabel="epoch", ylabel="loss", title=f"{title} model")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+
+
+@dataclass(frozen=True)
+class OnnxSignature:
+    """Names, an example input and the dynamic axes of a model's one input and one output."""
+
+    input_name: str = INPUT_NAME
+    output_name: str = OUTPUT_NAME
+    example_shape: tuple[int, ...] = (1, N_FEATURES)
+    dynamic_axes: dict[str, dict[int, str]] = field(
+        default_factory=lambda: {INPUT_NAME: {0: "rows"}, OUTPUT_NAME: {0: "rows"}}
+    )
+
+
+def export_onnx(
+    model: nn.Module,
+    path: Path,
+    version: str,
+    *,
+    kind: str = "impact",
+    signature: OnnxSignature = OnnxSignature(),
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """Write ``model`` as ONNX with its version, kind and feature schema in the metadata."""
     model.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             model,
-            (torch.zeros(1, N_FEATURES),),
+            (torch.zeros(*signature.example_shape),),
             str(path),
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "rows"}, OUTPUT_NAME: {0: "rows"}},
+            input_names=[signature.input_name],
+            output_names=[signature.output_name],
+            dynamic_axes=signature.dynamic_axes,
             dynamo=False,
         )
     proto = onnx.load(str(path))
-    for key, value in ((META_VERSION, version), (META_SCHEMA, str(FEATURE_SCHEMA_VERSION))):
+    entries = {
+        META_VERSION: version,
+        META_SCHEMA: str(FEATURE_SCHEMA_VERSION),
+        META_KIND: kind,
+        **(metadata or {}),
+    }
+    for key, value in entries.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.save(proto, str(path))
+
+
+def onnx_parity(
+    model: nn.Module, path: Path, inputs: np.ndarray, signature: OnnxSignature = OnnxSignature()
+) -> float:
+    """Largest absolute difference between torch and onnxruntime outputs on ``inputs``."""
+    model.eval()
+    with torch.no_grad():
+        expected = model(torch.from_numpy(inputs)).numpy()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run([signature.output_name], {signature.input_name: inputs})
+    return float(np.max(np.abs(got - expected))) if expected.size else 0.0

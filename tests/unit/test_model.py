@@ -1,29 +1,42 @@
-"""Train, export and score on real replays: torch and onnxruntime must agree."""
+"""Train, export and score on real replays: torch and onnxruntime must agree; touch credits."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from services.featurizer.features import N_FEATURES, FeatureTable, featurize
+from services.featurizer.features import FEATURE_NAMES, N_FEATURES, FeatureTable, featurize
 from services.parser.parse import parse_replay_file
-from services.scorer.score import ImpactModel, ModelSchemaError, score_table
+from services.scorer.score import (
+    IMPACT_SCALE,
+    ImpactModel,
+    ModelSchemaError,
+    credit_touches,
+    live_minutes,
+    predict_table,
+    score_credits,
+    score_table,
+    team_score_probability,
+)
+from services.trainer.evaluate import BALL_INPUTS
 from services.trainer.train import (
+    ImpactNet,
     TrainConfig,
-    binary_metrics,
     export_onnx,
-    roc_auc,
     split_by_replay,
+    stack_rows,
     train_impact_model,
 )
+from shared.events import GoalInfo, PlayerInfo
 
 
 @pytest.fixture(scope="module")
 def tables(good_replays) -> list[FeatureTable]:
-    chosen = [r for r in good_replays if (r.goals or 0) >= 2][:4]
+    chosen = [r for r in good_replays if (r.goals or 0) >= 2 and (r.team_size or 0) >= 2][:4]
     return [featurize(parse_replay_file(r.path, r.sha256)) for r in chosen]
 
 
@@ -41,6 +54,15 @@ def test_split_is_by_replay_and_disjoint(tables):
     assert not {t.replay_id for t in train} & {t.replay_id for t in val}
 
 
+def test_training_rows_are_live_frames_only(tables):
+    features, labels = stack_rows(tables[:1])
+    table = tables[0]
+    assert len(features) == table.live.sum() * len(table.players) < table.features[..., 0].size
+    np.testing.assert_array_equal(features, table.features[table.live].reshape(-1, N_FEATURES))
+    np.testing.assert_array_equal(labels[:, 0], table.label_score[table.live].reshape(-1))
+    assert len(stack_rows(tables[:1], stride=3)[0]) < len(features) / 2
+
+
 def test_onnx_matches_torch(exported, tables):
     model, path = exported
     rows = tables[0].features.reshape(-1, N_FEATURES)[:5000]
@@ -50,13 +72,108 @@ def test_onnx_matches_torch(exported, tables):
     assert np.max(np.abs(got - expected)) <= 1e-4
 
 
+def test_a_ball_only_net_reads_nothing_but_the_ball(tables):
+    net = ImpactNet(inputs=BALL_INPUTS, hidden=(8,)).eval()
+    rows = torch.from_numpy(tables[0].features.reshape(-1, N_FEATURES)[:500].copy())
+    scrambled = rows.clone()
+    others = [i for i, name in enumerate(FEATURE_NAMES) if name not in BALL_INPUTS]
+    scrambled[:, others] = torch.randn(len(rows), len(others))
+    with torch.no_grad():
+        assert torch.equal(net(rows), net(scrambled))
+        scrambled[:, FEATURE_NAMES.index("ball_y")] += 1.0
+        assert not torch.equal(net(rows), net(scrambled))
+
+
 def test_one_score_per_player(exported, tables):
     _, path = exported
     model = ImpactModel(path)
     assert model.version == "impact-test"
-    scores = score_table(tables[0], model)
-    assert [s.player_index for s in scores] == [p.index for p in tables[0].players]
-    assert all(np.isfinite(s.impact) and -100 <= s.impact <= 100 for s in scores)
+    table = tables[0]
+    scores = score_table(table, model)
+    assert [s.player_index for s in scores] == [p.index for p in table.players]
+    assert sum(s.touches for s in scores) == len(table.touch_events) > 0
+    for s in scores:
+        assert np.isfinite(s.impact) and s.impact == pytest.approx(s.offence + s.defence)
+        assert s.impact_per_minute == pytest.approx(s.impact / live_minutes(table))
+
+
+def test_touch_credits_add_up_to_how_each_segment_ended(exported, tables):
+    """Each touch is credited until the next one, so the credits chain: per segment, team 0's
+    credits minus team 1's equal the change of V0 = P(0 scores) - P(1 scores) from before the
+    first touch to the segment's end, where a goal makes V0 = +1 or -1."""
+    _, path = exported
+    table = tables[0]
+    p_score = team_score_probability(table, predict_table(table, ImpactModel(path)))
+    credits = credit_touches(table, p_score)
+    value = p_score[:, 0] - p_score[:, 1]
+    edges = np.diff(np.r_[0, table.live.astype(int), 0])
+    expected = 0.0
+    goal_at = {int(np.searchsorted(table.time, g.time)): g.team for g in table.goals}
+    for start, stop in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True):
+        touched = np.flatnonzero(table.touched[start:stop].any(axis=1)) + start
+        if not touched.size:
+            continue
+        end = {0: 1.0, 1: -1.0}.get(goal_at.get(int(stop), -1), value[stop - 1])
+        expected += end - value[max(touched[0] - 1, start)]
+    signed = sum(c.value if c.team == 0 else -c.value for c in credits)
+    assert signed == pytest.approx(expected, abs=1e-9)
+    scores = score_credits(table, credits)
+    by_team = [sum(s.impact for s in scores if s.team == team) for team in (0, 1)]
+    assert by_team[0] - by_team[1] == pytest.approx(IMPACT_SCALE * expected, abs=1e-6)
+
+
+def _synthetic(touches: list[tuple[int, int]], goal_frame: int | None) -> FeatureTable:
+    n = 10
+    touched = np.zeros((n, 2), dtype=bool)
+    for frame, player in touches:
+        touched[frame, player] = True
+    time = np.arange(n, dtype=np.float32) * 0.1
+    goals = [] if goal_frame is None else [GoalInfo(time=float(time[goal_frame]), team=0)]
+    live = np.ones(n, dtype=bool) if goal_frame is None else np.arange(n) < goal_frame
+    players = [PlayerInfo(index=0, name="a", team=0), PlayerInfo(index=1, name="b", team=1)]
+    return FeatureTable(
+        replay_id="synthetic",
+        time=time,
+        segment=np.zeros(n, dtype=np.int64),
+        live=live,
+        features=np.zeros((n, 2, N_FEATURES), dtype=np.float32),
+        label_score=np.zeros((n, 2), dtype=bool),
+        label_concede=np.zeros((n, 2), dtype=bool),
+        touched=touched,
+        players=players,
+        goals=goals,
+    )
+
+
+def test_a_touch_is_credited_from_before_it_to_before_the_next_touch():
+    table = _synthetic([(2, 0), (6, 1)], goal_frame=None)
+    p_score = np.zeros((10, 2))
+    p_score[:, 0] = np.linspace(0.1, 0.55, 10)  # blue's chances rise all along
+    p_score[:, 1] = 0.2
+    p_score[5, 1] = 0.1  # and orange's dip just before orange touches
+    first, second = credit_touches(table, p_score)
+    assert (first.player_index, second.player_index) == (0, 1)
+    assert first.offence == pytest.approx(p_score[5, 0] - p_score[1, 0])
+    assert first.defence == pytest.approx(p_score[1, 1] - p_score[5, 1])
+    assert second.offence == pytest.approx(p_score[9, 1] - p_score[5, 1])  # to the end of play
+    assert second.defence == pytest.approx(p_score[5, 0] - p_score[9, 0])
+
+
+def test_the_touch_before_a_goal_takes_the_goal_and_an_own_goal_costs():
+    p_score = np.full((10, 2), 0.2)
+    (scorer,) = credit_touches(_synthetic([(3, 0)], goal_frame=8), p_score)
+    assert scorer.offence == pytest.approx(0.8) and scorer.defence == pytest.approx(0.2)
+    (own_goal,) = credit_touches(_synthetic([(3, 1)], goal_frame=8), p_score)
+    assert own_goal.team == 1 and own_goal.value == pytest.approx(-1.0)
+
+
+def test_touches_outside_play_are_not_credited():
+    table = _synthetic([(3, 0), (9, 1)], goal_frame=8)
+    credits = credit_touches(table, np.full((10, 2), 0.2))
+    assert [c.frame for c in credits] == [3]
+    half_minute = replace(table, time=table.time * 30)  # 8 live frames, 3 s apart: 24 s
+    (blue, _) = score_credits(half_minute, credits)
+    assert blue.impact_per_minute == pytest.approx(blue.impact / 0.4)
 
 
 def test_model_for_another_feature_schema_is_refused(exported, tmp_path):
@@ -70,19 +187,3 @@ def test_model_for_another_feature_schema_is_refused(exported, tmp_path):
     onnx.save(proto, str(tmp_path / "old.onnx"))
     with pytest.raises(ModelSchemaError, match="v999"):
         ImpactModel(tmp_path / "old.onnx")
-
-
-def test_roc_auc_equals_pair_counting():
-    rng = np.random.default_rng(1)
-    labels = rng.integers(0, 2, 300).astype(float)
-    scores = np.round(rng.random(300) + 0.3 * labels, 1)  # rounding makes ties
-    pos, neg = scores[labels == 1], scores[labels == 0]
-    pairs = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    assert roc_auc(labels, scores) == pytest.approx(pairs / (len(pos) * len(neg)))
-
-
-def test_metrics_of_a_perfect_and_a_constant_forecast():
-    labels = np.array([0.0, 1.0, 0.0, 1.0])
-    perfect = binary_metrics(labels, labels)
-    assert perfect["roc_auc"] == 1.0 and perfect["brier"] == pytest.approx(0.0, abs=1e-9)
-    assert binary_metrics(labels, np.full(4, 0.5))["log_loss"] == pytest.approx(np.log(2))

@@ -1,0 +1,187 @@
+"""The training loop on real replays: seeds, checkpoints and resume after a kill, early stopping,
+milestone snapshots with metadata, the loss curve, and ONNX parity."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from services.featurizer.features import FEATURE_SCHEMA_VERSION, N_FEATURES, FeatureTable, featurize
+from services.parser.parse import parse_replay_file
+from services.trainer.train import (
+    CHECKPOINT_FILE,
+    LOSS_CURVE_FILE,
+    MILESTONES_DIR,
+    TrainConfig,
+    data_hash,
+    export_onnx,
+    onnx_parity,
+    split_by_replay,
+    stack_rows,
+    train_impact_model,
+)
+from shared.settings import REPO_ROOT
+from tests.conftest import ManifestRow
+
+FAST = TrainConfig(epochs=3, batch_size=4096, milestone_every=0)
+
+# Trains in a separate process, to be killed, on the replays given as PATH=SHA256 arguments.
+KILLABLE_RUN = """
+import sys, torch
+from pathlib import Path
+from services.featurizer.features import featurize
+from services.parser.parse import parse_replay_file
+from services.trainer.train import TrainConfig, train_impact_model
+torch.set_num_threads(1)
+run_dir, epochs, *replays = sys.argv[1:]
+tables = [featurize(parse_replay_file(Path(r.split("=")[0]), r.split("=")[1])) for r in replays]
+config = TrainConfig(epochs=int(epochs), batch_size=4096, patience=0, milestone_every=0)
+train_impact_model(tables, config, progress=False, run_dir=Path(run_dir))
+"""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Same arithmetic in this process and in the killed one (and fast on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def chosen(good_replays) -> list[ManifestRow]:
+    return [r for r in good_replays if (r.goals or 0) >= 2 and r.team_size == 2][:4]
+
+
+@pytest.fixture(scope="module")
+def tables(chosen) -> list[FeatureTable]:
+    return [featurize(parse_replay_file(r.path, r.sha256)) for r in chosen]
+
+
+def _weights(model: torch.nn.Module) -> dict[str, np.ndarray]:
+    return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def _same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_same_seed_same_model_other_seed_another(tables):
+    first = train_impact_model(tables, FAST, progress=False)
+    again = train_impact_model(tables, FAST, progress=False)
+    other = train_impact_model(tables, TrainConfig(**{**FAST.__dict__, "seed": 1}), progress=False)
+    assert _same(_weights(first.model), _weights(again.model))
+    assert first.metrics == again.metrics
+    assert not _same(_weights(first.model), _weights(other.model))
+
+
+def test_a_killed_run_resumes_and_ends_as_an_uninterrupted_one(chosen, tables, tmp_path):
+    epochs = 6
+    replays = [f"{r.path}={r.sha256}" for r in chosen]
+    run_dir = tmp_path / "killed"
+    process = subprocess.Popen(
+        [sys.executable, "-c", KILLABLE_RUN, str(run_dir), str(epochs), *replays], cwd=REPO_ROOT
+    )
+    deadline = time.monotonic() + 120
+    while not (run_dir / CHECKPOINT_FILE).exists():
+        assert process.poll() is None, "the training process ended before its first checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint after 120 s"
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)  # mid-run: epoch 1 is checkpointed, later ones are not
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+
+    config = TrainConfig(epochs=epochs, batch_size=4096, patience=0, milestone_every=0)
+    resumed = train_impact_model(tables, config, progress=False, run_dir=run_dir)
+    fresh = train_impact_model(tables, config, progress=False, run_dir=tmp_path / "fresh")
+    assert resumed.fit is not None and fresh.fit is not None
+    assert 1 <= resumed.fit.resumed_at < epochs
+    assert fresh.fit.resumed_at == 0
+    assert [e.epoch for e in resumed.fit.history] == list(range(1, epochs + 1))
+    assert resumed.fit.history == fresh.fit.history
+    assert _same(_weights(resumed.model), _weights(fresh.model))
+
+
+def test_a_finished_run_is_not_trained_again(tables, tmp_path):
+    first = train_impact_model(tables, FAST, progress=False, run_dir=tmp_path)
+    second = train_impact_model(tables, FAST, progress=False, run_dir=tmp_path)
+    assert second.fit is not None and second.fit.resumed_at == FAST.epochs
+    assert _same(_weights(first.model), _weights(second.model))
+
+
+def test_a_checkpoint_of_other_data_is_refused(tables, tmp_path):
+    train_impact_model(tables[:3], FAST, progress=False, run_dir=tmp_path)
+    with pytest.raises(ValueError, match="checkpoint of another run"):
+        train_impact_model(tables[1:], FAST, progress=False, run_dir=tmp_path)
+
+
+def test_early_stopping_keeps_the_best_epoch(tables):
+    # No later epoch can beat the first by 10 nats: training stops after `patience` epochs.
+    config = TrainConfig(epochs=10, batch_size=4096, patience=2, min_delta=10.0)
+    result = train_impact_model(tables, config, progress=False)
+    assert result.fit is not None
+    assert result.fit.stopped_early and len(result.fit.history) == 3
+    assert result.fit.best_epoch == 1
+    _, val = split_by_replay(tables, config.val_fraction, config.seed)
+    x_val, y_val = stack_rows(val)
+    with torch.no_grad():
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            result.model.logits(torch.from_numpy(x_val)), torch.from_numpy(y_val)
+        ).item()
+    assert loss == pytest.approx(result.fit.history[0].val_loss, rel=1e-5)
+    assert result.metrics["best_epoch"] == 1.0 and result.metrics["epochs_run"] == 3.0
+
+
+def test_milestones_carry_metadata_and_the_loss_curve_is_a_png(tables, tmp_path):
+    config = TrainConfig(epochs=4, batch_size=4096, patience=0, milestone_every=2)
+    result = train_impact_model(tables, config, progress=False, run_dir=tmp_path)
+    names = sorted(p.name for p in (tmp_path / MILESTONES_DIR).iterdir())
+    assert names == [
+        "epoch-0002.json", "epoch-0002.pt", "epoch-0004.json", "epoch-0004.pt",
+        "final.json", "final.pt",
+    ]  # fmt: skip
+    expected_hash = data_hash(result.train_replays, result.val_replays)
+    for name in ("epoch-0002", "epoch-0004", "final"):
+        meta = json.loads((tmp_path / MILESTONES_DIR / f"{name}.json").read_text())
+        assert meta["data_hash"] == expected_hash == result.data_hash
+        assert meta["feature_schema_version"] == FEATURE_SCHEMA_VERSION
+        assert meta["kind"] == "impact" and meta["config"]["seed"] == 0
+        assert time.time() - _epoch_seconds(meta["timestamp"]) < 600
+        assert np.isfinite(meta["metrics"]["val_loss" if name != "final" else "best_val_loss"])
+    final = json.loads((tmp_path / MILESTONES_DIR / "final.json").read_text())
+    assert final["metrics"]["score_roc_auc"] == result.metrics["score_roc_auc"]
+    snapshot = torch.load(tmp_path / MILESTONES_DIR / "final.pt", weights_only=True)
+    assert _same({k: v.numpy() for k, v in snapshot.items()}, _weights(result.model))
+    with Image.open(tmp_path / LOSS_CURVE_FILE) as image:
+        assert image.format == "PNG" and image.width > 100 and image.height > 100
+
+
+def test_data_hash_depends_on_the_split_and_the_labels():
+    assert data_hash(["a", "b"], ["c"]) == data_hash(["b", "a"], ["c"])
+    assert data_hash(["a", "b"], ["c"]) != data_hash(["a", "c"], ["b"])
+    assert data_hash(["a"], ["c"], ["label a 0 1000"]) != data_hash(["a"], ["c"], ["label a 0 9"])
+
+
+def test_impact_onnx_export_matches_torch(tables, tmp_path):
+    result = train_impact_model(tables, FAST, progress=False)
+    path = tmp_path / "impact.onnx"
+    export_onnx(result.model, path, "impact-parity")
+    rows = tables[0].features.reshape(-1, N_FEATURES)[:4096]
+    assert onnx_parity(result.model, path, rows) <= 1e-4
+
+
+def _epoch_seconds(iso: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso).timestamp()
