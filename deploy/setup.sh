@@ -20,3 +20,17 @@ if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -e "$target"
     echo "$want" >"$stamp"
 fi
+# The native frame extractor (native/, Rust: boxcars + pyo3, built by maturin from PyPI):
+# rebuilt only when its sources change. Needs cargo (rustup's ~/.cargo/bin is looked at too).
+native_stamp=".venv/.rlimpact-native-installed"
+native_want="$(find native -path native/target -prune -o -type f -print | LC_ALL=C sort \
+    | xargs sha256sum | sha256sum | cut -d' ' -f1)"
+if [[ ! -f "$native_stamp" || "$(cat "$native_stamp")" != "$native_want" ]] \
+    || ! .venv/bin/python -c 'import rlimpact_native' 2>/dev/null; then
+    export PATH="$PATH:$HOME/.cargo/bin"
+    command -v cargo >/dev/null \
+        || { echo "setup: cargo (Rust >= 1.88) is required to build native/ (rustup.rs)" >&2; exit 1; }
+    echo "setup: building the native extractor (native/, release; first build takes minutes)" >&2
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check ./native
+    echo "$native_want" >"$native_stamp"
+fi

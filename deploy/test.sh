@@ -5,6 +5,8 @@ set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 cd "$REPO_ROOT"
 bash deploy/setup.sh trainer,dev
+# MinIO for the bucket-source test: built once from the Go module proxy into .rlimpact/bin.
+bash deploy/minio.sh install
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/python -m pytest -q "$@"

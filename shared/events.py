@@ -32,6 +32,9 @@ REPLAY_FAILED = Topic("replay.failed", partitions=1, retention_ms=30 * 24 * HOUR
 TRAIN_REQUESTED = Topic("train.requested", partitions=1, retention_ms=7 * 24 * HOUR_MS)
 MODEL_PROMOTED = Topic("model.promoted", partitions=1, retention_ms=30 * 24 * HOUR_MS)
 EVENTS_INVALID = Topic("events.invalid", partitions=1, retention_ms=30 * 24 * HOUR_MS)
+REPLAY_SUBMITTED = Topic("replay.submitted", partitions=1, retention_ms=14 * 24 * HOUR_MS)
+LIVE_FRAMES = Topic("live.frames", partitions=4, retention_ms=6 * HOUR_MS)
+SCORES_LIVE = Topic("scores.live", partitions=4, retention_ms=24 * HOUR_MS)
 
 ALL_TOPICS: tuple[Topic, ...] = (
     REPLAY_UPLOADED,
@@ -42,6 +45,9 @@ ALL_TOPICS: tuple[Topic, ...] = (
     TRAIN_REQUESTED,
     MODEL_PROMOTED,
     EVENTS_INVALID,
+    REPLAY_SUBMITTED,
+    LIVE_FRAMES,
+    SCORES_LIVE,
 )
 
 
@@ -87,6 +93,19 @@ class ReplayUploaded(Event):
     source: str = "watch"
 
 
+SOURCE_PATTERN = r"^[a-z0-9_.-]{1,32}$"
+
+
+class ReplaySubmitted(Event):
+    """A replay waiting for the ingestor at ``uri``, from ``rlimpact upload`` or any producer:
+    ``s3://<RLIMPACT_S3_BUCKET>/<percent-encoded key>``, or ``file://`` inside the blob store's
+    ``incoming/`` folder. The bytes never travel in the message."""
+
+    uri: str = Field(max_length=4096)
+    filename: str = Field(max_length=1024, description="checked like any file name from outside")
+    source: str = Field("topic", pattern=SOURCE_PATTERN, description="who submitted it")
+
+
 Stage = Literal["ingest", "parse", "featurize", "score"]
 
 
@@ -96,6 +115,7 @@ class ReplayFailed(Event):
     reason: str
     error_type: str
     uri: str | None = None
+    rule: str | None = Field(None, description="the validation rule broken, when one was")
 
 
 class FramesParsed(Event):
@@ -121,10 +141,15 @@ class ScoreEmitted(Event):
     player_index: int
     player_name: str
     team: Literal[0, 1]
-    model_id: int
+    model_id: int = Field(description="the impact model (registry id) that scored this")
     model_version: str
-    impact: float
+    impact: float = Field(description="offence + defence")
+    offence: float | None = Field(None, description="None only on rows scored before 004")
+    defence: float | None = None
     n_frames: int
+    skill: float | None = Field(None, description="rating estimate; None: no skill model active")
+    skill_model_id: int | None = None
+    skill_model_version: str | None = None
 
 
 class TrainRequested(Event):
@@ -135,6 +160,116 @@ class TrainRequested(Event):
 class ModelPromoted(Event):
     model_id: int
     model_version: str
+    kind: Literal["impact", "skill"] = "impact"
+
+
+# ---------------------------------------------------------------- live matches
+# Units as in shared/frames.py: Unreal units (uu), uu/s, radians, boost 0..1. A field the feed
+# did not send is None (older SOS plugin builds send no locations and no velocities at all).
+
+
+class LiveBall(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    x: float
+    y: float
+    z: float
+    vx: float | None = None
+    vy: float | None = None
+    vz: float | None = None
+    speed: float | None = Field(None, ge=0, description="uu/s, when only the magnitude is known")
+
+
+class LivePlayer(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(min_length=1, max_length=256, description="stable within the match")
+    name: str = Field(max_length=256)
+    team: Literal[0, 1]
+    x: float | None = None
+    y: float | None = None
+    z: float | None = None
+    roll: float | None = None
+    pitch: float | None = None
+    yaw: float | None = None
+    vx: float | None = None
+    vy: float | None = None
+    vz: float | None = None
+    speed: float | None = Field(None, ge=0, description="uu/s, when only the magnitude is known")
+    boost: float = Field(0.0, ge=0, le=1)
+    jumping: bool = False
+    demolished: bool = False
+    goals: int = 0
+    shots: int = 0
+    saves: int = 0
+    assists: int = 0
+    touches: int = 0
+
+    @property
+    def has_location(self) -> bool:
+        return self.x is not None and self.y is not None and self.z is not None
+
+
+LiveStatus = Literal["playing", "ended"]
+
+
+class LiveFrame(Event):
+    """One game-state update of a live match, as the bridge received it (``live.frames``)."""
+
+    match_id: str = Field(min_length=1, max_length=128)
+    source: Literal["sos", "plugin"]
+    seq: int = Field(ge=0, description="per match, increasing, assigned by the bridge")
+    received_at: datetime = Field(description="when the bridge received the feed's message")
+    game_time: float | None = Field(None, description="seconds since the match began, if sent")
+    seconds_remaining: float | None = None
+    overtime: bool = False
+    blue_goals: int = 0
+    orange_goals: int = 0
+    ball: LiveBall | None = None
+    players: list[LivePlayer] = Field(default_factory=list)
+    status: LiveStatus = "playing"
+
+    def key(self) -> bytes | None:
+        return self.match_id.encode()
+
+
+class LivePlayerScore(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+    name: str
+    team: Literal[0, 1]
+    impact: float = Field(description="offence + defence, running over the match so far")
+    offence: float
+    defence: float
+    p_score: float = Field(description="P(own team scores within the horizon), latest frame")
+    p_concede: float = Field(description="P(own team concedes within the horizon), latest frame")
+    n_frames: int
+    goals: int = 0
+
+
+class LiveScore(Event):
+    """Running impact of every player of a live match (``scores.live``); ``live`` tells it
+    from a replay's ``scores.emitted``. One update covers the frames that arrived together."""
+
+    live: Literal[True] = True
+    match_id: str
+    seq: int = Field(description="seq of the newest live.frames event included")
+    frames_received_at: list[datetime] = Field(
+        description="bridge receipt time of each frame this update covers (latency)"
+    )
+    model_id: int | None = Field(description="registry id; None = the shipped default model")
+    model_version: str
+    feature_schema_version: int
+    seconds_remaining: float | None = None
+    overtime: bool = False
+    blue_goals: int = 0
+    orange_goals: int = 0
+    status: LiveStatus = "playing"
+    players: list[LivePlayerScore]
+
+    def key(self) -> bytes | None:
+        return self.match_id.encode()
 
 
 class InvalidEvent(Event):

@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import IllegalStateError, TopicAlreadyExistsError
 
 from shared import metrics
 from shared.events import (
@@ -73,10 +73,17 @@ class EventProducer:
 
 
 @asynccontextmanager
-async def event_producer(settings: Settings, service: str) -> AsyncIterator[EventProducer]:
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True
-    )
+async def event_producer(
+    settings: Settings, service: str, *, low_latency: bool = False
+) -> AsyncIterator[EventProducer]:
+    """``low_latency`` (the live path): the leader's ack only and no batching delay, for
+    frames and live scores that are superseded 30 times a second anyway."""
+    if low_latency:
+        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks=1, linger_ms=0)
+    else:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True
+        )
     await producer.start()
     try:
         yield EventProducer(producer, service)
@@ -116,6 +123,7 @@ async def consume(
             if before_batch is not None:
                 await before_batch()
             batches = await consumer.getmany(timeout_ms=500, max_records=batch_size)
+            await record_lag(consumer, service)
             records = [record for partition in batches.values() for record in partition]
             if not records:
                 continue
@@ -125,6 +133,28 @@ async def consume(
             await consumer.commit()
     finally:
         await consumer.stop()
+
+
+async def record_lag(consumer: AIOKafkaConsumer, service: str) -> None:
+    """Set the lag gauge of each assigned partition: its end minus the consumer's position."""
+    for tp in consumer.assignment():
+        try:
+            highwater = consumer.highwater(tp)
+            if highwater is None:  # nothing fetched from this partition yet
+                continue
+            position = await consumer.position(tp)
+        except (AssertionError, IllegalStateError):  # revoked by a rebalance meanwhile
+            continue
+        lag = max(highwater - position, 0)
+        metrics.CONSUMER_LAG.labels(service, tp.topic, str(tp.partition)).set(lag)
+
+
+async def dead_letter(
+    producer: EventProducer, service: str, record: ConsumerRecord, kind: str, reason: str
+) -> None:
+    """Send a message that cannot be handled to ``events.invalid`` (for loops other than
+    :func:`consume`, which does this itself)."""
+    await _dead_letter(producer, service, record, kind, reason)
 
 
 async def _handle(

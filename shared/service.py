@@ -26,7 +26,13 @@ class ServiceContext:
     stop: asyncio.Event
 
     async def fail_replay(
-        self, replay_id: str, stage: Stage, reason: str, error_type: str, uri: str | None = None
+        self,
+        replay_id: str,
+        stage: Stage,
+        reason: str,
+        error_type: str,
+        uri: str | None = None,
+        rule: str | None = None,
     ) -> None:
         """Dead-letter a replay: ``failed`` in Postgres and a ``replay.failed`` event."""
         metrics.ERRORS.labels(self.name, error_type).inc()
@@ -36,7 +42,12 @@ class ServiceContext:
         await self.producer.send(
             REPLAY_FAILED,
             ReplayFailed(
-                replay_id=replay_id, stage=stage, reason=reason, error_type=error_type, uri=uri
+                replay_id=replay_id,
+                stage=stage,
+                reason=reason,
+                error_type=error_type,
+                uri=uri,
+                rule=rule,
             ),
         )
 

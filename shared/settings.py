@@ -5,16 +5,40 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-SERVICE_NAMES = ("ingestor", "parser", "featurizer", "trainer", "scorer")
+SERVICE_NAMES = ("ingestor", "parser", "featurizer", "trainer", "scorer", "bridge", "live")
+
+
+class ValidationRules(BaseModel):
+    """What a parsed replay must satisfy to be scored (``services/parser/validate.py``).
+
+    Set from the environment as ``RLIMPACT_VALIDATION__<FIELD>``, e.g.
+    ``RLIMPACT_VALIDATION__MIN_DURATION_SECONDS=30``.
+    """
+
+    min_frames: int = Field(20, ge=1, description="sampled frames")
+    min_players: int = Field(1, ge=1, description="players who drove a car")
+    max_players: int = Field(10, ge=1, description="cars on the pitch at the same time")
+    min_duration_seconds: float = Field(5.0, ge=0)
+    max_duration_seconds: float = Field(4 * 3600.0, gt=0)
+    # Every arena (soccar, hoops, dropshot, rumble, snow day) fits in this box, goals included.
+    arena_half_width: float = Field(6000.0, gt=0, description="|x| limit, Unreal units")
+    arena_half_length: float = Field(7000.0, gt=0, description="|y| limit")
+    arena_min_z: float = -200.0
+    arena_max_z: float = 2600.0
+    max_out_of_bounds_fraction: float = Field(
+        0.01, ge=0, le=1, description="share of ball/car positions allowed outside the box"
+    )
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RLIMPACT_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="RLIMPACT_", env_nested_delimiter="__", extra="ignore"
+    )
 
     # Infrastructure
     data_dir: Path = Field(
@@ -37,10 +61,52 @@ class Settings(BaseSettings):
     fps: float = Field(10.0, gt=0, description="frames per second the parser samples at")
     horizon_seconds: float = Field(10.0, gt=0, description="label horizon: goal within T s")
     parser_workers: int = Field(2, ge=1)
+    parse_timeout_seconds: float = Field(60.0, gt=0, description="a longer parse is killed")
+    parser_recycle_after: int = Field(50, ge=1, description="replays per worker process")
+    validation: ValidationRules = ValidationRules()
     max_replay_bytes: int = 50 * 1024 * 1024
     watch_interval_seconds: float = 1.0
     model_poll_seconds: float = 2.0
     consumer_group_prefix: str = "rlimpact"
+
+    # S3-compatible bucket source: the ingestor takes in new objects under s3_prefix (off while
+    # s3_bucket is unset); `rlimpact upload` puts files under s3_upload_prefix. deploy/minio.sh
+    # serves s3_endpoint locally with these credentials.
+    s3_endpoint: str = "http://127.0.0.1:9000"
+    s3_bucket: str | None = None
+    s3_prefix: str = "incoming/"
+    s3_upload_prefix: str = "uploads/"
+    s3_access_key: str = "rlimpact"
+    s3_secret_key: SecretStr = SecretStr("rlimpact-secret")
+    s3_region: str = "us-east-1"
+    s3_poll_seconds: float = Field(2.0, gt=0)
+
+    # Ballchasing.com collector (`rlimpact collect ballchasing`). The budgets default to the
+    # documented limits of an account without a Patreon tier; 429 and 5xx are retried.
+    ballchasing_base_url: str = "https://ballchasing.com/api"
+    ballchasing_token: str | None = Field(None, repr=False, description="API token")
+    ballchasing_calls_per_second: int = Field(2, ge=1)
+    ballchasing_calls_per_hour: int = Field(500, ge=1)
+    ballchasing_downloads_per_second: int = Field(1, ge=1)
+    ballchasing_downloads_per_hour: int = Field(200, ge=1)
+    ballchasing_retries: int = Field(4, ge=0, description="per request, on 429/5xx/no answer")
+    ballchasing_backoff_seconds: float = Field(1.0, ge=0, description="doubles per retry")
+    ballchasing_max_attempts: int = Field(3, ge=1, description="runs that may try one replay")
+    ballchasing_timeout_seconds: float = Field(30.0, gt=0)
+
+    # Live matches. The bridge reads SOS plugin feeds (comma-separated WebSocket URLs, "" = none)
+    # and serves the custom-plugin endpoint ws://bridge_plugin_host:bridge_plugin_port/plugin,
+    # which is off while bridge_plugin_token is unset. The live service serves the live page
+    # and the score streams on live_http_host:live_http_port.
+    bridge_sos_urls: str = "ws://localhost:49122"
+    bridge_plugin_host: str = "127.0.0.1"
+    bridge_plugin_port: int = 49123
+    bridge_plugin_token: SecretStr | None = None
+    bridge_reconnect_max_seconds: float = Field(10.0, gt=0, description="backoff ceiling")
+    live_http_host: str = "127.0.0.1"
+    live_http_port: int = 8765
+    live_window_seconds: float = Field(10.0, gt=0, description="history featurized per update")
+    live_match_idle_seconds: float = Field(60.0, gt=0, description="then a match is forgotten")
 
     # Metrics: each service serves /metrics on metrics_base_port + its index in SERVICE_NAMES
     metrics_host: str = "127.0.0.1"
@@ -61,11 +127,20 @@ class Settings(BaseSettings):
     def inbox_dir(self) -> Path:
         return self.watch_dir or self.data_dir / "inbox"
 
+    @property
+    def upload_dir(self) -> Path:
+        """Where `rlimpact upload` leaves files for the ingestor when no bucket is set."""
+        return self.blob_dir / "incoming"
+
     def metrics_port(self, service: str) -> int:
         return self.metrics_base_port + SERVICE_NAMES.index(service)
 
     def consumer_group(self, service: str) -> str:
         return f"{self.consumer_group_prefix}-{service}"
+
+    @property
+    def sos_urls(self) -> list[str]:
+        return [url.strip() for url in self.bridge_sos_urls.split(",") if url.strip()]
 
 
 @lru_cache(maxsize=1)

@@ -1,30 +1,45 @@
-"""Per-frame, player-centric features and replay-borne labels. Pure numpy, no I/O.
+"""Per-frame, player-centric features, game segments and replay-borne labels. Pure numpy, no I/O.
 
 Every player sees the pitch from its own side: team 1's frames are rotated 180 degrees about
 the vertical axis, so every player defends the goal at -y and attacks +y.
+
+A replay is cut into kickoff-to-goal segments. Frames between a goal and the next kickoff (goal
+replay, countdown) are not *live*: the model is neither trained nor evaluated on them, and no
+impact is credited there.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from shared.events import GoalInfo, PlayerInfo
 from shared.frames import BALL_FIELD, PLAYER_FIELD, ParsedReplay
 
-FEATURE_SCHEMA_VERSION = 1
+FEATURE_SCHEMA_VERSION = 2
 
 GOAL_Y = 5120.0
+SIDE_WALL_X = 4096.0
 POS_SCALE = 5120.0
 CAR_SPEED_SCALE = 2300.0
 BALL_SPEED_SCALE = 6000.0
 ON_GROUND_MAX_Z = 25.0
+WALL_MARGIN = 200.0  # a car off the ground this close to a wall is on the wall
 TEAMMATE_SLOTS = 2
 OPPONENT_SLOTS = 3
 MATCH_SECONDS = 300.0
+TOUCH_MEMORY_SECONDS = 10.0  # time-since-touch features saturate here
+SCORE_DIFF_CAP = 3.0
+GOALS_CAP = 5.0
+THIRD_Y = GOAL_Y / 3.0
+TOUCH_COUNT_SCALE = 5.0
+STILL_SPEED = 1.0  # uu/s: the ball waiting for a kickoff
+RESUME_SECONDS = 1.0
 
-_OTHER_FIELDS = ("present", "rel_x", "rel_y", "rel_z", "vx", "vy", "boost", "dist_ball")
+_OTHER_FIELDS = (
+    "present", "rel_x", "rel_y", "rel_z", "vx", "vy", "boost", "dist_ball", "goal_side",
+)  # fmt: skip
 
 
 def _slot_names(prefix: str, slots: int) -> list[str]:
@@ -34,15 +49,22 @@ def _slot_names(prefix: str, slots: int) -> list[str]:
 FEATURE_NAMES: tuple[str, ...] = (
     *("ball_x", "ball_y", "ball_z", "ball_vx", "ball_vy", "ball_vz", "ball_speed"),
     *("x", "y", "z", "vx", "vy", "vz", "speed", "boost", "jumping", "demolished"),
-    *("on_ground", "forward_x", "forward_y", "pitch"),
+    *("on_ground", "on_wall", "forward_x", "forward_y", "pitch"),
     *("ball_rel_x", "ball_rel_y", "ball_rel_z", "ball_dist"),
     *("ball_rel_vx", "ball_rel_vy", "ball_rel_vz", "closing_speed"),
     *("own_goal_dx", "own_goal_dy", "own_goal_dist", "opp_goal_dist"),
-    *("ball_own_goal_dist", "ball_opp_goal_dist"),
     *_slot_names("mate", TEAMMATE_SLOTS),
     *_slot_names("opp", OPPONENT_SLOTS),
-    *("seconds_remaining", "team_size", "closest_in_team", "team_closest_to_ball"),
-    "mates_goal_side",
+    # team level: the same for every player of a team
+    *("ball_own_goal_dist", "ball_opp_goal_dist", "ball_v_to_opp_goal", "ball_v_to_own_goal"),
+    *("mates_goal_side", "opps_goal_side", "team_min_goal_dist", "opp_min_goal_dist"),
+    *("team_ball_dist", "opp_ball_dist", "closest_in_team", "team_closest_to_ball"),
+    *("possession", "touched_last", "since_touch", "since_kickoff", "score_diff"),
+    *("goals_for", "goals_against", "seconds_remaining", "team_size"),
+    # the recent past of the segment (windows stop at its kickoff)
+    *("ball_x_1s", "ball_y_1s", "ball_z_1s", "ball_x_2s", "ball_y_2s", "ball_z_2s"),
+    *("ball_y_mean_5s", "ball_y_mean_10s", "attacking_third_10s", "defending_third_10s"),
+    *("team_touches_5s", "opp_touches_5s"),
 )
 N_FEATURES = len(FEATURE_NAMES)
 
@@ -52,28 +74,77 @@ class FeatureTable:
     replay_id: str
     time: np.ndarray  # [T]
     segment: np.ndarray  # [T] kickoff-to-goal segment index (goals scored before this frame)
+    live: np.ndarray  # [T] bool: between a kickoff and the next goal
     features: np.ndarray  # [T, P, N_FEATURES] float32
     label_score: np.ndarray  # [T, P] bool: the player's team scores within the horizon
     label_concede: np.ndarray  # [T, P] bool: the player's team concedes within the horizon
+    touched: np.ndarray  # [T, P] bool: the player touched the ball in this frame
     players: list[PlayerInfo]
+    goals: list[GoalInfo]
+
+    @property
+    def touch_events(self) -> np.ndarray:
+        """[K, 2] int (frame, player index), sorted by frame."""
+        return np.argwhere(self.touched)
+
+    def frames(self, start: int, stop: int) -> FeatureTable:
+        """The table of frames [start, stop): every per-frame field sliced alike."""
+        window = slice(start, stop)
+        return replace(
+            self,
+            time=self.time[window],
+            segment=self.segment[window],
+            live=self.live[window],
+            features=self.features[window],
+            label_score=self.label_score[window],
+            label_concede=self.label_concede[window],
+            touched=self.touched[window],
+        )
+
+
+@dataclass(frozen=True)
+class GameContext:
+    """Per-frame, per-team facts derived from the whole replay (not from one frame)."""
+
+    live: np.ndarray  # [T] bool
+    touched: np.ndarray  # [T, P] bool
+    last_toucher: np.ndarray  # [T] player index of the latest touch so far, -1 before any
+    since_touch: np.ndarray  # [T] seconds since that touch
+    since_kickoff: np.ndarray  # [T] seconds since the segment's kickoff
+    segment_start: np.ndarray  # [T] frame index where the frame's segment (live or not) began
+    frames_per_second: float
+    goals_for: np.ndarray  # [T, 2] goals team k scored before this frame
+    last_touch_time: np.ndarray  # [T] time of the latest touch so far, -inf before any
+
+
+@dataclass(frozen=True)
+class StreamCarry:
+    """What the frames a stream has dropped tell about the ones it keeps (see
+    :class:`StreamFeaturizer`): the state at the last dropped frame."""
+
+    time: float
+    live: bool
+    segment_time: float  # when that frame's segment (live or not) began
+    last_toucher: int
+    last_touch_time: float
 
 
 def featurize(parsed: ParsedReplay, horizon_seconds: float = 10.0) -> FeatureTable:
     teams = np.array([player.team for player in parsed.players])
-    ball, cars = _oriented(parsed.ball, parsed.cars, teams)
-    blocks = [
-        _player_block(ball[:, p], cars[:, p], parsed, teams, p) for p in range(len(parsed.players))
-    ]
-    features = np.stack(blocks, axis=1).astype(np.float32)
+    context = game_context(parsed)
+    features = feature_rows(parsed, context, np.arange(parsed.n_frames))
     scored = goal_within(parsed.time, parsed.goals, horizon_seconds)  # [T, 2] by team
     return FeatureTable(
         replay_id=parsed.replay_id,
         time=parsed.time,
         segment=np.searchsorted(np.sort([g.time for g in parsed.goals]), parsed.time, "left"),
+        live=context.live,
         features=features,
         label_score=scored[:, teams],
         label_concede=scored[:, 1 - teams],
+        touched=context.touched,
         players=parsed.players,
+        goals=parsed.goals,
     )
 
 
@@ -91,6 +162,144 @@ def goal_within(time: np.ndarray, goals: list[GoalInfo], horizon: float) -> np.n
     return result
 
 
+def feature_rows(parsed: ParsedReplay, context: GameContext, rows: np.ndarray) -> np.ndarray:
+    """[len(rows), P, N_FEATURES] float32: the features of the frames ``rows``; the features
+    of the recent past read the frames before them. Costs in proportion to ``len(rows)``."""
+    teams = np.array([player.team for player in parsed.players])
+    ball, cars = _oriented(parsed.ball[rows], parsed.cars[rows], teams)
+    blocks = [
+        _player_block(ball[:, p], cars[:, p], parsed, teams, p, context, rows)
+        for p in range(len(parsed.players))
+    ]
+    return np.stack(blocks, axis=1).astype(np.float32)
+
+
+def live_frames(
+    time: np.ndarray, ball: np.ndarray, goals: list[GoalInfo], carry: StreamCarry | None = None
+) -> np.ndarray:
+    """[T] bool: play is on. A goal stops play; the next kickoff restarts it.
+
+    At a kickoff the ball waits, still, on its spot and then moves for good; the last still
+    frame (the kickoff state) is the segment's first live frame. Moving for good means for
+    ``RESUME_SECONDS``: the ball also jumps for a frame or two when it is put back on the spot.
+    A replay that does not open with a still ball (a clip) is live from its start; the frames
+    a stream kept after dropping older ones (``carry``) go on in the state of the last dropped.
+    """
+    still = np.linalg.norm(ball[:, 3:6], axis=1) < STILL_SPEED
+    dt = float(np.median(np.diff(time))) if time.shape[0] > 1 else 1.0
+    needed = max(1, round(RESUME_SECONDS / max(dt, 1e-3)))
+    moving = np.r_[~still[1:], False]  # frame i+1 moves
+    index = np.arange(time.shape[0])
+    # frames moving from i+1 on, without a stop: up to the next frame that does not move
+    stops = np.minimum.accumulate(np.where(moving, time.shape[0], index)[::-1])[::-1]
+    kickoffs = np.flatnonzero(still & (stops - index >= needed))
+    after = -np.inf if carry is None else carry.time
+    events = sorted(
+        [(float(time[i]), True) for i in kickoffs]
+        + [(g.time, False) for g in goals if g.time > after],
+        key=lambda e: e[0],
+    )
+    live = np.zeros(time.shape[0], dtype=bool)
+    state, start = (not bool(still[0])) if carry is None else carry.live, 0
+    for moment, resumes in events:
+        index = int(np.searchsorted(time, moment, side="left"))
+        live[start:index] = state
+        state, start = resumes, index
+    live[start:] = state
+    return live
+
+
+def game_context(parsed: ParsedReplay, carry: StreamCarry | None = None) -> GameContext:
+    n_frames, n_players = parsed.n_frames, len(parsed.players)
+    live = live_frames(parsed.time, parsed.ball, parsed.goals, carry)
+    touched = np.zeros((n_frames, n_players), dtype=bool)
+    touches = np.asarray(parsed.touches, dtype=np.int64).reshape(-1, 2)
+    valid = (touches[:, 0] >= 0) & (touches[:, 0] < n_frames) & (touches[:, 1] < n_players)
+    touched[touches[valid, 0], touches[valid, 1]] = True
+    touched &= live[:, None]
+    last_toucher = np.full(n_frames, -1, dtype=np.int64)
+    last_time = np.full(n_frames, -np.inf)
+    frames, players = np.nonzero(touched)
+    if frames.size:
+        # one toucher per frame: the highest index wins a (rare) tie within a frame
+        latest = np.full(n_frames, -1, dtype=np.int64)
+        latest[frames] = players
+        index = np.maximum.accumulate(np.where(latest >= 0, np.arange(n_frames), -1))
+        seen = index >= 0
+        last_toucher[seen] = latest[index[seen]]
+        last_time[seen] = parsed.time[index[seen]]
+    if carry is not None:
+        before = last_toucher < 0
+        last_toucher[before], last_time[before] = carry.last_toucher, carry.last_touch_time
+    segment_start, changed = _segment_starts(live, carry)
+    segment_time = parsed.time[segment_start].copy()
+    if carry is not None:
+        segment_time[~changed] = carry.segment_time
+    goal_times = [(g.time, g.team) for g in parsed.goals]
+    goals_for = np.stack(
+        [
+            np.searchsorted(np.sort([t for t, k in goal_times if k == team]), parsed.time, "left")
+            for team in (0, 1)
+        ],
+        axis=1,
+    )
+    return GameContext(
+        live=live,
+        touched=touched,
+        last_toucher=last_toucher,
+        since_touch=np.minimum(parsed.time - last_time, TOUCH_MEMORY_SECONDS),
+        since_kickoff=parsed.time - segment_time,
+        segment_start=segment_start,
+        frames_per_second=_frames_per_second(parsed.time),
+        goals_for=goals_for,
+        last_touch_time=last_time,
+    )
+
+
+def _segment_starts(live: np.ndarray, carry: StreamCarry | None) -> tuple[np.ndarray, np.ndarray]:
+    """[T] index of the latest frame where play resumed or stopped (0 before any), and [T]
+    whether there was one in ``live`` (a stream's first kept frame goes on its carry)."""
+    first = True if carry is None else bool(live[0] != carry.live) if live.shape[0] else False
+    changes = np.r_[first, live[1:] != live[:-1]]
+    return (
+        np.maximum.accumulate(np.where(changes, np.arange(live.shape[0]), 0)),
+        np.maximum.accumulate(changes) if changes.shape[0] else changes,
+    )
+
+
+def _frames_per_second(time: np.ndarray) -> float:
+    return 1.0 / max(float(np.median(np.diff(time))), 1e-3) if time.shape[0] > 1 else 10.0
+
+
+def _lagged(
+    values: np.ndarray, seconds: float, context: GameContext, rows: np.ndarray
+) -> np.ndarray:
+    """values[t - seconds] for t in ``rows``, or the segment's first frame when it started
+    later."""
+    lag = round(seconds * context.frames_per_second)
+    return values[np.maximum(rows - lag, context.segment_start[rows])]
+
+
+def _window(
+    values: np.ndarray, seconds: float, context: GameContext, rows: np.ndarray
+) -> tuple[np.ndarray, ...]:
+    """([R] sum, [R] count) of values over the last ``seconds`` (this frame included) before
+    each of ``rows``, within the frame's segment."""
+    width = max(1, round(seconds * context.frames_per_second))
+    end = rows + 1
+    begin = np.maximum(end - width, context.segment_start[rows])
+    first = int(begin.min()) if rows.shape[0] else 0
+    total = np.r_[0.0, np.cumsum(values[first : int(end.max(initial=0))], dtype=np.float64)]
+    return total[end - first] - total[begin - first], end - begin
+
+
+def _window_mean(
+    values: np.ndarray, seconds: float, context: GameContext, rows: np.ndarray
+) -> np.ndarray:
+    total, count = _window(values, seconds, context, rows)
+    return total / count
+
+
 def _oriented(
     ball: np.ndarray, cars: np.ndarray, teams: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -106,14 +315,21 @@ def _oriented(
     return ball_view, cars_view
 
 
+def _norm(vectors: np.ndarray) -> np.ndarray:
+    return np.linalg.norm(vectors, axis=-1, keepdims=True)
+
+
 def _player_block(
     ball: np.ndarray,
     view: np.ndarray,
     parsed: ParsedReplay,
     teams: np.ndarray,
     p: int,
+    context: GameContext,
+    rows: np.ndarray,
 ) -> np.ndarray:
-    """[T, N_FEATURES] for player p; ``ball`` [T, 6] and ``view`` [T, P, F] in p's frame."""
+    """[R, N_FEATURES] for player p at frames ``rows``; ``ball`` [R, 6] and ``view`` [R, P, F]
+    of those frames in p's frame."""
     me = view[:, p]
     b_pos, b_vel = ball[:, 0:3], ball[:, 3:6]
     pos, vel = me[:, 0:3], me[:, 6:9]
@@ -126,40 +342,118 @@ def _player_block(
     yaw, pitch = me[:, PLAYER_FIELD["yaw"]], me[:, PLAYER_FIELD["pitch"]]
     mates = (teams == teams[p]) & (np.arange(len(teams)) != p)
     opponents = teams != teams[p]
+    team = teams == teams[p]
     all_dist = np.linalg.norm(view[:, :, 0:3] - b_pos[:, None, :], axis=2)  # [T, P]
-    team_dist = np.where((teams == teams[p])[None, :], all_dist, np.inf)
+    absent = view[:, :, PLAYER_FIELD["demolished"]] > 0.5
+    live_dist = np.where(absent, np.inf, all_dist)
+    team_dist = np.where(team[None, :], live_dist, np.inf)
+    opp_dist = np.where(opponents[None, :], live_dist, np.inf)
+    on_ground = pos[:, 2:3] < ON_GROUND_MAX_Z
+    near_wall = (np.abs(pos[:, 0:1]) > SIDE_WALL_X - WALL_MARGIN) | (
+        np.abs(pos[:, 1:2]) > GOAL_Y - WALL_MARGIN
+    )
+    toucher = context.last_toucher[rows]
+    possession = np.where(toucher < 0, 0.0, np.where(teams[toucher] == teams[p], 1.0, -1.0))
+    goals_for = context.goals_for[rows]
+    scored, conceded = goals_for[:, teams[p]], goals_for[:, 1 - teams[p]]
+    # the past, up to the frames in ``rows``: the ball as p's team sees it, touches by team
+    side = np.array([1.0, 1.0, 1.0] if teams[p] == 0 else [-1.0, -1.0, 1.0], dtype=np.float32)
+    past = parsed.ball[:, 0:3] * side
+    team_touches = context.touched[:, team].any(axis=1).astype(np.float64)
+    opp_touches = context.touched[:, opponents].any(axis=1).astype(np.float64)
     columns = [
         b_pos / POS_SCALE,
         b_vel / BALL_SPEED_SCALE,
-        np.linalg.norm(b_vel, axis=1, keepdims=True) / BALL_SPEED_SCALE,
+        _norm(b_vel) / BALL_SPEED_SCALE,
         pos / POS_SCALE,
         vel / CAR_SPEED_SCALE,
-        np.linalg.norm(vel, axis=1, keepdims=True) / CAR_SPEED_SCALE,
+        _norm(vel) / CAR_SPEED_SCALE,
         me[:, [PLAYER_FIELD["boost"], PLAYER_FIELD["jumping"], PLAYER_FIELD["demolished"]]],
-        (pos[:, 2:3] < ON_GROUND_MAX_Z).astype(np.float32),
+        on_ground,
+        ~on_ground & near_wall,
         np.stack([np.cos(yaw), np.sin(yaw), pitch], axis=1),
         to_ball / POS_SCALE,
         ball_dist[:, None] / POS_SCALE,
         rel_vel / BALL_SPEED_SCALE,
         closing[:, None] / CAR_SPEED_SCALE,
         (pos[:, 0:2] - own_goal[None, 0:2]) / POS_SCALE,
-        np.linalg.norm(pos - own_goal, axis=1, keepdims=True) / POS_SCALE,
-        np.linalg.norm(pos - opp_goal, axis=1, keepdims=True) / POS_SCALE,
-        np.linalg.norm(b_pos - own_goal, axis=1, keepdims=True) / POS_SCALE,
-        np.linalg.norm(b_pos - opp_goal, axis=1, keepdims=True) / POS_SCALE,
-        _slots(view[:, mates], pos, all_dist[:, mates], TEAMMATE_SLOTS),
-        _slots(view[:, opponents], pos, all_dist[:, opponents], OPPONENT_SLOTS),
-        (parsed.seconds_remaining[:, None] / MATCH_SECONDS),
-        np.full((len(pos), 1), parsed.team_size / 4.0),
+        _norm(pos - own_goal) / POS_SCALE,
+        _norm(pos - opp_goal) / POS_SCALE,
+        _slots(view[:, mates], pos, b_pos, live_dist[:, mates], TEAMMATE_SLOTS, defends=-1.0),
+        _slots(view[:, opponents], pos, b_pos, live_dist[:, opponents], OPPONENT_SLOTS, 1.0),
+        _norm(b_pos - own_goal) / POS_SCALE,
+        _norm(b_pos - opp_goal) / POS_SCALE,
+        _speed_towards(b_pos, b_vel, opp_goal),
+        _speed_towards(b_pos, b_vel, own_goal),
+        np.mean(view[:, team, 1] < b_pos[:, 1:2], axis=1, keepdims=True),
+        np.mean(view[:, opponents, 1] > b_pos[:, 1:2], axis=1, keepdims=True)
+        if opponents.any()
+        else np.zeros((len(pos), 1)),
+        _min_goal_dist(view[:, team], own_goal),
+        _min_goal_dist(view[:, opponents], opp_goal),
+        _capped_dist(team_dist.min(axis=1)),
+        _capped_dist(opp_dist.min(axis=1)),
         (np.argmin(team_dist, axis=1) == p)[:, None],
-        np.isin(np.argmin(all_dist, axis=1), np.flatnonzero(teams == teams[p]))[:, None],
-        (np.sum(view[:, mates, 1] < b_pos[:, 1:2], axis=1) / max(1, TEAMMATE_SLOTS))[:, None],
+        (team_dist.min(axis=1) <= opp_dist.min(axis=1))[:, None],
+        possession[:, None],
+        (toucher == p)[:, None],
+        context.since_touch[rows, None] / TOUCH_MEMORY_SECONDS,
+        np.minimum(context.since_kickoff[rows], MATCH_SECONDS)[:, None] / MATCH_SECONDS,
+        np.clip(scored - conceded, -SCORE_DIFF_CAP, SCORE_DIFF_CAP)[:, None] / SCORE_DIFF_CAP,
+        np.minimum(np.stack([scored, conceded], axis=1), GOALS_CAP) / GOALS_CAP,
+        parsed.seconds_remaining[rows, None] / MATCH_SECONDS,
+        np.full((len(pos), 1), parsed.team_size / 4.0),
+        _lagged(past, 1.0, context, rows) / POS_SCALE,
+        _lagged(past, 2.0, context, rows) / POS_SCALE,
+        np.stack(
+            [
+                _window_mean(past[:, 1], 5.0, context, rows) / POS_SCALE,
+                _window_mean(past[:, 1], 10.0, context, rows) / POS_SCALE,
+                _window_mean(past[:, 1] > THIRD_Y, 10.0, context, rows),
+                _window_mean(past[:, 1] < -THIRD_Y, 10.0, context, rows),
+                _window(team_touches, 5.0, context, rows)[0] / TOUCH_COUNT_SCALE,
+                _window(opp_touches, 5.0, context, rows)[0] / TOUCH_COUNT_SCALE,
+            ],
+            axis=1,
+        ),
     ]
     return np.concatenate([np.asarray(c, dtype=np.float32) for c in columns], axis=1)
 
 
-def _slots(others: np.ndarray, pos: np.ndarray, dist: np.ndarray, slots: int) -> np.ndarray:
-    """Other cars nearest the ball first, padded with zeros (present=0) to ``slots``."""
+def _speed_towards(pos: np.ndarray, vel: np.ndarray, target: np.ndarray) -> np.ndarray:
+    direction = target[None, :] - pos
+    unit = direction / np.maximum(_norm(direction), 1.0)
+    return np.sum(vel * unit, axis=1, keepdims=True) / BALL_SPEED_SCALE
+
+
+def _min_goal_dist(cars: np.ndarray, goal: np.ndarray) -> np.ndarray:
+    """Distance of the car nearest to ``goal`` (a demolished car does not count)."""
+    if cars.shape[1] == 0:
+        return np.full((cars.shape[0], 1), 2.0)
+    dist = np.linalg.norm(cars[:, :, 0:3] - goal[None, None, :], axis=2)
+    dist = np.where(cars[:, :, PLAYER_FIELD["demolished"]] > 0.5, np.inf, dist)
+    return _capped_dist(dist.min(axis=1))
+
+
+def _capped_dist(dist: np.ndarray) -> np.ndarray:
+    """[T] -> [T, 1] scaled; 'nobody' (inf: everyone demolished or absent) reads as far away."""
+    return np.where(np.isfinite(dist), dist / POS_SCALE, 2.0)[:, None]
+
+
+def _slots(
+    others: np.ndarray,
+    pos: np.ndarray,
+    b_pos: np.ndarray,
+    dist: np.ndarray,
+    slots: int,
+    defends: float,
+) -> np.ndarray:
+    """Other cars nearest the ball first, padded with zeros (present=0) to ``slots``.
+
+    ``dist`` is inf for a demolished or absent car: it sorts last and reads as not present.
+    ``defends`` is the sign of the goal those cars defend (-1 own team, +1 opponents):
+    goal_side says whether the car is between the ball and that goal.
+    """
     n_frames = pos.shape[0]
     out = np.zeros((n_frames, slots, len(_OTHER_FIELDS)), dtype=np.float32)
     if others.shape[1] == 0:
@@ -168,9 +462,172 @@ def _slots(others: np.ndarray, pos: np.ndarray, dist: np.ndarray, slots: int) ->
     chosen = np.take_along_axis(others, order[:, :, None], axis=1)
     chosen_dist = np.take_along_axis(dist, order, axis=1)
     taken = chosen.shape[1]
+    present = np.isfinite(chosen_dist)[:, :, None]
     out[:, :taken, 0] = 1.0
     out[:, :taken, 1:4] = (chosen[:, :, 0:3] - pos[:, None, :]) / POS_SCALE
     out[:, :taken, 4:6] = chosen[:, :, 6:8] / CAR_SPEED_SCALE
     out[:, :taken, 6] = chosen[:, :, PLAYER_FIELD["boost"]]
-    out[:, :taken, 7] = chosen_dist / POS_SCALE
+    out[:, :taken, 7] = np.where(present[:, :, 0], chosen_dist, 0.0) / POS_SCALE
+    out[:, :taken, 8] = defends * (chosen[:, :, 1] - b_pos[:, None, 1]) > 0
+    out[:, :taken] *= present
     return out.reshape(n_frames, -1)
+
+
+KEEP_SECONDS = 12.0  # the longest look back (10 s) plus the kickoff look ahead, with margin
+DROP_SECONDS = 2.0
+
+
+class StreamFeaturizer:
+    """The features of a stream of frames (a live match) as they come: the rows
+    :func:`featurize` gives for the same frames, at a cost that grows with the new frames.
+
+    It keeps the last ``KEEP_SECONDS`` of frames and, in a :class:`StreamCarry`, what the
+    dropped ones tell (the segment's start, the latest touch). A kickoff is recognised once the
+    ball has moved for ``RESUME_SECONDS``: the frames since then turn live, and their rows are
+    out of date again (``dirty_from``).
+    """
+
+    def __init__(self, stream_id: str, players: list[PlayerInfo], team_size: int) -> None:
+        self.stream_id, self.players, self.team_size = stream_id, players, team_size
+        self.teams = np.array([p.team for p in players])
+        n = len(players)
+        self.time = np.zeros(0, dtype=np.float32)
+        self.seconds_remaining = np.zeros(0, dtype=np.float32)
+        self.ball = np.zeros((0, len(BALL_FIELD)), dtype=np.float32)
+        self.cars = np.zeros((0, n, len(PLAYER_FIELD)), dtype=np.float32)
+        self.touches = np.zeros((0, 2), dtype=np.int64)  # (frame in the buffer, player)
+        self.goals: list[GoalInfo] = []
+        self.carry: StreamCarry | None = None
+        self.context: GameContext | None = None
+        self.first = 0  # stream index of the buffer's frame 0
+        self.dirty_from = 0  # buffer index of the first frame whose row is out of date
+        self.frames_per_second = _frames_per_second(self.time)
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.time.shape[0])
+
+    def push(
+        self,
+        time: np.ndarray,
+        seconds_remaining: np.ndarray,
+        ball: np.ndarray,
+        cars: np.ndarray,
+        touches: np.ndarray,
+        goals: list[GoalInfo],
+    ) -> None:
+        """Append k frames; ``touches`` [K, 2] (frame among the k, player); ``goals`` new."""
+        n = self.n_frames
+        self.time = np.r_[self.time, np.asarray(time, dtype=np.float32)]
+        self.seconds_remaining = np.r_[self.seconds_remaining, seconds_remaining].astype(np.float32)
+        self.ball = np.concatenate([self.ball, ball]).astype(np.float32, copy=False)
+        self.cars = np.concatenate([self.cars, cars]).astype(np.float32, copy=False)
+        touches = np.asarray(touches, dtype=np.int64).reshape(-1, 2) + np.array([n, 0])
+        self.touches = np.concatenate([self.touches, touches])
+        self.goals.extend(goals)
+        before = self.context.live if self.context is not None else np.zeros(0, dtype=bool)
+        self.frames_per_second = _frames_per_second(self.time)
+        self.context = game_context(self.parsed(), self.carry)
+        revised = np.flatnonzero(before != self.context.live[:n])
+        self.dirty_from = min(self.dirty_from, n, int(revised[0]) if revised.size else n)
+
+    def parsed(self) -> ParsedReplay:
+        return ParsedReplay(
+            replay_id=self.stream_id,
+            fps=self.frames_per_second,
+            time=self.time,
+            seconds_remaining=self.seconds_remaining,
+            ball=self.ball,
+            cars=self.cars,
+            players=self.players,
+            goals=self.goals,
+            team_size=self.team_size,
+            touches=self.touches,
+        )
+
+    def settled(self) -> int:
+        """Buffer frames before this one are not revised any more (their live flag is known)."""
+        needed = max(1, round(RESUME_SECONDS * self.frames_per_second))
+        return max(0, self.n_frames - needed - 1)
+
+    def drop(self, keep_from: int) -> None:
+        """Forget the frames before buffer index ``keep_from``, if older than KEEP_SECONDS; a
+        few seconds at a time, as that costs as much as a push."""
+        assert self.context is not None
+        keep = round(KEEP_SECONDS * self.frames_per_second)
+        cut = min(keep_from, self.n_frames - keep, self.dirty_from, self.settled())
+        if cut < round(DROP_SECONDS * self.frames_per_second):
+            return
+        ctx, last = self.context, cut - 1
+        self.carry = StreamCarry(
+            time=float(self.time[last]),
+            live=bool(ctx.live[last]),
+            segment_time=float(self.time[last] - ctx.since_kickoff[last]),
+            last_toucher=int(ctx.last_toucher[last]),
+            last_touch_time=float(ctx.last_touch_time[last]),
+        )
+        self.time, self.seconds_remaining = self.time[cut:], self.seconds_remaining[cut:]
+        self.ball, self.cars = self.ball[cut:], self.cars[cut:]
+        self.touches = self.touches[self.touches[:, 0] >= cut] - np.array([cut, 0])
+        self.frames_per_second = _frames_per_second(self.time)
+        self.context = game_context(self.parsed(), self.carry)
+        self.first += cut
+        self.dirty_from -= cut
+
+
+def stream_rows(streams: list[StreamFeaturizer]) -> list[np.ndarray]:
+    """Each stream's rows [k, P, F] from its ``dirty_from`` to its end, which are then up to
+    date. Streams of one team layout and frame rate are featurized together, in one call."""
+    groups: dict[tuple, list[int]] = {}
+    for i, stream in enumerate(streams):
+        fps = stream.frames_per_second
+        lags = tuple(round(s * fps) for s in (1.0, 2.0, 5.0, 10.0))
+        groups.setdefault((tuple(stream.teams), stream.team_size, lags), []).append(i)
+    result: list[np.ndarray] = [np.zeros(0)] * len(streams)
+    for members in groups.values():
+        chosen = [streams[i] for i in members]
+        rows = feature_rows(*_joined(chosen))
+        offset = 0
+        for i, stream in zip(members, chosen, strict=True):
+            k = stream.n_frames - stream.dirty_from
+            result[i] = rows[offset : offset + k]
+            stream.dirty_from = stream.n_frames
+            offset += k
+    return result
+
+
+def _joined(streams: list[StreamFeaturizer]) -> tuple[ParsedReplay, GameContext, np.ndarray]:
+    """Streams end to end as one table (their windows do not overlap: each history starts at
+    its own frame 0, the segment start of its first frames), and the rows out of date."""
+    offsets = np.cumsum([0] + [s.n_frames for s in streams])
+    contexts = [s.context for s in streams]
+    assert all(c is not None for c in contexts)
+
+    def cat(name: str) -> np.ndarray:
+        return np.concatenate([getattr(c, name) for c in contexts])
+
+    first = streams[0]
+    parsed = replace(
+        first.parsed(),
+        time=np.concatenate([s.time for s in streams]),
+        seconds_remaining=np.concatenate([s.seconds_remaining for s in streams]),
+        ball=np.concatenate([s.ball for s in streams]),
+        cars=np.concatenate([s.cars for s in streams]),
+    )
+    context = GameContext(
+        live=cat("live"),
+        touched=cat("touched"),
+        last_toucher=cat("last_toucher"),
+        since_touch=cat("since_touch"),
+        since_kickoff=cat("since_kickoff"),
+        segment_start=np.concatenate(
+            [c.segment_start + o for c, o in zip(contexts, offsets, strict=False)]  # type: ignore[union-attr]
+        ),
+        frames_per_second=first.frames_per_second,
+        goals_for=cat("goals_for"),
+        last_touch_time=cat("last_touch_time"),
+    )
+    rows = np.concatenate(
+        [np.arange(s.dirty_from, s.n_frames) + o for s, o in zip(streams, offsets, strict=False)]
+    )
+    return parsed, context, rows

@@ -1,9 +1,20 @@
 """Impact scores from a feature table with an ONNX model. Pure: no Kafka, no database.
 
-The model outputs, for each (frame, player) row, P(the player's team scores within the
-horizon) and P(it concedes within the horizon). A player's impact for a replay is, for now,
-the mean over the player's frames of ``100 * (P(score) - P(concede))``: how favourable the
-game state was while the player was on the pitch, from the player's own point of view.
+The model gives, for each live frame, P(team k scores within the horizon) for both teams (the
+mean over the rows of both teams' players: a blue row's P(concede) is a forecast of orange
+scoring). The state value for team k is ``P(k scores) - P(k concedes)``.
+
+Impact is credited per ball touch, VAEP-style: a touch is worth the change in its team's
+P(score) (offence) and the fall in its P(concede) (defence) from the frame before the touch to
+the frame before the next touch by anyone, or to the end of play: a goal sets P(score) to 1 for
+the scoring team and to 0 for the other, so the touch before a goal takes the goal's credit.
+A player's impact is the sum over the player's touches, x100 (100 points = one goal's worth);
+``impact_per_minute`` divides it by the live minutes of the replay.
+
+Documented choice on off-ball play: it is not credited on its own. The value the team gains
+between a touch and the next one goes to the player who made the first touch, so positioning
+(a teammate's run, a defender's shadowing) counts only through the touches it leads to or
+prevents.
 """
 
 from __future__ import annotations
@@ -14,13 +25,15 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from services.featurizer.features import FEATURE_SCHEMA_VERSION, FeatureTable
+from services.featurizer.features import FEATURE_NAMES, FEATURE_SCHEMA_VERSION, FeatureTable
 
 INPUT_NAME = "features"
 OUTPUT_NAME = "probabilities"
 META_VERSION = "rlimpact.version"
 META_SCHEMA = "rlimpact.feature_schema_version"
 IMPACT_SCALE = 100.0
+SECONDS_PER_MINUTE = 60.0
+DEMOLISHED = FEATURE_NAMES.index("demolished")
 
 
 class ModelSchemaError(ValueError):
@@ -32,10 +45,25 @@ class PlayerScore:
     player_index: int
     name: str
     team: int
-    impact: float  # offence + defence
-    offence: float  # the part from raising P(score)
-    defence: float  # the part from lowering P(concede) (positive = good defending)
+    impact: float  # offence + defence, summed over the replay (100 = one goal)
+    offence: float  # the part from raising the team's P(score)
+    defence: float  # the part from lowering its P(concede) (positive = good defending)
     n_frames: int
+    impact_per_minute: float = 0.0  # impact / live minutes of the replay
+    touches: int = 0
+
+
+@dataclass(frozen=True)
+class TouchCredit:
+    frame: int
+    player_index: int
+    team: int
+    offence: float  # change of the team's P(score), in probability (not x100)
+    defence: float  # fall of the team's P(concede)
+
+    @property
+    def value(self) -> float:
+        return self.offence + self.defence
 
 
 class ImpactModel:
@@ -62,20 +90,126 @@ class ImpactModel:
         return probabilities
 
 
-def score_table(table: FeatureTable, model: ImpactModel) -> list[PlayerScore]:
+def predict_table(table: FeatureTable, model: ImpactModel) -> np.ndarray:
+    """[T, P, 2] per-row probabilities (P(player's team scores), P(it concedes))."""
     n_frames, n_players, n_features = table.features.shape
-    probabilities = model.predict(table.features.reshape(-1, n_features))
-    offence = IMPACT_SCALE * probabilities[:, 0].reshape(n_frames, n_players).mean(axis=0)
-    defence = -IMPACT_SCALE * probabilities[:, 1].reshape(n_frames, n_players).mean(axis=0)
-    return [
-        PlayerScore(
-            player_index=player.index,
-            name=player.name,
-            team=player.team,
-            impact=float(offence[player.index] + defence[player.index]),
-            offence=float(offence[player.index]),
-            defence=float(defence[player.index]),
-            n_frames=n_frames,
+    rows = np.ascontiguousarray(table.features.reshape(-1, n_features), dtype=np.float32)
+    return model.predict(rows).reshape(n_frames, n_players, 2)
+
+
+def team_score_probability(table: FeatureTable, probabilities: np.ndarray) -> np.ndarray:
+    """[T, 2]: P(team k scores within the horizon), from the rows of both teams' players.
+
+    Rows of cars on the pitch count; a demolished or absent car's row counts only when no car
+    is on the pitch.
+    """
+    teams = np.array([p.team for p in table.players])
+    on_pitch = table.features[:, :, DEMOLISHED] < 0.5
+    result = np.zeros((probabilities.shape[0], 2))
+    for team in (0, 1):
+        forecasts = np.concatenate(
+            [probabilities[:, teams == team, 0], probabilities[:, teams == 1 - team, 1]], axis=1
         )
-        for player in table.players
-    ]
+        if not forecasts.shape[1]:
+            continue
+        weights = np.concatenate([on_pitch[:, teams == team], on_pitch[:, teams != team]], axis=1)
+        weights = np.where(weights.any(axis=1, keepdims=True), weights, True).astype(np.float64)
+        result[:, team] = (forecasts * weights).sum(axis=1) / weights.sum(axis=1)
+    return result
+
+
+def credit_touches(table: FeatureTable, p_score: np.ndarray) -> list[TouchCredit]:
+    """One credit per live touch; ``p_score`` [T, 2] from :func:`team_score_probability`."""
+    live = table.live
+    teams = np.array([p.team for p in table.players])
+    stretches = _live_stretches(live)
+    outcome = _stretch_outcomes(table, stretches)
+    credits: list[TouchCredit] = []
+    for (start, stop), final in zip(stretches, outcome, strict=True):
+        frames, players = np.nonzero(table.touched[start:stop])
+        frames = frames + start
+        for i, (frame, player) in enumerate(zip(frames, players, strict=True)):
+            before = p_score[max(frame - 1, start)]
+            if i + 1 < len(frames):
+                after = p_score[max(frames[i + 1] - 1, start)]
+            else:
+                after = final if final is not None else p_score[stop - 1]
+            team = int(teams[player])
+            credits.append(
+                TouchCredit(
+                    frame=int(frame),
+                    player_index=int(player),
+                    team=team,
+                    offence=float(after[team] - before[team]),
+                    defence=float(before[1 - team] - after[1 - team]),
+                )
+            )
+    return credits
+
+
+def _live_stretches(live: np.ndarray) -> list[tuple[int, int]]:
+    """[start, stop) of each run of live frames."""
+    edges = np.diff(np.r_[0, live.astype(np.int8), 0])
+    return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True))
+
+
+def _stretch_outcomes(
+    table: FeatureTable, stretches: list[tuple[int, int]]
+) -> list[np.ndarray | None]:
+    """Per stretch, the P(score) pair its end fixes: a goal right at its end decides it.
+
+    A goal after the table's last frame (a table cut from a longer one, a live match) decides
+    nothing in it: play may go on in the frames the table does not have.
+    """
+    outcomes: list[np.ndarray | None] = []
+    n_frames = table.time.shape[0]
+    goal_frames = {
+        frame: g.team
+        for g in table.goals
+        if (frame := int(np.searchsorted(table.time, g.time, side="left"))) < n_frames
+    }
+    for _, stop in stretches:
+        team = goal_frames.get(int(stop))
+        outcomes.append(None if team is None else np.eye(2)[team])
+    return outcomes
+
+
+def live_minutes(table: FeatureTable) -> float:
+    if table.time.shape[0] < 2:
+        return 0.0
+    step = float(np.median(np.diff(table.time)))
+    return float(table.live.sum()) * step / SECONDS_PER_MINUTE
+
+
+def score_credits(table: FeatureTable, credits: list[TouchCredit]) -> list[PlayerScore]:
+    """Sum touch credits per player."""
+    n_players = len(table.players)
+    offence, defence = np.zeros(n_players), np.zeros(n_players)
+    touches = np.zeros(n_players, dtype=np.int64)
+    for credit in credits:
+        offence[credit.player_index] += IMPACT_SCALE * credit.offence
+        defence[credit.player_index] += IMPACT_SCALE * credit.defence
+        touches[credit.player_index] += 1
+    minutes = live_minutes(table)
+    scores = []
+    for player in table.players:
+        impact = float(offence[player.index] + defence[player.index])
+        scores.append(
+            PlayerScore(
+                player_index=player.index,
+                name=player.name,
+                team=player.team,
+                impact=impact,
+                offence=float(offence[player.index]),
+                defence=float(defence[player.index]),
+                n_frames=int(table.time.shape[0]),
+                impact_per_minute=impact / minutes if minutes > 0 else 0.0,
+                touches=int(touches[player.index]),
+            )
+        )
+    return scores
+
+
+def score_table(table: FeatureTable, model: ImpactModel) -> list[PlayerScore]:
+    p_score = team_score_probability(table, predict_table(table, model))
+    return score_credits(table, credit_touches(table, p_score))

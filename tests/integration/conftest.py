@@ -30,6 +30,15 @@ TEST_PORTS = {
     "RLIMPACT_KAFKA_CONTROLLER_PORT": str(19093 + PORT_OFFSET),
     "RLIMPACT_PG_PORT": str(15433 + PORT_OFFSET),
     "RLIMPACT_METRICS_BASE_PORT": str(19181 + PORT_OFFSET),
+    # MinIO (deploy/minio.sh), started by the tests that need it; its console takes port + 1.
+    "RLIMPACT_S3_ENDPOINT": f"http://127.0.0.1:{19500 + PORT_OFFSET}",
+    # Live matches: the SOS feed the bridge follows (a simulator that test_live.py starts),
+    # the bridge's custom-plugin endpoint and token, the live page.
+    "RLIMPACT_BRIDGE_SOS_URLS": f"ws://127.0.0.1:{19170 + PORT_OFFSET}",
+    "RLIMPACT_BRIDGE_PLUGIN_PORT": str(19171 + PORT_OFFSET),
+    "RLIMPACT_BRIDGE_PLUGIN_TOKEN": "integration-test-token",
+    "RLIMPACT_BRIDGE_RECONNECT_MAX_SECONDS": "1",
+    "RLIMPACT_LIVE_HTTP_PORT": str(19172 + PORT_OFFSET),
 }
 
 
@@ -125,3 +134,14 @@ async def wait_for(
             return result
         await asyncio.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """test_metrics.py runs last: it checks every service's metrics after the other tests.
+    test_hot_reload.py runs just before it: it promotes models, which the others do not expect.
+    """
+    items.sort(key=lambda item: (item.path.name == "test_metrics.py", _runs_late(item)))
+
+
+def _runs_late(item: pytest.Item) -> bool:
+    return item.path.name == "test_hot_reload.py"

@@ -86,8 +86,9 @@ def _pick_good(good_replays):
     return sorted(with_goals, key=lambda r: r.path.stat().st_size)[10 : 10 + N_GOOD]
 
 
-async def _count(pg: asyncpg.Connection, sql: str) -> int:
-    return await pg.fetchval(sql)
+async def _count(pg: asyncpg.Connection, sql: str, ids: list[str]) -> int:
+    """``sql`` counts rows of this test's replays: its ``$1`` is their ids."""
+    return await pg.fetchval(sql, ids)
 
 
 def _metric(stack: Stack, service: str, name: str) -> float:
@@ -110,36 +111,46 @@ async def test_replays_flow_to_exactly_one_score_per_player(
     for replay in [*good, *bad]:
         shutil.copy(replay.path, inbox / replay.path.name)
     total = len(good) + len(bad)
+    ids = [r.sha256 for r in [*good, *bad]]  # other tests' replays may share the stack
 
     async def settled() -> bool:
-        n = await _count(pg, "SELECT count(*) FROM replays WHERE status IN ('featurized','failed')")
+        n = await _count(
+            pg,
+            "SELECT count(*) FROM replays WHERE status IN ('featurized','failed') AND id = ANY($1)",
+            ids,
+        )
         return n == total
 
     await wait_for(settled, STAGE_TIMEOUT, f"{total} replays to be featurized or failed")
-    featurized = await _count(pg, "SELECT count(*) FROM replays WHERE status = 'featurized'")
-    assert featurized >= N_GOOD - 1, "the chosen replays all parse with subtr-actor"
-    assert await _count(pg, "SELECT count(*) FROM scores") == 0, "no model yet: nothing scored"
+    featurized = await _count(
+        pg, "SELECT count(*) FROM replays WHERE status = 'featurized' AND id = ANY($1)", ids
+    )
+    assert featurized == N_GOOD, "the chosen replays all parse"
+    scored = "SELECT count(*) FROM scores WHERE replay_id = ANY($1)"
+    assert await _count(pg, scored, ids) == 0, "no model yet: nothing scored"
 
     train = stack.cli("train")
     assert train.returncode == 0, train.stderr
     n_players = await _count(
         pg,
         "SELECT count(*) FROM replay_players p JOIN replays r ON r.id = p.replay_id"
-        " WHERE r.status = 'featurized'",
+        " WHERE r.status = 'featurized' AND r.id = ANY($1)",
+        ids,
     )
 
     async def all_scored() -> bool:
-        return len(collected.scores) >= n_players
+        return len(_mine(collected.scores, ids)) >= n_players
 
     await wait_for(all_scored, STAGE_TIMEOUT, f"{n_players} scores.emitted events")
 
     rows = await pg.fetch(
         "SELECT p.replay_id, p.player_index, count(s.*) AS n FROM replay_players p"
         " JOIN replays r ON r.id = p.replay_id LEFT JOIN scores s USING (replay_id, player_index)"
-        " WHERE r.status = 'featurized' GROUP BY 1, 2"
+        " WHERE r.status = 'featurized' AND r.id = ANY($1) GROUP BY 1, 2",
+        ids,
     )
     assert len(rows) == n_players and all(row["n"] == 1 for row in rows)
-    events = Counter((e.replay_id, e.player_index) for e in collected.scores)
+    events = Counter((e.replay_id, e.player_index) for e in _mine(collected.scores, ids))
     assert set(events) == {(row["replay_id"], row["player_index"]) for row in rows}
     assert set(events.values()) == {1}
 
@@ -149,7 +160,7 @@ async def test_replays_flow_to_exactly_one_score_per_player(
         assert failed[replay.sha256].stage == "parse" and failed[replay.sha256].reason
 
     # The same files again, under new names: nothing new anywhere.
-    replays_before = await _count(pg, "SELECT count(*) FROM replays")
+    replays_before = await pg.fetchval("SELECT count(*) FROM replays")
     duplicates_before = _metric(stack, "ingestor", "rlimpact_ingest_duplicates_total")
     for replay in [*good, *bad]:
         shutil.copy(replay.path, inbox / f"again-{replay.path.name}")
@@ -160,14 +171,18 @@ async def test_replays_flow_to_exactly_one_score_per_player(
 
     await wait_for(all_seen_as_duplicates, 60, "the ingestor to see the copies")
     await asyncio.sleep(3)  # anything wrongly announced would be scored by now
-    assert await _count(pg, "SELECT count(*) FROM replays") == replays_before
-    assert await _count(pg, "SELECT count(*) FROM scores") == n_players
-    assert len(collected.scores) == n_players
+    assert await pg.fetchval("SELECT count(*) FROM replays") == replays_before
+    assert await _count(pg, scored, ids) == n_players
+    assert len(_mine(collected.scores, ids)) == n_players
     assert len({e.replay_id for e in collected.failed}) == len(collected.failed)
 
     for name in SERVICE_NAMES:
         assert stack.processes[name].poll() is None, f"{name} died:\n{stack.log(name)[-3000:]}"
         assert _metric(stack, name, "rlimpact_up") == 1.0
+
+
+def _mine(scores: list[ScoreEmitted], ids: list[str]) -> list[ScoreEmitted]:
+    return [e for e in scores if e.replay_id in ids]
 
 
 async def _exists(path) -> bool:

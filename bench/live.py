@@ -1,0 +1,239 @@
+"""Live path latency and throughput: N simulated matches at 30 Hz through bridge -> Kafka ->
+live service -> scores.live, for each N in one run.
+
+    .venv/bin/python bench/live.py [--matches 1 10 50] [--seconds 20] [--warmup 5]
+
+Starts its own Kafka and Postgres (``deploy/stack.sh``, ports from
+``RLIMPACT_BENCH_PORT_OFFSET``, default 800, data in ``.rlimpact/bench-live``) and the live
+service; then for each N, ``rlimpact simulate --matches N --loop`` (real time, matches spread
+over one frame interval) and a bridge following the N feeds. After ``--warmup`` seconds it
+reads ``scores.live`` for ``--seconds`` and prints, per N:
+
+- offered: frames per second the feeds send (N x 30), and sustained: frames per second that
+  reached a ``scores.live`` update in the window;
+- latency from the bridge's receipt of a frame to the emission of the ``scores.live`` update
+  covering it (the update's ``emitted_at``), p50 and p99; and to its arrival at a consumer of
+  ``scores.live`` (this script), p50 and p99.
+
+Target (the issue): p99 <= 20 ms at N = 10. Every process runs on this machine, the load
+generator included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer
+from prometheus_client.parser import text_string_to_metric_families
+
+from shared.events import LIVE_FRAMES, SCORES_LIVE, LiveScore, decode
+from shared.settings import REPO_ROOT, Settings
+
+RATE = 30.0
+
+
+@dataclass(frozen=True)
+class Round:
+    matches: int
+    offered: float
+    sustained: float
+    emit_ms: tuple[float, float]
+    deliver_ms: tuple[float, float]
+    n_latencies: int
+
+
+def bench_env(offset: int, data_dir: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "RLIMPACT_DATA_DIR": str(data_dir),
+        "RLIMPACT_KAFKA_PORT": str(19092 + offset),
+        "RLIMPACT_KAFKA_CONTROLLER_PORT": str(19093 + offset),
+        "RLIMPACT_KAFKA_BOOTSTRAP": f"127.0.0.1:{19092 + offset}",
+        "RLIMPACT_PG_PORT": str(15433 + offset),
+        "RLIMPACT_METRICS_BASE_PORT": str(19181 + offset),
+        "RLIMPACT_LIVE_HTTP_PORT": str(19172 + offset),
+        "RLIMPACT_KAFKA_LIB_DIR": os.environ.get(
+            "RLIMPACT_KAFKA_LIB_DIR", str(REPO_ROOT / ".rlimpact" / "kafka-lib")
+        ),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def settings_of(env: dict[str, str]) -> Settings:
+    return Settings.model_validate(
+        {
+            k.removeprefix("RLIMPACT_").lower(): v
+            for k, v in env.items()
+            if k.startswith("RLIMPACT_")
+        }
+    )
+
+
+def start(module: str, env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def live_ready(settings: Settings) -> bool:
+    """The live service has all partitions of live.frames (it starts at their end)."""
+    url = f"http://127.0.0.1:{settings.metrics_port('live')}/metrics"
+    try:
+        body = urllib.request.urlopen(url, timeout=2).read().decode()
+    except OSError:
+        return False
+    partitions = {
+        sample.labels["partition"]
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+        if sample.name == "rlimpact_consumer_lag" and sample.labels["topic"] == LIVE_FRAMES.name
+    }
+    return len(partitions) == LIVE_FRAMES.partitions
+
+
+async def measure(
+    settings: Settings, env: dict[str, str], logs: Path, replay: Path, n: int, args
+) -> Round:
+    consumer = AIOKafkaConsumer(
+        SCORES_LIVE.name,
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=None,
+        auto_offset_reset="latest",
+        fetch_max_wait_ms=50,
+    )
+    await consumer.start()
+    await consumer.seek_to_end()
+    port = 19160 + int(env["RLIMPACT_KAFKA_PORT"]) - 19092
+    simulator = start(
+        "services.cli",
+        env,
+        logs / f"simulate-{n}.log",
+        *("simulate", str(replay), "--port", str(port), "--matches", str(n), "--loop"),
+        *("--rate", str(RATE)),
+    )
+    urls = ",".join(f"ws://127.0.0.1:{port}/{k}" for k in range(n))
+    bridge = start(
+        "services.bridge", {**env, "RLIMPACT_BRIDGE_SOS_URLS": urls}, logs / f"bridge-{n}.log"
+    )
+    emit, deliver, frames = [], [], 0
+    try:
+        began = time.monotonic()
+        window_start = window_end = None
+        while True:
+            batches = await consumer.getmany(timeout_ms=200, max_records=2000)
+            arrived = datetime.now(UTC)
+            elapsed = time.monotonic() - began
+            if window_start is None and elapsed >= args.warmup and frames_seen(batches):
+                window_start = arrived
+            if window_start is not None and elapsed >= args.warmup + args.seconds:
+                window_end = arrived
+                break
+            if elapsed > args.warmup + args.seconds + 120:
+                raise SystemExit(f"bench: no scores.live for {n} matches: see {logs}")
+            if window_start is None:
+                continue
+            for records in batches.values():
+                for record in records:
+                    score = decode(LiveScore, record.value)
+                    frames += len(score.frames_received_at)
+                    for received in score.frames_received_at:
+                        emit.append((score.emitted_at - received).total_seconds() * 1e3)
+                        deliver.append((arrived - received).total_seconds() * 1e3)
+    finally:
+        stop(bridge)
+        stop(simulator)
+        await consumer.stop()
+    seconds = (window_end - window_start).total_seconds()
+    return Round(
+        matches=n,
+        offered=n * RATE,
+        sustained=frames / seconds,
+        emit_ms=(float(np.percentile(emit, 50)), float(np.percentile(emit, 99))),
+        deliver_ms=(float(np.percentile(deliver, 50)), float(np.percentile(deliver, 99))),
+        n_latencies=len(emit),
+    )
+
+
+def frames_seen(batches) -> bool:
+    return any(batches.values())
+
+
+async def run(args) -> list[Round]:
+    offset = int(os.environ.get("RLIMPACT_BENCH_PORT_OFFSET", "800"))
+    data_dir = REPO_ROOT / ".rlimpact" / "bench-live"
+    env = bench_env(offset, data_dir)
+    settings = settings_of(env)
+    stack = ["bash", str(REPO_ROOT / "deploy" / "stack.sh")]
+    subprocess.run([*stack, "stop"], env=env, check=False, capture_output=True)
+    if data_dir.exists():
+        subprocess.run(["rm", "-rf", str(data_dir)], check=True)
+    logs = data_dir / "logs"
+    logs.mkdir(parents=True)
+    subprocess.run([*stack, "start"], env=env, check=True, stdout=subprocess.DEVNULL)
+    live = start("services.live", env, logs / "live.log")
+    try:
+        deadline = time.monotonic() + 120
+        while not live_ready(settings):
+            if time.monotonic() > deadline or live.poll() is not None:
+                raise SystemExit(f"bench: the live service did not start: see {logs}/live.log")
+            await asyncio.sleep(0.5)
+        rounds = []
+        for n in args.matches:
+            rounds.append(await measure(settings, env, logs, args.replay, n, args))
+            print_round(rounds[-1])
+        return rounds
+    finally:
+        stop(live)
+        subprocess.run([*stack, "stop"], env=env, check=False, stdout=subprocess.DEVNULL)
+
+
+def print_round(r: Round) -> None:
+    print(
+        f"{r.matches:>7}  {r.offered:>8.0f}  {r.sustained:>9.0f}  "
+        f"{r.emit_ms[0]:>8.1f}  {r.emit_ms[1]:>8.1f}  "
+        f"{r.deliver_ms[0]:>8.1f}  {r.deliver_ms[1]:>8.1f}  {r.n_latencies:>8}",
+        flush=True,
+    )
+
+
+def main() -> None:
+    default_replay = Settings().replays_dir / "corpus" / "boxcars-00bb.replay"
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--matches", type=int, nargs="+", default=[1, 10, 50])
+    parser.add_argument("--seconds", type=float, default=20.0, help="measured per N")
+    parser.add_argument("--warmup", type=float, default=5.0, help="per N, before measuring")
+    parser.add_argument("--replay", type=Path, default=default_replay)
+    args = parser.parse_args()
+    if not args.replay.exists():
+        raise SystemExit(f"bench: no replay at {args.replay} (set RLIMPACT_REPLAYS_DIR)")
+    print(f"live path, {RATE:g} Hz per match, {os.cpu_count()} CPUs, replay {args.replay.name}")
+    print("                          ---------- latency (ms) ----------")
+    print("                          to emission         to a consumer")
+    print("matches  offered/s  sustained/s   p50       p99       p50       p99   frames")
+    asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    main()

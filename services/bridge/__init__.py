@@ -1,0 +1,1 @@
+"""Bridge: live game feeds (SOS BakkesMod plugin, custom plugins) -> live.frames."""

@@ -1,0 +1,3 @@
+from services.bridge.service import main
+
+main()

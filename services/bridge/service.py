@@ -1,0 +1,188 @@
+"""Bridge service: live game feeds -> ``live.frames``, keyed by match id.
+
+- As a WebSocket *client* of each SOS plugin feed in ``RLIMPACT_BRIDGE_SOS_URLS``: reconnects
+  with exponential backoff (with jitter, up to ``RLIMPACT_BRIDGE_RECONNECT_MAX_SECONDS``) and
+  keeps following the same match across a reconnect.
+- As a WebSocket *server* for custom plugins at ``/plugin`` on ``RLIMPACT_BRIDGE_PLUGIN_PORT``,
+  open only to clients presenting ``RLIMPACT_BRIDGE_PLUGIN_TOKEN`` (off while it is unset).
+
+A message that cannot be read is counted, logged and sent to ``events.invalid``; the feed goes
+on. The receipt time of every message travels with its frame, for the latency metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable
+from datetime import datetime
+
+import aiohttp
+from aiohttp import WSMsgType, web
+
+from services.bridge.plugin import (
+    PluginMessageError,
+    PluginSession,
+    presented_token,
+    token_ok,
+)
+from services.bridge.sos import Skipped, SosMessageError, SosSession
+from shared import metrics
+from shared.events import EVENTS_INVALID, LIVE_FRAMES, InvalidEvent, LiveFrame, utcnow
+from shared.kafka import EventProducer, event_producer
+from shared.service import ServiceContext, run_service
+
+NAME = "bridge"
+log = logging.getLogger(NAME)
+INITIAL_BACKOFF_SECONDS = 0.5
+MAX_RAW_IN_DEAD_LETTER = 20_000
+
+
+class Backoff:
+    """Exponential reconnect delays with jitter: 0.5, 1, 2, ... up to ``maximum`` seconds."""
+
+    def __init__(self, maximum: float, initial: float = INITIAL_BACKOFF_SECONDS) -> None:
+        self.initial, self.maximum, self.attempt = initial, maximum, 0
+
+    def next_delay(self) -> float:
+        delay = min(self.maximum, self.initial * 2**self.attempt)
+        self.attempt += 1
+        return delay * random.uniform(0.5, 1.0)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class FrameSink:
+    """Forwards frames to Kafka; counts skips; dead-letters what cannot be read."""
+
+    def __init__(self, producer: EventProducer) -> None:
+        self.producer = producer
+
+    async def accept(
+        self,
+        source: str,
+        handle: Callable[[str, datetime], LiveFrame | Skipped | None],
+        raw: str,
+        received_at: datetime,
+    ) -> str | None:
+        """Handle one message; the error text when it could not be read."""
+        metrics.EVENTS_IN.labels(NAME, f"feed:{source}").inc()
+        try:
+            result = handle(raw, received_at)
+        except (SosMessageError, PluginMessageError) as error:
+            await self.reject(source, raw, str(error))
+            return str(error)
+        if isinstance(result, Skipped):
+            metrics.LIVE_FRAMES_SKIPPED.labels(NAME, result.reason).inc()
+        elif result is not None:
+            await self.producer.send(LIVE_FRAMES, result)
+        return None
+
+    async def reject(self, source: str, raw: str, reason: str) -> None:
+        metrics.ERRORS.labels(NAME, f"invalid_{source}_message").inc()
+        log.warning("unreadable %s message: %s", source, reason[:300])
+        await self.producer.send(
+            EVENTS_INVALID,
+            InvalidEvent(topic=f"bridge:{source}", reason=reason, raw=raw[:MAX_RAW_IN_DEAD_LETTER]),
+        )
+
+
+async def follow_sos_feed(
+    url: str, sink: FrameSink, stop: asyncio.Event, max_backoff: float
+) -> None:
+    """Stay connected to one SOS feed until ``stop``, reconnecting with backoff."""
+    session = SosSession()
+    backoff = Backoff(max_backoff)
+    connected = metrics.FEED_CONNECTED.labels(url)
+    async with aiohttp.ClientSession() as http:
+        while not stop.is_set():
+            try:
+                async with http.ws_connect(url, heartbeat=10, max_msg_size=16 * 2**20) as ws:
+                    connected.set(1)
+                    backoff.reset()
+                    log.info("connected to SOS feed %s", url)
+                    async for message in ws:
+                        received_at = utcnow()
+                        if message.type == WSMsgType.TEXT:
+                            await sink.accept("sos", session.handle, message.data, received_at)
+                        elif message.type == WSMsgType.ERROR:
+                            break
+                log.warning("SOS feed %s closed the connection", url)
+            except (TimeoutError, aiohttp.ClientError, OSError) as error:
+                if backoff.attempt == 0:
+                    log.warning("SOS feed %s unreachable (%s): retrying with backoff", url, error)
+            connected.set(0)
+            metrics.FEED_RECONNECTS.labels(url).inc()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), backoff.next_delay())
+
+
+def plugin_app(ctx: ServiceContext, sink: FrameSink) -> web.Application:
+    session = PluginSession()
+    expected = ctx.settings.bridge_plugin_token
+
+    async def connect(request: web.Request) -> web.StreamResponse:
+        token = presented_token(request.headers.get("Authorization"), request.query.get("token"))
+        if not token_ok(token, expected):
+            metrics.ERRORS.labels(NAME, "plugin_unauthorized").inc()
+            raise web.HTTPUnauthorized(text="a valid token is required (Authorization: Bearer)")
+        ws = web.WebSocketResponse(heartbeat=10, max_msg_size=2**20)
+        await ws.prepare(request)
+        log.info("plugin connected from %s", request.remote)
+        async for message in ws:
+            received_at = utcnow()
+            if message.type == WSMsgType.TEXT:
+                error = await sink.accept("plugin", session.handle, message.data, received_at)
+                if error is not None:
+                    await ws.send_json({"error": error})
+            elif message.type == WSMsgType.BINARY:
+                await ws.send_json({"error": "send JSON text messages"})
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/plugin", connect)
+    return app
+
+
+async def serve_plugin_endpoint(ctx: ServiceContext, sink: FrameSink) -> web.AppRunner | None:
+    settings = ctx.settings
+    token = settings.bridge_plugin_token
+    if token is None or not token.get_secret_value():
+        log.info("custom-plugin endpoint off: RLIMPACT_BRIDGE_PLUGIN_TOKEN is not set")
+        return None
+    runner = web.AppRunner(plugin_app(ctx, sink), access_log=None)
+    await runner.setup()
+    host, port = settings.bridge_plugin_host, settings.bridge_plugin_port
+    await web.TCPSite(runner, host, port).start()
+    log.info("custom-plugin endpoint on ws://%s:%d/plugin", host, port)
+    return runner
+
+
+async def run(ctx: ServiceContext) -> None:
+    async with event_producer(ctx.settings, NAME, low_latency=True) as producer:
+        sink = FrameSink(producer)
+        plugin_endpoint = await serve_plugin_endpoint(ctx, sink)
+        feeds = [
+            asyncio.create_task(
+                follow_sos_feed(url, sink, ctx.stop, ctx.settings.bridge_reconnect_max_seconds)
+            )
+            for url in ctx.settings.sos_urls
+        ]
+        log.info("following %d SOS feed(s): %s", len(feeds), ", ".join(ctx.settings.sos_urls))
+        await ctx.stop.wait()
+        for task in feeds:
+            task.cancel()
+        await asyncio.gather(*feeds, return_exceptions=True)
+        if plugin_endpoint is not None:
+            await plugin_endpoint.cleanup()
+
+
+def main() -> None:
+    run_service(NAME, run)
+
+
+if __name__ == "__main__":
+    main()

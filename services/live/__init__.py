@@ -1,0 +1,1 @@
+"""Live scoring: live.frames -> rolling per-match state -> scores.live; score streams."""

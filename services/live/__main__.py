@@ -1,0 +1,3 @@
+from services.live.service import main
+
+main()

@@ -1,0 +1,84 @@
+"""Which model the live path scores with: the registry's active one, else the shipped default.
+
+Unlike the replay scorer (which waits for a model), live matches are scored from the first
+frame: with ``models/default/impact.onnx`` until a model is promoted in the registry, then
+with that one, switched over without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+import asyncpg
+
+from services.live.state import ScoringModel
+from services.scorer.score import ImpactModel, ModelSchemaError
+from shared import db, metrics
+from shared.settings import Settings
+from shared.storage import sha256_file, uri_to_path
+
+DEFAULT_MODEL_FILE = "impact.onnx"
+log = logging.getLogger(__name__)
+
+
+class LiveModel:
+    def __init__(self, service: str, settings: Settings, pool: asyncpg.Pool) -> None:
+        self.service, self.settings, self.pool = service, settings, pool
+        self.current: ScoringModel | None = None
+        self._failed: set[str] = set()  # models that could not be loaded: not retried
+
+    async def refresh(self) -> None:
+        """Load the registry's active model if it changed; fall back to the shipped one."""
+        async with self.pool.acquire() as conn:
+            record = await db.active_model(conn)
+        if record is not None:
+            if self.current is not None and self.current.model_id == record.id:
+                return
+            path = uri_to_path(record.uri)
+            if loaded := await self._load(path, record.id, record.version, record.sha256):
+                self._use(loaded)
+                return
+        if self.current is None or (record is None and self.current.model_id is not None):
+            path = self.settings.default_model_dir / DEFAULT_MODEL_FILE
+            if loaded := await self._load(path, None, None, None):
+                self._use(loaded)
+
+    async def _load(
+        self, path: Path, model_id: int | None, version: str | None, sha256: str | None
+    ) -> ScoringModel | None:
+        key = f"{path}:{model_id}"
+        if key in self._failed:
+            return None
+        try:
+            if sha256 is not None and await asyncio.to_thread(sha256_file, path) != sha256:
+                raise ValueError("the file fails its registered checksum")
+            model = await asyncio.to_thread(ImpactModel, path)
+        except (ModelSchemaError, OSError, RuntimeError, ValueError) as error:
+            self._failed.add(key)
+            self._fail(f"{path}: {error}", type(error).__name__)
+            return None
+        return ScoringModel(model, model_id, version or model.version)
+
+    def _use(self, loaded: ScoringModel) -> None:
+        self.current = loaded
+        metrics.ACTIVE_MODEL.labels(self.service).set(loaded.model_id or 0)
+        source = f"registry id {loaded.model_id}" if loaded.model_id else "the shipped default"
+        log.info("live scoring with model %s (%s)", loaded.version, source)
+
+    def _fail(self, what: str, reason: str) -> None:
+        metrics.ERRORS.labels(self.service, reason).inc()
+        log.error("model not loaded: %s", what)
+
+    async def follow(self, stop: asyncio.Event) -> None:
+        """Re-read the registry every ``model_poll_seconds`` until ``stop``."""
+        while not stop.is_set():
+            try:
+                await self.refresh()
+            except (OSError, asyncpg.PostgresError) as error:
+                metrics.ERRORS.labels(self.service, "model_registry").inc()
+                log.warning("model registry unreachable: %s", error)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.model_poll_seconds)

@@ -1,0 +1,121 @@
+"""Live service: ``live.frames`` -> rolling per-match state -> ``scores.live``; and the score
+streams (SSE, JSON, the live page) for browsers and overlays.
+
+Live frames are consumed in batches as they come (a consumer group, so instances share the
+matches by partition; a new group starts at the end of the topic: old frames are stale). All
+frames of a batch are scored together and each match with new frames gets one ``scores.live``
+update, so under load updates are merged rather than delayed. Offsets are committed
+automatically: after a crash a few frames may be scored twice or not at all (and the totals
+start again from zero); the durable record of a match is its replay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
+
+from services.live.model import LiveModel
+from services.live.state import LiveScorer
+from services.live.web import ScoreHub, feed_hub, serve_web
+from shared import metrics
+from shared.events import LIVE_FRAMES, SCORES_LIVE, EventDecodeError, LiveFrame, decode, utcnow
+from shared.kafka import EventProducer, dead_letter, event_producer, record_lag
+from shared.service import ServiceContext, run_service
+
+NAME = "live"
+log = logging.getLogger(NAME)
+MAX_BATCH = 2000
+
+
+class LiveLoop:
+    def __init__(self, ctx: ServiceContext, model: LiveModel, producer: EventProducer) -> None:
+        self.ctx, self.model, self.producer = ctx, model, producer
+        settings = ctx.settings
+        self.scorer = LiveScorer(settings.horizon_seconds)
+
+    async def run(self) -> None:
+        settings = self.ctx.settings
+        consumer = AIOKafkaConsumer(
+            LIVE_FRAMES.name,
+            bootstrap_servers=settings.kafka_bootstrap,
+            group_id=settings.consumer_group(NAME),
+            enable_auto_commit=True,
+            auto_offset_reset="latest",
+            fetch_max_wait_ms=100,
+        )
+        await consumer.start()
+        try:
+            while not self.ctx.stop.is_set():
+                batches = await consumer.getmany(timeout_ms=200, max_records=MAX_BATCH)
+                await record_lag(consumer, NAME)
+                records = [record for partition in batches.values() for record in partition]
+                if records:
+                    await self.handle(records)
+                followed = self.scorer.forget_idle(
+                    time.monotonic(), settings.live_match_idle_seconds
+                )
+                metrics.LIVE_MATCHES.labels(NAME).set(followed)
+        finally:
+            await consumer.stop()
+
+    async def handle(self, records: list[ConsumerRecord]) -> None:
+        frames = [frame for record in records if (frame := await self._decode(record))]
+        current = self.model.current
+        if current is None:
+            metrics.LIVE_FRAMES_SKIPPED.labels(NAME, "no_model").inc(len(frames))
+            return
+        with metrics.PROCESSING_SECONDS.labels(NAME).time():
+            try:
+                updates, skipped = self.scorer.score(frames, current, time.monotonic())
+            except Exception as error:  # one bad batch must not stop live scoring
+                log.exception("live batch of %d frames not scored", len(frames))
+                metrics.ERRORS.labels(NAME, type(error).__name__).inc()
+                metrics.LIVE_FRAMES_SKIPPED.labels(NAME, "error").inc(len(frames))
+                self.scorer.drop_pending()
+                return
+        for reason, count in skipped.items():
+            metrics.LIVE_FRAMES_SKIPPED.labels(NAME, reason).inc(count)
+        await asyncio.gather(*(self.producer.send(SCORES_LIVE, update) for update in updates))
+        sent = utcnow()
+        latency = metrics.LIVE_LATENCY.labels(NAME)
+        for update in updates:
+            for received_at in update.frames_received_at:
+                latency.observe((sent - received_at).total_seconds())
+
+    async def _decode(self, record: ConsumerRecord) -> LiveFrame | None:
+        metrics.EVENTS_IN.labels(NAME, record.topic).inc()
+        try:
+            return decode(LiveFrame, record.value)
+        except EventDecodeError as error:
+            await dead_letter(self.producer, NAME, record, "invalid_event", str(error))
+            return None
+
+
+async def run(ctx: ServiceContext) -> None:
+    model = LiveModel(NAME, ctx.settings, ctx.pool)
+    await model.refresh()
+    hub = ScoreHub(NAME)
+    web = await serve_web(hub, ctx.settings)
+    async with event_producer(ctx.settings, NAME, low_latency=True) as producer:
+        helpers = [
+            asyncio.create_task(model.follow(ctx.stop)),
+            asyncio.create_task(feed_hub(hub, ctx.settings, ctx.stop)),
+        ]
+        try:
+            await LiveLoop(ctx, model, producer).run()
+        finally:
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            await web.cleanup()
+
+
+def main() -> None:
+    run_service(NAME, run)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,420 @@
+"""Per-match live state and live scoring. Pure: no Kafka, no database.
+
+Each match is a stream of frames shaped like a parsed replay (``shared/frames.py``), rebuilt
+from the live feed: velocities the feed does not send are estimated by finite differences of
+successive positions (scaled to the reported speed when the feed gives one); a car with no
+location keeps its last one, marked demolished; goals come from the score going up and ball
+touches from the players' touch counters going up.
+
+New frames are featurized incrementally (:class:`StreamFeaturizer`: the rows
+:func:`featurize` gives for the same frames, at a cost in proportion to the new frames) and
+scored with the replays' :class:`ImpactModel`, one ONNX call for the new rows of all matches.
+
+Impact is the replay scorer's, with the same functions (``services/scorer/score.py``): a touch
+is credited once, when the frame before the next touch (or the goal, or the end of play after
+it) is known and settled (a kickoff is recognised a second late), and each player's credits
+add up to a running total. On the same frames it is the replay scorer's impact
+(``tests/unit/test_bridge_live.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from services.featurizer.features import (
+    FEATURE_SCHEMA_VERSION,
+    N_FEATURES,
+    FeatureTable,
+    StreamFeaturizer,
+    stream_rows,
+)
+from services.scorer.score import (
+    IMPACT_SCALE,
+    ImpactModel,
+    TouchCredit,
+    credit_touches,
+    team_score_probability,
+)
+from shared.events import (
+    GoalInfo,
+    LiveFrame,
+    LivePlayer,
+    LivePlayerScore,
+    LiveScore,
+    PlayerInfo,
+)
+from shared.frames import BALL_FIELDS, PLAYER_FIELD, PLAYER_FIELDS
+
+MAX_BALL_SPEED = 6000.0  # uu/s
+MAX_CAR_SPEED = 2300.0
+MIN_DT = 1 / 240  # seconds: closer frames give no usable finite difference
+DEFAULT_SECONDS_REMAINING = 300.0
+
+
+@dataclass(frozen=True)
+class ScoringModel:
+    model: ImpactModel
+    model_id: int | None  # None: the shipped default model
+    version: str
+
+
+@dataclass
+class Totals:
+    offence: float = 0.0  # x100, summed over the player's credited touches
+    defence: float = 0.0
+    touches: int = 0
+    n: int = 0  # frames scored
+
+
+@dataclass
+class Row:
+    """One frame of a match, in ``shared/frames.py`` layout."""
+
+    time: float
+    seconds_remaining: float
+    ball: np.ndarray  # [6]
+    cars: np.ndarray  # [P, 12]
+    touched: list[int]  # columns of the players who touched the ball in this frame
+
+
+@dataclass
+class MatchState:
+    match_id: str
+    players: list[LivePlayer] = field(default_factory=list)  # the column order of ``cars``
+    stream: StreamFeaturizer | None = None  # the match's frames so far (the recent ones)
+    p_score: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))  # [stream frame, team]
+    latest_probabilities: np.ndarray | None = None  # [P, 2] of the newest frame
+    credit_from: int = 0  # stream frame of the first touch not credited yet
+    totals: dict[str, Totals] = field(default_factory=dict)
+    rows: list[Row] = field(default_factory=list)  # new since the last update
+    pending: list[LiveFrame] = field(default_factory=list)  # their frames
+    new_goals: list[GoalInfo] = field(default_factory=list)
+    last_row: Row | None = None
+    latest: LiveFrame | None = None
+    score: tuple[int, int] | None = None  # (blue, orange) at the latest frame
+    touch_counts: dict[str, int] = field(default_factory=dict)
+    started_at: float | None = None  # receipt time of the first frame (when no game time)
+    last_seen: float = 0.0
+
+    @property
+    def layout(self) -> tuple[int, ...]:
+        return tuple(p.team for p in self.players)
+
+    def add(self, frame: LiveFrame) -> str | None:
+        """Append a frame to the pending ones; the reason it cannot be scored, if so."""
+        self.latest = frame
+        if frame.ball is None or not any(p.has_location for p in frame.players):
+            return "no_locations"
+        players = sorted(frame.players, key=lambda p: (p.team, p.id))
+        if [p.id for p in players] != [p.id for p in self.players]:
+            # Someone joined or left: a new stream (the running totals stay, by player id; a
+            # touch not credited yet is lost).
+            self.restart(players)
+        row = self._row(frame, players)
+        self._count_goals(frame, row.time)
+        self.rows.append(row)
+        self.last_row = row
+        self.pending.append(frame)
+        return None
+
+    def restart(self, players: list[LivePlayer]) -> None:
+        self.players, self.stream, self.rows, self.pending = players, None, [], []
+        self.last_row, self.new_goals, self.credit_from = None, [], 0
+
+    def _count_goals(self, frame: LiveFrame, time: float) -> None:
+        score = (frame.blue_goals, frame.orange_goals)
+        if self.score is not None:
+            for team in (0, 1):
+                for _ in range(max(score[team] - self.score[team], 0)):
+                    self.new_goals.append(GoalInfo(time=time, team=team))  # type: ignore[arg-type]
+        self.score = score
+
+    def _touched(self, players: list[LivePlayer]) -> list[int]:
+        """Columns whose touch counter went up since the player's previous frame."""
+        touched = []
+        for column, player in enumerate(players):
+            before = self.touch_counts.get(player.id)
+            if before is not None and player.touches > before:
+                touched.append(column)
+            self.touch_counts[player.id] = player.touches
+        return touched
+
+    def _time(self, frame: LiveFrame) -> float:
+        if frame.game_time is not None:
+            return frame.game_time
+        received = frame.received_at.timestamp()
+        if self.started_at is None:
+            self.started_at = received
+        return received - self.started_at
+
+    def _row(self, frame: LiveFrame, players: list[LivePlayer]) -> Row:
+        assert frame.ball is not None
+        previous = self.last_row
+        time = self._time(frame)
+        dt = time - previous.time if previous is not None else 0.0
+        ball = np.zeros(len(BALL_FIELDS), dtype=np.float32)
+        ball[0:3] = (frame.ball.x, frame.ball.y, frame.ball.z)
+        ball[3:6] = _velocity(
+            (frame.ball.vx, frame.ball.vy, frame.ball.vz),
+            ball[0:3],
+            previous.ball[0:3] if previous is not None else None,
+            dt,
+            frame.ball.speed,
+            MAX_BALL_SPEED,
+        )
+        cars = np.zeros((len(players), len(PLAYER_FIELDS)), dtype=np.float32)
+        for p, player in enumerate(players):
+            cars[p] = _car(player, previous.cars[p] if previous is not None else None, dt)
+        remaining = frame.seconds_remaining
+        if remaining is None:
+            remaining = previous.seconds_remaining if previous else DEFAULT_SECONDS_REMAINING
+        return Row(time, remaining, ball, cars, self._touched(players))
+
+    def push(self) -> StreamFeaturizer:
+        """Hand the pending rows to the match's stream featurizer."""
+        if self.stream is None:
+            infos = [
+                PlayerInfo(index=i, name=p.name, team=p.team) for i, p in enumerate(self.players)
+            ]
+            team_size = int(np.bincount(self.layout, minlength=2).max())
+            self.stream = StreamFeaturizer(self.match_id, infos, team_size)
+            self.p_score = np.zeros((0, 2))
+        rows = self.rows
+        self.stream.push(
+            np.array([r.time for r in rows]),
+            np.array([r.seconds_remaining for r in rows]),
+            np.stack([r.ball for r in rows]),
+            np.stack([r.cars for r in rows]),
+            np.array([(i, c) for i, r in enumerate(rows) for c in r.touched]),
+            self.new_goals,
+        )
+        self.rows, self.new_goals = [], []
+        return self.stream
+
+    def scored(self, features: np.ndarray, probabilities: np.ndarray) -> list[TouchCredit]:
+        """The rows of the stream from its first out-of-date frame are known: credit the
+        touches whose outcome is settled, add them to the totals, and drop old frames."""
+        stream = self.stream
+        assert stream is not None
+        start = stream.n_frames - features.shape[0]
+        rows = self.table(start, stream.n_frames, features)
+        self.p_score = np.r_[self.p_score[:start], team_score_probability(rows, probabilities)]
+        self.latest_probabilities = probabilities[-1]
+        new = len(self.pending)
+        for player in self.players:
+            self.totals.setdefault(player.id, Totals()).n += new
+        self.pending = []
+        credits = self._credit(stream)
+        keep_from = max(self.credit_from - stream.first - 1, 0)
+        first = stream.first
+        stream.drop(keep_from)
+        self.p_score = self.p_score[stream.first - first :]
+        return credits
+
+    def _credit(self, stream: StreamFeaturizer) -> list[TouchCredit]:
+        """Credit each touch from ``credit_from`` whose next touch or end of play is settled."""
+        settled = stream.settled()
+        begin = self.credit_from - stream.first
+        if settled <= begin:
+            return []
+        a = max(begin - 1, 0)
+        table = self.table(a, settled)
+        credits = [
+            c for c in credit_touches(table, self.p_score[a:settled]) if c.frame >= begin - a
+        ]
+        self.credit_from = stream.first + settled
+        if credits and table.live[credits[-1].frame :].all():
+            # play goes on after the latest touch: its outcome is not known yet
+            self.credit_from = stream.first + a + credits.pop().frame
+        for credit in credits:
+            totals = self.totals.setdefault(self.players[credit.player_index].id, Totals())
+            totals.offence += IMPACT_SCALE * credit.offence
+            totals.defence += IMPACT_SCALE * credit.defence
+            totals.touches += 1
+        return credits
+
+    def table(self, start: int, stop: int, features: np.ndarray | None = None) -> FeatureTable:
+        """The stream's frames [start, stop) as a feature table (no labels: not known live);
+        without ``features`` (crediting touches reads none), one of no columns."""
+        stream = self.stream
+        assert stream is not None and stream.context is not None
+        window = slice(start, stop)
+        labels = np.zeros((stop - start, len(self.players)), dtype=bool)
+        time = stream.time[window]
+        goal_times = np.sort([g.time for g in stream.goals])
+        return FeatureTable(
+            replay_id=self.match_id,
+            time=time,
+            segment=np.searchsorted(goal_times, time, "left"),
+            live=stream.context.live[window],
+            features=features
+            if features is not None
+            else np.zeros((stop - start, len(self.players), 0), dtype=np.float32),
+            label_score=labels,
+            label_concede=labels,
+            touched=stream.context.touched[window],
+            players=stream.players,
+            goals=stream.goals,
+        )
+
+
+def _velocity(
+    given: tuple[float | None, float | None, float | None],
+    position: np.ndarray,
+    previous: np.ndarray | None,
+    dt: float,
+    speed: float | None,
+    max_speed: float,
+) -> np.ndarray:
+    """The feed's velocity when it sent one; else the finite difference of positions, scaled
+    to the reported speed when there is one, capped at what the game allows."""
+    if None not in given:
+        return np.asarray(given, dtype=np.float32)
+    if previous is None or dt < MIN_DT:
+        return np.zeros(3, dtype=np.float32)
+    velocity = (position - previous) / dt
+    norm = float(np.linalg.norm(velocity))
+    if speed is not None and norm > 1e-6:
+        velocity *= speed / norm
+        norm = speed
+    if norm > max_speed:  # a respawn or a kickoff reset teleports the object
+        velocity *= max_speed / norm
+    return velocity.astype(np.float32)
+
+
+def _car(player: LivePlayer, previous: np.ndarray | None, dt: float) -> np.ndarray:
+    f = PLAYER_FIELD
+    car = np.zeros(len(PLAYER_FIELDS), dtype=np.float32)
+    if player.has_location:
+        car[0:3] = (player.x, player.y, player.z)
+        for axis in ("roll", "pitch", "yaw"):
+            value = getattr(player, axis)
+            car[f[axis]] = value if value is not None else 0.0
+    elif previous is not None:
+        car[0:6] = previous[0:6]  # keep the last known place and rotation
+    demolished = player.demolished or not player.has_location
+    if not demolished:
+        car[6:9] = _velocity(
+            (player.vx, player.vy, player.vz),
+            car[0:3],
+            previous[0:3] if previous is not None else None,
+            dt,
+            player.speed,
+            MAX_CAR_SPEED,
+        )
+    car[f["boost"]] = player.boost
+    car[f["jumping"]] = float(player.jumping)
+    car[f["demolished"]] = float(demolished)
+    return car
+
+
+class LiveScorer:
+    """All matches being followed; turns batches of live frames into ``scores.live`` updates."""
+
+    def __init__(self, horizon_seconds: float) -> None:
+        self.horizon_seconds = horizon_seconds  # the model's: what P(score) looks ahead
+        self.matches: dict[str, MatchState] = {}
+
+    def score(
+        self, frames: list[LiveFrame], model: ScoringModel, now: float
+    ) -> tuple[list[LiveScore], dict[str, int]]:
+        """One update per match with new frames (and one for each match that ended), and the
+        number of frames skipped by reason."""
+        skipped: dict[str, int] = {}
+        ended: list[MatchState] = []
+        for frame in frames:
+            state = self.matches.get(frame.match_id)
+            if state is None:
+                state = MatchState(frame.match_id)
+                self.matches[frame.match_id] = state
+            state.last_seen = now
+            if frame.status == "ended":
+                ended.append(state)
+                state.latest = frame
+                continue
+            if reason := state.add(frame):
+                skipped[reason] = skipped.get(reason, 0) + 1
+        active = [s for s in self.matches.values() if s.pending]
+        updates = [self._update(state, f, model) for state, f in self._score(active, model)]
+        for state in ended:
+            if not state.pending:
+                updates.append(self._live_score(state, model, [], None))
+            self.matches.pop(state.match_id, None)
+        return updates, skipped
+
+    def drop_pending(self) -> None:
+        """After a failure: forget the frames not scored yet (so they are not tried again) and
+        start each such match's stream anew; the running totals stay."""
+        for state in self.matches.values():
+            if state.pending or (state.stream and state.stream.dirty_from < state.stream.n_frames):
+                state.restart(state.players)
+
+    def forget_idle(self, now: float, idle_seconds: float) -> int:
+        for match_id in [m for m, s in self.matches.items() if now - s.last_seen > idle_seconds]:
+            del self.matches[match_id]
+        return len(self.matches)
+
+    def _score(
+        self, states: list[MatchState], model: ScoringModel
+    ) -> list[tuple[MatchState, list[LiveFrame]]]:
+        """The out-of-date rows of every match, featurized and scored in one model call."""
+        if not states:
+            return []
+        features = stream_rows([state.push() for state in states])
+        flat = np.concatenate([f.reshape(-1, N_FEATURES) for f in features])
+        probabilities = model.model.predict(np.ascontiguousarray(flat, dtype=np.float32))
+        scored, offset = [], 0
+        for state, f in zip(states, features, strict=True):
+            n = f.shape[0] * f.shape[1]
+            frames = state.pending
+            state.scored(f, probabilities[offset : offset + n].reshape(f.shape[0], f.shape[1], 2))
+            scored.append((state, frames))
+            offset += n
+        return scored
+
+    def _update(self, state: MatchState, frames: list[LiveFrame], model: ScoringModel) -> LiveScore:
+        return self._live_score(state, model, frames, state.latest_probabilities)
+
+    def _live_score(
+        self,
+        state: MatchState,
+        model: ScoringModel,
+        frames: list[LiveFrame],
+        latest: np.ndarray | None,
+    ) -> LiveScore:
+        last = state.latest
+        assert last is not None
+        by_id = {p.id: p for p in (last.players or state.players)}
+        players = []
+        for i, player in enumerate(state.players):
+            totals = state.totals.get(player.id, Totals())
+            players.append(
+                LivePlayerScore(
+                    id=player.id,
+                    name=player.name,
+                    team=player.team,
+                    impact=totals.offence + totals.defence,
+                    offence=totals.offence,
+                    defence=totals.defence,
+                    p_score=float(latest[i, 0]) if latest is not None else 0.0,
+                    p_concede=float(latest[i, 1]) if latest is not None else 0.0,
+                    n_frames=totals.n,
+                    goals=by_id.get(player.id, player).goals,
+                )
+            )
+        return LiveScore(
+            match_id=state.match_id,
+            seq=last.seq,
+            frames_received_at=[f.received_at for f in frames],
+            model_id=model.model_id,
+            model_version=model.version,
+            feature_schema_version=FEATURE_SCHEMA_VERSION,
+            seconds_remaining=last.seconds_remaining,
+            overtime=last.overtime,
+            blue_goals=last.blue_goals,
+            orange_goals=last.orange_goals,
+            status=last.status,
+            players=players,
+        )

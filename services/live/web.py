@@ -1,0 +1,162 @@
+"""Score streams for browsers and overlays: Server-Sent Events, a JSON snapshot, the live page.
+
+The streams are fed from Kafka (``scores.live`` and ``scores.emitted``, read from their end
+by a consumer outside any group), so every instance of the live service shows every match,
+whichever instance scored it.
+
+- ``GET /``: the live page (each player's impact, updating while the match plays).
+- ``GET /scores/stream[?match=ID]``: ``text/event-stream``; ``event: live`` carries a
+  ``LiveScore``, ``event: replay`` a ``ScoreEmitted`` (both as in ``shared/events.py``). On
+  connect, the latest update of every match in progress is sent first.
+- ``GET /scores/latest``: the latest ``LiveScore`` of each match in progress, as a JSON list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from importlib import resources
+
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer
+
+from shared import metrics
+from shared.events import (
+    SCORES_EMITTED,
+    SCORES_LIVE,
+    EventDecodeError,
+    LiveScore,
+    ScoreEmitted,
+    decode,
+)
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+CLIENT_QUEUE = 256  # updates buffered per client; a slower client loses the oldest
+HEARTBEAT_SECONDS = 15.0
+PAGE = "live.html"
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    kind: str  # "live" or "replay"
+    match_id: str  # match id, or replay id for a replay's score
+    data: str  # the event's JSON
+    ended: bool = False  # the last update of a live match
+
+
+@dataclass
+class ScoreHub:
+    """Latest update per live match, and one queue per connected client."""
+
+    service: str
+    latest: dict[str, StreamEvent] = field(default_factory=dict)
+    clients: set[asyncio.Queue[StreamEvent]] = field(default_factory=set)
+
+    def publish(self, event: StreamEvent) -> None:
+        if event.kind == "live":
+            if event.ended:
+                self.latest.pop(event.match_id, None)
+            else:
+                self.latest[event.match_id] = event
+        for queue in self.clients:
+            if queue.full():
+                queue.get_nowait()
+            queue.put_nowait(event)
+
+    def subscribe(self) -> asyncio.Queue[StreamEvent]:
+        queue: asyncio.Queue[StreamEvent] = asyncio.Queue(CLIENT_QUEUE)
+        for event in self.latest.values():
+            queue.put_nowait(event)
+        self.clients.add(queue)
+        metrics.STREAM_CLIENTS.labels(self.service).set(len(self.clients))
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[StreamEvent]) -> None:
+        self.clients.discard(queue)
+        metrics.STREAM_CLIENTS.labels(self.service).set(len(self.clients))
+
+
+async def feed_hub(hub: ScoreHub, settings: Settings, stop: asyncio.Event) -> None:
+    """Publish everything that appears on scores.live and scores.emitted from now on."""
+    consumer = AIOKafkaConsumer(
+        SCORES_LIVE.name,
+        SCORES_EMITTED.name,
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=None,
+        auto_offset_reset="latest",
+    )
+    await consumer.start()
+    try:
+        while not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=500, max_records=500)
+            for records in batches.values():
+                for record in records:
+                    if event := _stream_event(record.topic, record.value):
+                        hub.publish(event)
+    finally:
+        await consumer.stop()
+
+
+def _stream_event(topic: str, raw: bytes) -> StreamEvent | None:
+    try:
+        if topic == SCORES_LIVE.name:
+            live = decode(LiveScore, raw)
+            return StreamEvent("live", live.match_id, raw.decode(), live.status == "ended")
+        replay = decode(ScoreEmitted, raw)
+        return StreamEvent("replay", replay.replay_id, raw.decode())
+    except EventDecodeError as error:  # the producers validated it; log and go on
+        log.warning("not streamed: %s", error)
+        return None
+
+
+def web_app(hub: ScoreHub) -> web.Application:
+    page = resources.files("services.live").joinpath("static", PAGE).read_text()
+
+    async def index(_: web.Request) -> web.Response:
+        return web.Response(text=page, content_type="text/html")
+
+    async def latest(_: web.Request) -> web.Response:
+        body = "[" + ",".join(e.data for e in hub.latest.values()) + "]"
+        return web.Response(text=body, content_type="application/json")
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        match = request.query.get("match")
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "Access-Control-Allow-Origin": "*",  # overlays load from file:// or OBS
+            }
+        )
+        await response.prepare(request)
+        queue = hub.subscribe()
+        try:
+            while True:
+                try:
+                    event = await asyncio.wait_for(queue.get(), HEARTBEAT_SECONDS)
+                except TimeoutError:
+                    await response.write(b": keep-alive\n\n")
+                    continue
+                if match is None or event.match_id == match:
+                    await response.write(f"event: {event.kind}\ndata: {event.data}\n\n".encode())
+        except ConnectionResetError:  # the browser went away
+            pass
+        finally:
+            hub.unsubscribe(queue)
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", index)
+    app.router.add_get("/scores/latest", latest)
+    app.router.add_get("/scores/stream", stream)
+    return app
+
+
+async def serve_web(hub: ScoreHub, settings: Settings) -> web.AppRunner:
+    runner = web.AppRunner(web_app(hub), access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    await web.TCPSite(runner, settings.live_http_host, settings.live_http_port).start()
+    log.info("live page on http://%s:%d/", settings.live_http_host, settings.live_http_port)
+    return runner

@@ -1,0 +1,387 @@
+"""Live matches end to end, on the real stack: the SOS simulator (``rlimpact simulate``) plays a
+replay as the game -> the bridge service -> ``live.frames`` -> the live service ->
+``scores.live`` -> the live page in headless Chromium; the token-protected custom-plugin
+endpoint; reconnecting to a feed that went away; an old plugin build without locations."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import aiohttp
+import pytest
+from aiokafka import AIOKafkaConsumer
+from PIL import Image, ImageChops
+
+from services.bridge.simulator import PlaybackOptions, sos_messages
+from services.featurizer.features import FEATURE_SCHEMA_VERSION
+from services.parser.parse import parse_replay_file
+from shared.events import (
+    EVENTS_INVALID,
+    LIVE_FRAMES,
+    SCORES_LIVE,
+    InvalidEvent,
+    LiveFrame,
+    LiveScore,
+    decode,
+)
+from shared.frames import PLAYER_FIELD, ParsedReplay
+from shared.kafka import ensure_topics
+from shared.settings import REPO_ROOT
+from tests.integration.conftest import Stack, wait_for
+from tests.support.prometheus import matching, scrape, total
+
+pytestmark = pytest.mark.integration
+
+FPS = 30
+MATCH_TIMEOUT = 240.0
+
+
+@dataclass
+class LiveTopics:
+    """Everything on live.frames, scores.live and events.invalid during the tests."""
+
+    frames: list[LiveFrame] = field(default_factory=list)
+    scores: list[LiveScore] = field(default_factory=list)
+    invalid: list[InvalidEvent] = field(default_factory=list)
+
+    def frames_of(self, match_id: str) -> list[LiveFrame]:
+        return [f for f in self.frames if f.match_id == match_id]
+
+    def scores_of(self, match_id: str) -> list[LiveScore]:
+        return [s for s in self.scores if s.match_id == match_id]
+
+    def match_ids(self) -> set[str]:
+        return {f.match_id for f in self.frames}
+
+
+@pytest.fixture(scope="module")
+async def live(stack: Stack) -> AsyncIterator[LiveTopics]:
+    await ensure_topics(stack.settings)
+    consumer = AIOKafkaConsumer(
+        LIVE_FRAMES.name,
+        SCORES_LIVE.name,
+        EVENTS_INVALID.name,
+        bootstrap_servers=stack.settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        group_id=None,
+    )
+    await consumer.start()
+    topics = LiveTopics()
+
+    async def collect() -> None:
+        async for record in consumer:
+            if record.topic == LIVE_FRAMES.name:
+                topics.frames.append(decode(LiveFrame, record.value))
+            elif record.topic == SCORES_LIVE.name:
+                topics.scores.append(decode(LiveScore, record.value))
+            else:
+                topics.invalid.append(decode(InvalidEvent, record.value))
+
+    task = asyncio.create_task(collect())
+    await _live_service_ready(stack)
+    yield topics
+    task.cancel()
+    await consumer.stop()
+
+
+async def _live_service_ready(stack: Stack) -> None:
+    """The live service consumes every partition of live.frames (it starts at their end)."""
+
+    async def ready() -> bool:
+        try:
+            samples = scrape(stack.settings.metrics_port("live"))
+        except OSError:
+            return False
+        lag = matching(samples, "rlimpact_consumer_lag", service="live", topic=LIVE_FRAMES.name)
+        return len(lag) == LIVE_FRAMES.partitions
+
+    await wait_for(ready, 120, "the live service to be assigned live.frames")
+    port = stack.settings.metrics_port("live")
+    model = matching(scrape(port), "rlimpact_active_model_id", service="live")
+    assert model, f"the live service has no usable model:\n{stack.log('live')[-2000:]}"
+
+
+@pytest.fixture(scope="module")
+def parsed(standard_replay) -> ParsedReplay:
+    return parse_replay_file(standard_replay.path, standard_replay.sha256, fps=FPS)
+
+
+def _sos_port(stack: Stack) -> int:
+    port = urlparse(stack.env["RLIMPACT_BRIDGE_SOS_URLS"]).port
+    assert port is not None
+    return port
+
+
+@contextmanager
+def simulator(stack: Stack, replay: Path, *options: str) -> Iterator[subprocess.Popen[str]]:
+    """``rlimpact simulate`` on the port the bridge follows, stopped on exit."""
+    port = _sos_port(stack)
+    command = [sys.executable, "-m", "services.cli", "simulate", str(replay), "--port", str(port)]
+    process = subprocess.Popen(
+        [*command, *options],
+        env=stack.env,
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+async def _new_match(live: LiveTopics, before: set[str], source: str = "sos") -> str:
+    async def appeared() -> str | None:
+        new = [f.match_id for f in live.frames if f.source == source and f.match_id not in before]
+        return new[0] if new else None
+
+    return await wait_for(appeared, 90, f"a new match on live.frames from {source}")
+
+
+async def _final_score(live: LiveTopics, match_id: str) -> LiveScore:
+    async def final() -> LiveScore | None:
+        ended = [s for s in live.scores_of(match_id) if s.status == "ended"]
+        return ended[-1] if ended else None
+
+    return await wait_for(final, MATCH_TIMEOUT, f"the final scores.live of {match_id}")
+
+
+# ---------------------------------------------------------------- the browser
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    subprocess.run(["bash", str(REPO_ROOT / "deploy" / "browser.sh")], check=True)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="rlimpact-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1280,1000",
+        f"--user-data-dir={profile}",
+    ):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@dataclass(frozen=True)
+class PageShot:
+    impacts: dict[str, str]  # player id -> the impact as the page shows it
+    cells: dict[str, Image.Image]  # player id -> screenshot of that impact cell
+    table: Image.Image
+
+
+def _page_shot(driver, match_id: str) -> PageShot:
+    from selenium.webdriver.common.by import By
+
+    section = driver.find_element(By.CSS_SELECTOR, f'section[data-match="{match_id}"]')
+    impacts, cells = {}, {}
+    for row in section.find_elements(By.CSS_SELECTOR, "tbody tr"):
+        player, cell = row.get_attribute("data-player"), row.find_element(By.CLASS_NAME, "impact")
+        impacts[player] = cell.text
+        cells[player] = Image.open(io.BytesIO(cell.screenshot_as_png)).convert("RGB")
+    table = section.find_element(By.TAG_NAME, "tbody").screenshot_as_png
+    return PageShot(impacts, cells, Image.open(io.BytesIO(table)).convert("RGB"))
+
+
+def _rows_shown(driver, match_id: str) -> int:
+    from selenium.webdriver.common.by import By
+
+    selector = f'section[data-match="{match_id}"] tbody tr'
+    return len(driver.find_elements(By.CSS_SELECTOR, selector))
+
+
+def _differs(a: Image.Image, b: Image.Image) -> bool:
+    width, height = min(a.width, b.width), min(a.height, b.height)
+    box = (0, 0, width, height)
+    return ImageChops.difference(a.crop(box), b.crop(box)).getbbox() is not None
+
+
+# ---------------------------------------------------------------- tests
+
+
+async def test_a_simulated_match_is_scored_live_and_shown_on_the_page(
+    stack: Stack, live: LiveTopics, parsed: ParsedReplay, standard_replay, browser
+):
+    first_goal = min(g.time for g in parsed.goals) - float(parsed.time[0])
+    seconds = round(first_goal + 15.0, 1)  # a goal, its replay, and play after it
+    expected = [
+        m["data"]["game"]["isReplay"]
+        for _, m in sos_messages(parsed, "-", PlaybackOptions(max_seconds=seconds))
+        if m["event"] == "game:update_state"
+    ]
+    n_live, n_replay = expected.count(False), expected.count(True)
+    assert n_replay > 0
+    bridge_port = stack.settings.metrics_port("bridge")
+    skipped_before = total(scrape(bridge_port), "rlimpact_live_frames_skipped_total")
+
+    before = live.match_ids()
+    with simulator(stack, standard_replay.path, "--speed", "3", "--max-seconds", str(seconds)):
+        match_id = await _new_match(live, before)
+        page = f"http://127.0.0.1:{stack.settings.live_http_port}/"
+        await asyncio.to_thread(browser.get, page)
+
+        async def rows_shown() -> bool:
+            return await asyncio.to_thread(_rows_shown, browser, match_id) == len(parsed.players)
+
+        await wait_for(rows_shown, 60, "the live page to show the match's players")
+        first = await asyncio.to_thread(_page_shot, browser, match_id)
+        await asyncio.sleep(4)
+        second = await asyncio.to_thread(_page_shot, browser, match_id)
+        final = await _final_score(live, match_id)
+
+    # The page: numbers from scores.live that change while the match plays, on screen too.
+    assert set(first.impacts) == {p.id for p in final.players}
+    changed = [p for p in first.impacts if first.impacts[p] != second.impacts[p]]
+    assert changed, f"no impact changed on the page in 4 s: {second.impacts}"
+    assert any(_differs(first.cells[p], second.cells[p]) for p in changed)
+    assert _differs(first.table, second.table)
+    updates = live.scores_of(match_id)
+    for player, shown in second.impacts.items():
+        assert shown in {f"{p.impact:.2f}" for u in updates for p in u.players if p.id == player}
+
+    # The bridge: every update of the game once, in order, none from a goal replay.
+    frames = [f for f in live.frames_of(match_id) if f.status == "playing"]
+    assert len(frames) == n_live
+    assert [f.seq for f in frames] == list(range(n_live))
+    times = [f.game_time for f in frames]
+    assert times == sorted(times), "a goal replay's frames were forwarded"
+    skipped = total(scrape(bridge_port), "rlimpact_live_frames_skipped_total") - skipped_before
+    assert skipped == n_replay
+
+    # The live service: every frame scored once, with the replay model family, marked live.
+    assert sum(len(u.frames_received_at) for u in updates) == n_live
+    assert all(u.live and u.feature_schema_version == FEATURE_SCHEMA_VERSION for u in updates)
+    assert all(t <= u.emitted_at for u in updates for t in u.frames_received_at)
+    assert final.status == "ended" and (final.blue_goals, final.orange_goals) != (0, 0)
+    assert {p.n_frames for p in final.players} == {n_live}
+
+
+async def test_custom_plugin_frames_are_scored_like_the_replay(
+    stack: Stack, live: LiveTopics, parsed: ParsedReplay
+):
+    start, stop = 1500, 1590
+    match_id = f"plugin-{os.getpid()}"
+    url = f"ws://127.0.0.1:{stack.settings.bridge_plugin_port}/plugin"
+    token = stack.env["RLIMPACT_BRIDGE_PLUGIN_TOKEN"]
+    async with aiohttp.ClientSession() as http:
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                async with http.ws_connect(url, headers=headers):
+                    pass
+            assert refused.value.status == 401
+        async with http.ws_connect(url, headers={"Authorization": f"Bearer {token}"}) as ws:
+            for i in range(start, stop):
+                await ws.send_str(json.dumps(_plugin_frame(parsed, match_id, i)))
+            await ws.send_str(json.dumps({"type": "frame", "match_id": match_id}))
+            reply = await ws.receive_json(timeout=30)
+            assert "ball" in reply["error"] and "players" in reply["error"]
+            await ws.send_str(json.dumps({"type": "match_ended", "match_id": match_id}))
+        final = await _final_score(live, match_id)
+
+    frames = live.frames_of(match_id)
+    assert len(frames) == stop - start + 1 and {f.source for f in frames} == {"plugin"}
+    rejected = [e for e in live.invalid if e.topic == "bridge:plugin" and match_id in e.raw]
+    assert len(rejected) == 1 and "ball" in rejected[0].reason
+    assert {p.n_frames for p in final.players} == {stop - start}
+
+    assert final.players and all(math.isfinite(p.impact) for p in final.players)
+    assert {p.name for p in final.players} == {p.name for p in parsed.players}
+
+
+def _plugin_frame(parsed: ParsedReplay, match_id: str, i: int) -> dict[str, object]:
+    f = PLAYER_FIELD
+    fields = ("x", "y", "z", "roll", "pitch", "yaw", "vx", "vy", "vz", "boost")
+    return {
+        "type": "frame",
+        "match_id": match_id,
+        "time": float(parsed.time[i]),
+        "seconds_remaining": float(parsed.seconds_remaining[i]),
+        "ball": dict(
+            zip(("x", "y", "z", "vx", "vy", "vz"), map(float, parsed.ball[i]), strict=True)
+        ),
+        "players": [
+            {
+                "id": f"player-{p.index}",
+                "name": p.name,
+                "team": p.team,
+                **{k: float(parsed.cars[i, p.index, f[k]]) for k in fields},
+                "jumping": bool(parsed.cars[i, p.index, f["jumping"]]),
+                "demolished": bool(parsed.cars[i, p.index, f["demolished"]]),
+            }
+            for p in parsed.players
+        ],
+    }
+
+
+async def test_the_bridge_reconnects_and_tolerates_old_plugin_builds(
+    stack: Stack, live: LiveTopics, standard_replay
+):
+    bridge, live_port = stack.settings.metrics_port("bridge"), stack.settings.metrics_port("live")
+    reconnects = total(scrape(bridge), "rlimpact_bridge_reconnects_total")
+    blind = total(scrape(live_port), "rlimpact_live_frames_skipped_total", reason="no_locations")
+
+    before = live.match_ids()
+    with simulator(stack, standard_replay.path, "--legacy", "--max-seconds", "60"):
+        legacy = await _new_match(live, before)
+
+        async def some_frames() -> bool:
+            return len(live.frames_of(legacy)) >= 30
+
+        await wait_for(some_frames, 60, "frames from the old plugin build")
+    # The feed is gone: the bridge keeps trying until it comes back.
+    await wait_for(
+        lambda: _gauge_is(bridge, "rlimpact_bridge_feed_connected", 0.0), 30, "the disconnect"
+    )
+    await asyncio.sleep(2)
+    before = live.match_ids()
+    with simulator(stack, standard_replay.path, "--max-seconds", "8", "--speed", "2"):
+        current = await _new_match(live, before)
+        await _final_score(live, current)
+
+    assert total(scrape(bridge), "rlimpact_bridge_reconnects_total") > reconnects
+    frames = live.frames_of(legacy)
+    assert all(f.ball is None and not any(p.has_location for p in f.players) for f in frames)
+    assert all(len(f.players) == len(frames[0].players) > 0 for f in frames)
+    assert not live.scores_of(legacy), "nothing to score without locations"
+    skipped = total(scrape(live_port), "rlimpact_live_frames_skipped_total", reason="no_locations")
+    assert skipped - blind >= len(frames)
+    for name in ("bridge", "live"):
+        assert stack.processes[name].poll() is None, f"{name} died:\n{stack.log(name)[-3000:]}"
+
+
+async def _gauge_is(port: int, name: str, value: float) -> bool:
+    samples = matching(scrape(port), name)
+    return bool(samples) and all(s.value == value for s in samples)
