@@ -12,11 +12,12 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+import asyncpg
 import pytest
 
 from shared.settings import REPO_ROOT, SERVICE_NAMES, Settings
@@ -122,6 +123,24 @@ def stack() -> Iterator[Stack]:
             except subprocess.TimeoutExpired:
                 process.kill()
         _stack_script("stop", env, check=False)
+
+
+async def connect_pg(stack: Stack) -> asyncpg.Connection:
+    async def connect() -> asyncpg.Connection | None:
+        try:
+            return await asyncpg.connect(stack.settings.pg_dsn)
+        except (OSError, asyncpg.PostgresError):
+            return None
+
+    return await wait_for(connect, 60, "Postgres")
+
+
+@pytest.fixture(scope="module")
+async def pg(stack: Stack) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to the stack's Postgres, for the checks of one test module."""
+    conn = await connect_pg(stack)
+    yield conn
+    await conn.close()
 
 
 async def wait_for(

@@ -30,7 +30,7 @@ from services.ingestor.labels import BcRank, rating_from_rank
 from services.parser.parse import parse_replay_file
 from shared import db
 from shared.settings import REPO_ROOT
-from tests.integration.conftest import Stack, wait_for
+from tests.integration.conftest import Stack, connect_pg, wait_for
 from tests.support.ballchasing_server import (
     BallchasingServer,
     ServedPlayer,
@@ -136,13 +136,7 @@ def world(good_replays) -> Iterator[World]:
 
 @pytest.fixture(scope="module")
 async def pg(stack: Stack) -> AsyncIterator[asyncpg.Connection]:
-    async def connect() -> asyncpg.Connection | None:
-        try:
-            return await asyncpg.connect(stack.settings.pg_dsn)
-        except (OSError, asyncpg.PostgresError):
-            return None
-
-    conn = await wait_for(connect, 60, "Postgres")
+    conn = await connect_pg(stack)
     yield conn
     await _settled(conn, SETTLE_TIMEOUT)
     # Leave the database as the pipeline test expects it: no replays but its own.

@@ -44,19 +44,6 @@ TIMEOUT = 300.0
 
 
 @pytest.fixture(scope="module")
-async def pg(stack: Stack) -> AsyncIterator[asyncpg.Connection]:
-    async def connect() -> asyncpg.Connection | None:
-        try:
-            return await asyncpg.connect(stack.settings.pg_dsn)
-        except (OSError, asyncpg.PostgresError):
-            return None
-
-    conn = await wait_for(connect, 60, "Postgres")
-    yield conn
-    await conn.close()
-
-
-@pytest.fixture(scope="module")
 async def emitted(stack: Stack) -> AsyncIterator[list[ScoreEmitted]]:
     """Every scores.emitted event, from the start of the topic."""
     consumer = AIOKafkaConsumer(

@@ -108,19 +108,6 @@ async def seen(stack: Stack) -> AsyncIterator[Seen]:
     await consumer.stop()
 
 
-@pytest.fixture(scope="module")
-async def pg(stack: Stack) -> AsyncIterator[asyncpg.Connection]:
-    async def connect() -> asyncpg.Connection | None:
-        try:
-            return await asyncpg.connect(stack.settings.pg_dsn)
-        except (OSError, asyncpg.PostgresError):
-            return None
-
-    conn = await wait_for(connect, 60, "Postgres")
-    yield conn
-    await conn.close()
-
-
 def _ingestor_up(stack: Stack) -> bool:
     url = f"http://127.0.0.1:{stack.settings.metrics_port('ingestor')}/metrics"
     try:

@@ -67,19 +67,6 @@ async def collected(stack: Stack) -> AsyncIterator[Collected]:
     await consumer.stop()
 
 
-@pytest.fixture(scope="module")
-async def pg(stack: Stack) -> AsyncIterator[asyncpg.Connection]:
-    async def connect() -> asyncpg.Connection | None:
-        try:
-            return await asyncpg.connect(stack.settings.pg_dsn)
-        except (OSError, asyncpg.PostgresError):
-            return None
-
-    conn = await wait_for(connect, 60, "Postgres")
-    yield conn
-    await conn.close()
-
-
 def _pick_good(good_replays):
     """Small-to-medium replays with goals, so the trainer gets real labels quickly."""
     with_goals = [r for r in good_replays if (r.goals or 0) >= 1 and r.team_size]
