@@ -274,6 +274,8 @@ class ScoreRow:
     n_frames: int
     skill: float | None = None
     skill_model_id: int | None = None
+    impact_per_minute: float | None = None
+    touches: int | None = None
 
 
 @dataclass(frozen=True)
@@ -289,8 +291,8 @@ async def insert_scores(conn: asyncpg.Connection, rows: Sequence[ScoreRow]) -> N
     """Existing rows (same replay, player and model) are kept as they are."""
     await conn.executemany(
         "INSERT INTO scores (replay_id, player_index, model_id, impact, offence, defence,"
-        " n_frames, skill, skill_model_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-        " ON CONFLICT DO NOTHING",
+        " n_frames, skill, skill_model_id, impact_per_minute, touches)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING",
         [
             (
                 r.replay_id,
@@ -302,6 +304,8 @@ async def insert_scores(conn: asyncpg.Connection, rows: Sequence[ScoreRow]) -> N
                 r.n_frames,
                 r.skill,
                 r.skill_model_id,
+                r.impact_per_minute,
+                r.touches,
             )
             for r in rows
         ],
@@ -313,7 +317,7 @@ async def unemitted_scores(
 ) -> list[StoredScore]:
     rows = await conn.fetch(
         "SELECT s.replay_id, s.player_index, s.model_id, s.impact, s.offence, s.defence,"
-        " s.n_frames, s.skill, s.skill_model_id, p.name, p.team"
+        " s.n_frames, s.skill, s.skill_model_id, s.impact_per_minute, s.touches, p.name, p.team"
         " FROM scores s JOIN replay_players p USING (replay_id, player_index)"
         " WHERE s.replay_id = $1 AND s.model_id = $2 AND NOT s.emitted ORDER BY s.player_index",
         replay_id,

@@ -146,6 +146,8 @@ class ScoreEmitted(Event):
     impact: float = Field(description="offence + defence")
     offence: float | None = Field(None, description="None only on rows scored before 004")
     defence: float | None = None
+    impact_per_minute: float | None = Field(None, description="None only on rows before 005")
+    touches: int | None = Field(None, description="ball touches the impact was credited over")
     n_frames: int
     skill: float | None = Field(None, description="rating estimate; None: no skill model active")
     skill_model_id: int | None = None

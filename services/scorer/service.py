@@ -197,6 +197,8 @@ async def score_replay(
             offence=s.offence,
             defence=s.defence,
             n_frames=s.n_frames,
+            impact_per_minute=s.impact_per_minute,
+            touches=s.touches,
             skill=ratings.get(s.player_index),
             skill_model_id=skill.record.id if skill else None,
         )
@@ -222,6 +224,8 @@ async def score_replay(
                 impact=row.impact,
                 offence=row.offence,
                 defence=row.defence,
+                impact_per_minute=row.impact_per_minute,
+                touches=row.touches,
                 n_frames=row.n_frames,
                 skill=row.skill,
                 skill_model_id=row.skill_model_id,

@@ -140,6 +140,9 @@ async def test_replays_flow_to_exactly_one_score_per_player(
     events = Counter((e.replay_id, e.player_index) for e in _mine(collected.scores, ids))
     assert set(events) == {(row["replay_id"], row["player_index"]) for row in rows}
     assert set(events.values()) == {1}
+    mine = _mine(collected.scores, ids)
+    assert all(e.offence is not None and e.impact_per_minute is not None for e in mine)
+    assert sum(e.touches or 0 for e in mine) > 0, "impact is credited over ball touches"
 
     failed = {e.replay_id: e for e in collected.failed}
     for replay in bad:
