@@ -17,6 +17,7 @@ from typing import TypeVar
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import IllegalStateError, TopicAlreadyExistsError
+from aiokafka.structs import RecordMetadata
 
 from shared import metrics
 from shared.events import (
@@ -70,6 +71,16 @@ class EventProducer:
     async def send(self, topic: Topic, event: Event) -> None:
         await self._producer.send_and_wait(topic.name, encode(event), key=event.key())
         metrics.EVENTS_OUT.labels(self._service, topic.name).inc()
+
+    async def enqueue(self, topic: Topic, event: Event) -> asyncio.Future[RecordMetadata]:
+        """Queue the event without waiting for the broker (the live path: the next frame need
+        not wait for this one's ack); the future resolves on the ack. Order is kept."""
+        future = await self._producer.send(topic.name, encode(event), key=event.key())
+        counter = metrics.EVENTS_OUT.labels(self._service, topic.name)
+        future.add_done_callback(
+            lambda done: counter.inc() if not done.cancelled() and not done.exception() else None
+        )
+        return future
 
 
 @asynccontextmanager

@@ -105,7 +105,6 @@ class Settings(BaseSettings):
     bridge_reconnect_max_seconds: float = Field(10.0, gt=0, description="backoff ceiling")
     live_http_host: str = "127.0.0.1"
     live_http_port: int = 8765
-    live_window_seconds: float = Field(10.0, gt=0, description="history featurized per update")
     live_match_idle_seconds: float = Field(60.0, gt=0, description="then a match is forgotten")
 
     # Metrics: each service serves /metrics on metrics_base_port + its index in SERVICE_NAMES

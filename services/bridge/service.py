@@ -21,6 +21,7 @@ from datetime import datetime
 
 import aiohttp
 from aiohttp import WSMsgType, web
+from aiokafka.structs import RecordMetadata
 
 from services.bridge.plugin import (
     PluginMessageError,
@@ -78,7 +79,9 @@ class FrameSink:
         if isinstance(result, Skipped):
             metrics.LIVE_FRAMES_SKIPPED.labels(NAME, result.reason).inc()
         elif result is not None:
-            await self.producer.send(LIVE_FRAMES, result)
+            # not waiting for the broker's ack: the feed's next frame is read meanwhile
+            sent = await self.producer.enqueue(LIVE_FRAMES, result)
+            sent.add_done_callback(_log_failed_send)
         return None
 
     async def reject(self, source: str, raw: str, reason: str) -> None:
@@ -88,6 +91,12 @@ class FrameSink:
             EVENTS_INVALID,
             InvalidEvent(topic=f"bridge:{source}", reason=reason, raw=raw[:MAX_RAW_IN_DEAD_LETTER]),
         )
+
+
+def _log_failed_send(sent: asyncio.Future[RecordMetadata]) -> None:
+    if not sent.cancelled() and (error := sent.exception()) is not None:
+        metrics.ERRORS.labels(NAME, type(error).__name__).inc()
+        log.warning("live frame not sent: %s", error)
 
 
 async def follow_sos_feed(

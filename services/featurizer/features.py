@@ -188,7 +188,7 @@ def live_frames(
     still = np.linalg.norm(ball[:, 3:6], axis=1) < STILL_SPEED
     dt = float(np.median(np.diff(time))) if time.shape[0] > 1 else 1.0
     needed = max(1, round(RESUME_SECONDS / max(dt, 1e-3)))
-    moving = np.r_[~still[1:], False]  # frame i+1 moves
+    moving = np.concatenate((~still[1:], [False]))  # frame i+1 moves
     index = np.arange(time.shape[0])
     # frames moving from i+1 on, without a stop: up to the next frame that does not move
     stops = np.minimum.accumulate(np.where(moving, time.shape[0], index)[::-1])[::-1]
@@ -260,7 +260,7 @@ def _segment_starts(live: np.ndarray, carry: StreamCarry | None) -> tuple[np.nda
     """[T] index of the latest frame where play resumed or stopped (0 before any), and [T]
     whether there was one in ``live`` (a stream's first kept frame goes on its carry)."""
     first = True if carry is None else bool(live[0] != carry.live) if live.shape[0] else False
-    changes = np.r_[first, live[1:] != live[:-1]]
+    changes = np.concatenate(([first], live[1:] != live[:-1]))
     return (
         np.maximum.accumulate(np.where(changes, np.arange(live.shape[0]), 0)),
         np.maximum.accumulate(changes) if changes.shape[0] else changes,
@@ -289,7 +289,9 @@ def _window(
     end = rows + 1
     begin = np.maximum(end - width, context.segment_start[rows])
     first = int(begin.min()) if rows.shape[0] else 0
-    total = np.r_[0.0, np.cumsum(values[first : int(end.max(initial=0))], dtype=np.float64)]
+    total = np.concatenate(
+        ([0.0], np.cumsum(values[first : int(end.max(initial=0))], dtype=np.float64))
+    )
     return total[end - first] - total[begin - first], end - begin
 
 
@@ -518,16 +520,18 @@ class StreamFeaturizer:
     ) -> None:
         """Append k frames; ``touches`` [K, 2] (frame among the k, player); ``goals`` new."""
         n = self.n_frames
-        self.time = np.r_[self.time, np.asarray(time, dtype=np.float32)]
-        self.seconds_remaining = np.r_[self.seconds_remaining, seconds_remaining].astype(np.float32)
+        self.time = np.concatenate((self.time, np.asarray(time, dtype=np.float32)))
+        self.seconds_remaining = np.concatenate(
+            (self.seconds_remaining, np.asarray(seconds_remaining, dtype=np.float32))
+        )
         self.ball = np.concatenate([self.ball, ball]).astype(np.float32, copy=False)
         self.cars = np.concatenate([self.cars, cars]).astype(np.float32, copy=False)
         touches = np.asarray(touches, dtype=np.int64).reshape(-1, 2) + np.array([n, 0])
         self.touches = np.concatenate([self.touches, touches])
         self.goals.extend(goals)
         before = self.context.live if self.context is not None else np.zeros(0, dtype=bool)
-        self.frames_per_second = _frames_per_second(self.time)
         self.context = game_context(self.parsed(), self.carry)
+        self.frames_per_second = self.context.frames_per_second
         revised = np.flatnonzero(before != self.context.live[:n])
         self.dirty_from = min(self.dirty_from, n, int(revised[0]) if revised.size else n)
 
@@ -569,8 +573,8 @@ class StreamFeaturizer:
         self.time, self.seconds_remaining = self.time[cut:], self.seconds_remaining[cut:]
         self.ball, self.cars = self.ball[cut:], self.cars[cut:]
         self.touches = self.touches[self.touches[:, 0] >= cut] - np.array([cut, 0])
-        self.frames_per_second = _frames_per_second(self.time)
         self.context = game_context(self.parsed(), self.carry)
+        self.frames_per_second = self.context.frames_per_second
         self.first += cut
         self.dirty_from -= cut
 

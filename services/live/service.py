@@ -16,12 +16,22 @@ import logging
 import time
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka.errors import KafkaError
+from aiokafka.structs import RecordMetadata
 
 from services.live.model import LiveModel
 from services.live.state import LiveScorer
 from services.live.web import ScoreHub, feed_hub, serve_web
 from shared import metrics
-from shared.events import LIVE_FRAMES, SCORES_LIVE, EventDecodeError, LiveFrame, decode, utcnow
+from shared.events import (
+    LIVE_FRAMES,
+    SCORES_LIVE,
+    EventDecodeError,
+    LiveFrame,
+    LiveScore,
+    decode,
+    utcnow,
+)
 from shared.kafka import EventProducer, dead_letter, event_producer, record_lag
 from shared.service import ServiceContext, run_service
 
@@ -35,6 +45,7 @@ class LiveLoop:
         self.ctx, self.model, self.producer = ctx, model, producer
         settings = ctx.settings
         self.scorer = LiveScorer(settings.horizon_seconds)
+        self._sending: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
         settings = self.ctx.settings
@@ -59,6 +70,7 @@ class LiveLoop:
                 )
                 metrics.LIVE_MATCHES.labels(NAME).set(followed)
         finally:
+            await asyncio.gather(*self._sending, return_exceptions=True)
             await consumer.stop()
 
     async def handle(self, records: list[ConsumerRecord]) -> None:
@@ -78,7 +90,22 @@ class LiveLoop:
                 return
         for reason, count in skipped.items():
             metrics.LIVE_FRAMES_SKIPPED.labels(NAME, reason).inc(count)
-        await asyncio.gather(*(self.producer.send(SCORES_LIVE, update) for update in updates))
+        # The next batch does not wait for the broker's acks of this one.
+        futures = [await self.producer.enqueue(SCORES_LIVE, update) for update in updates]
+        task = asyncio.create_task(self._observe(updates, futures))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _observe(
+        self, updates: list[LiveScore], futures: list[asyncio.Future[RecordMetadata]]
+    ) -> None:
+        """Once the broker has the updates: the latency from the bridge's receipt."""
+        try:
+            await asyncio.gather(*futures)
+        except KafkaError as error:
+            metrics.ERRORS.labels(NAME, type(error).__name__).inc()
+            log.warning("scores.live not sent: %s", error)
+            return
         sent = utcnow()
         latency = metrics.LIVE_LATENCY.labels(NAME)
         for update in updates:

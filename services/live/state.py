@@ -159,7 +159,7 @@ class MatchState:
         ball[3:6] = _velocity(
             (frame.ball.vx, frame.ball.vy, frame.ball.vz),
             ball[0:3],
-            previous.ball[0:3] if previous is not None else None,
+            previous.ball if previous is not None else None,
             dt,
             frame.ball.speed,
             MAX_BALL_SPEED,
@@ -200,7 +200,9 @@ class MatchState:
         assert stream is not None
         start = stream.n_frames - features.shape[0]
         rows = self.table(start, stream.n_frames, features)
-        self.p_score = np.r_[self.p_score[:start], team_score_probability(rows, probabilities)]
+        self.p_score = np.concatenate(
+            (self.p_score[:start], team_score_probability(rows, probabilities))
+        )
         self.latest_probabilities = probabilities[-1]
         new = len(self.pending)
         for player in self.players:
@@ -213,9 +215,16 @@ class MatchState:
         self.p_score = self.p_score[stream.first - first :]
         return credits
 
-    def _credit(self, stream: StreamFeaturizer) -> list[TouchCredit]:
-        """Credit each touch from ``credit_from`` whose next touch or end of play is settled."""
-        settled = stream.settled()
+    def finish(self) -> list[TouchCredit]:
+        """The match ended: credit the touches left, as the replay scorer does at its end."""
+        if self.stream is None or self.stream.n_frames == 0 or self.pending:
+            return []
+        return self._credit(self.stream, ended=True)
+
+    def _credit(self, stream: StreamFeaturizer, ended: bool = False) -> list[TouchCredit]:
+        """Credit each touch from ``credit_from`` whose next touch or end of play is settled
+        (at the end of the match: every touch left)."""
+        settled = stream.n_frames if ended else stream.settled()
         begin = self.credit_from - stream.first
         if settled <= begin:
             return []
@@ -225,7 +234,7 @@ class MatchState:
             c for c in credit_touches(table, self.p_score[a:settled]) if c.frame >= begin - a
         ]
         self.credit_from = stream.first + settled
-        if credits and table.live[credits[-1].frame :].all():
+        if credits and not ended and table.live[credits[-1].frame :].all():
             # play goes on after the latest touch: its outcome is not known yet
             self.credit_from = stream.first + a + credits.pop().frame
         for credit in credits:
@@ -269,13 +278,21 @@ def _velocity(
     max_speed: float,
 ) -> np.ndarray:
     """The feed's velocity when it sent one; else the finite difference of positions, scaled
-    to the reported speed when there is one, capped at what the game allows."""
+    to the reported speed when there is one, capped at what the game allows. ``previous``:
+    the previous frame's position and velocity.
+
+    A feed may repeat a position for a frame or two while the object moves (SOS sends what the
+    game last replicated): when it reports a speed, the previous direction is kept then, so a
+    rolling ball does not read as still (which would hide a kickoff)."""
     if None not in given:
         return np.asarray(given, dtype=np.float32)
     if previous is None or dt < MIN_DT:
         return np.zeros(3, dtype=np.float32)
-    velocity = (position - previous) / dt
+    velocity = (position - previous[0:3]) / dt
     norm = float(np.linalg.norm(velocity))
+    if norm <= 1e-6 and speed:
+        velocity = previous[3:6].astype(np.float64)
+        norm = float(np.linalg.norm(velocity))
     if speed is not None and norm > 1e-6:
         velocity *= speed / norm
         norm = speed
@@ -299,7 +316,7 @@ def _car(player: LivePlayer, previous: np.ndarray | None, dt: float) -> np.ndarr
         car[6:9] = _velocity(
             (player.vx, player.vy, player.vz),
             car[0:3],
-            previous[0:3] if previous is not None else None,
+            previous[[0, 1, 2, 6, 7, 8]] if previous is not None else None,
             dt,
             player.speed,
             MAX_CAR_SPEED,
@@ -340,6 +357,7 @@ class LiveScorer:
         updates = [self._update(state, f, model) for state, f in self._score(active, model)]
         for state in ended:
             if not state.pending:
+                state.finish()
                 updates.append(self._live_score(state, model, [], None))
             self.matches.pop(state.match_id, None)
         return updates, skipped

@@ -257,6 +257,12 @@ async def test_a_simulated_match_is_scored_live_and_shown_on_the_page(
             return await asyncio.to_thread(_rows_shown, browser, match_id) == len(parsed.players)
 
         await wait_for(rows_shown, 60, "the live page to show the match's players")
+
+        async def credited() -> bool:  # a touch's outcome is known some seconds into play
+            shot = await asyncio.to_thread(_page_shot, browser, match_id)
+            return any(shown != "0.00" for shown in shot.impacts.values())
+
+        await wait_for(credited, 60, "the live page to show a credited touch")
         first = await asyncio.to_thread(_page_shot, browser, match_id)
         await asyncio.sleep(4)
         second = await asyncio.to_thread(_page_shot, browser, match_id)

@@ -199,14 +199,14 @@ def test_goals_and_touches_reach_the_stream_from_the_feed(parsed):
     goal = next(g for g in parsed.goals if g.time > parsed.time[0] + 20)
     at = int(np.searchsorted(parsed.time, goal.time))
     state = MatchState("m")
-    for frame in plugin_frames(parsed, "m", at - 400, at + 10):
+    for frame in plugin_frames(parsed, "m", at - 500, at + 10):
         state.add(frame)
     stream = state.push()
     window = stream.parsed()
     assert [(g.team, g.time) for g in window.goals] == [
         (goal.team, pytest.approx(float(parsed.time[at]), abs=1 / FPS))
     ]
-    first = at - 400
+    first = at - 500
     truth = [(int(f) - first, int(p)) for f, p in parsed.touches if first < f < at + 10]
     columns = {int(p.id.removeprefix("id-")): c for c, p in enumerate(state.players)}
     assert truth, "the replay has touches in these seconds"
@@ -259,6 +259,10 @@ def test_reported_speed_scales_the_estimate_and_teleports_are_capped():
     state.add(frame(2, 3000.0, None))  # a respawn: 87,000 uu/s by differences
     assert state.rows[-1].cars[0, 6] == pytest.approx(2300.0)
     assert state.rows[-1].ball[3] == pytest.approx(6000.0)
+    state.add(frame(3, 3000.0, 600.0))  # the feed repeats a position while the ball rolls
+    assert state.rows[-1].ball[3] == pytest.approx(600.0), "the previous direction is kept"
+    state.add(frame(4, 3000.0, None))  # no speed reported: no motion seen
+    assert state.rows[-1].ball[3] == 0.0
 
 
 def test_frames_without_locations_are_skipped_and_ended_matches_closed(parsed, model):
