@@ -66,23 +66,29 @@ class TouchCredit:
         return self.offence + self.defence
 
 
+def load_onnx(path: Path) -> tuple[ort.InferenceSession, dict[str, str]]:
+    """A one-thread CPU session and the model's metadata, checked against our feature schema."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(
+        str(path), sess_options=options, providers=["CPUExecutionProvider"]
+    )
+    meta = session.get_modelmeta().custom_metadata_map
+    schema = int(meta.get(META_SCHEMA, "0"))
+    if schema != FEATURE_SCHEMA_VERSION:
+        raise ModelSchemaError(
+            f"{path}: model expects feature schema v{schema}, features are "
+            f"v{FEATURE_SCHEMA_VERSION}"
+        )
+    return session, meta
+
+
 class ImpactModel:
     """An ONNX impact model loaded in onnxruntime (CPU)."""
 
     def __init__(self, path: Path) -> None:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        self._session = ort.InferenceSession(
-            str(path), sess_options=options, providers=["CPUExecutionProvider"]
-        )
-        meta = self._session.get_modelmeta().custom_metadata_map
+        self._session, meta = load_onnx(path)
         self.version = meta.get(META_VERSION, path.stem)
-        schema = int(meta.get(META_SCHEMA, "0"))
-        if schema != FEATURE_SCHEMA_VERSION:
-            raise ModelSchemaError(
-                f"{path}: model expects feature schema v{schema}, features are "
-                f"v{FEATURE_SCHEMA_VERSION}"
-            )
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """[N, F] float32 -> [N, 2] probabilities (score, concede)."""

@@ -11,10 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
-from services.featurizer.features import FEATURE_SCHEMA_VERSION, FeatureTable
-from services.scorer.score import META_SCHEMA, META_VERSION, ModelSchemaError
+from services.featurizer.features import FeatureTable
+from services.scorer.score import META_VERSION, ModelSchemaError, load_onnx
 
 SKILL_INPUT = "sequence"
 SKILL_OUTPUT = "rating_z"  # standardized: (rating - label mean) / label standard deviation
@@ -35,24 +34,13 @@ class SkillModel:
     """An ONNX skill model loaded in onnxruntime (CPU)."""
 
     def __init__(self, path: Path) -> None:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        self._session = ort.InferenceSession(
-            str(path), sess_options=options, providers=["CPUExecutionProvider"]
-        )
-        meta = self._session.get_modelmeta().custom_metadata_map
+        self._session, meta = load_onnx(path)
         if meta.get(META_KIND) != "skill":
             raise ModelSchemaError(f"{path}: not a skill model (kind {meta.get(META_KIND)!r})")
         self.version = meta.get(META_VERSION, path.stem)
         self.stride = int(meta.get(META_STRIDE, DEFAULT_STRIDE))
         self.rating_mean = float(meta.get(META_RATING_MEAN, "0"))
         self.rating_std = float(meta.get(META_RATING_STD, "1"))
-        schema = int(meta.get(META_SCHEMA, "0"))
-        if schema != FEATURE_SCHEMA_VERSION:
-            raise ModelSchemaError(
-                f"{path}: model expects feature schema v{schema}, features are "
-                f"v{FEATURE_SCHEMA_VERSION}"
-            )
 
     def predict(self, sequences: np.ndarray) -> np.ndarray:
         """[P, T, F] float32 -> [P] ratings (MMR).
