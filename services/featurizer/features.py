@@ -167,15 +167,21 @@ def feature_rows(parsed: ParsedReplay, context: GameContext, rows: np.ndarray) -
     of the recent past read the frames before them. Costs in proportion to ``len(rows)``."""
     teams = np.array([player.team for player in parsed.players])
     ball, cars = _oriented(parsed.ball[rows], parsed.cars[rows], teams)
-    blocks = [
-        _player_block(ball[:, p], cars[:, p], parsed, teams, p, context, rows)
-        for p in range(len(parsed.players))
-    ]
-    return np.stack(blocks, axis=1).astype(np.float32)
+    result = np.zeros((rows.shape[0], teams.shape[0], N_FEATURES), dtype=np.float32)
+    # players with as many teammates (all of them when the teams are even) go in one pass
+    sizes = np.bincount(teams, minlength=2)[teams]
+    for size in np.unique(sizes):
+        group = np.flatnonzero(sizes == size)
+        result[:, group] = _players_block(ball, cars, parsed, teams, group, context, rows)
+    return result
 
 
 def live_frames(
-    time: np.ndarray, ball: np.ndarray, goals: list[GoalInfo], carry: StreamCarry | None = None
+    time: np.ndarray,
+    ball: np.ndarray,
+    goals: list[GoalInfo],
+    carry: StreamCarry | None = None,
+    dt: float | None = None,
 ) -> np.ndarray:
     """[T] bool: play is on. A goal stops play; the next kickoff restarts it.
 
@@ -186,7 +192,8 @@ def live_frames(
     a stream kept after dropping older ones (``carry``) go on in the state of the last dropped.
     """
     still = np.linalg.norm(ball[:, 3:6], axis=1) < STILL_SPEED
-    dt = float(np.median(np.diff(time))) if time.shape[0] > 1 else 1.0
+    if dt is None:  # the median frame interval
+        dt = float(np.median(np.diff(time))) if time.shape[0] > 1 else 1.0
     needed = max(1, round(RESUME_SECONDS / max(dt, 1e-3)))
     moving = np.concatenate((~still[1:], [False]))  # frame i+1 moves
     index = np.arange(time.shape[0])
@@ -211,7 +218,8 @@ def live_frames(
 
 def game_context(parsed: ParsedReplay, carry: StreamCarry | None = None) -> GameContext:
     n_frames, n_players = parsed.n_frames, len(parsed.players)
-    live = live_frames(parsed.time, parsed.ball, parsed.goals, carry)
+    dt = float(np.median(np.diff(parsed.time))) if n_frames > 1 else 1.0
+    live = live_frames(parsed.time, parsed.ball, parsed.goals, carry, dt)
     touched = np.zeros((n_frames, n_players), dtype=bool)
     touches = np.asarray(parsed.touches, dtype=np.int64).reshape(-1, 2)
     valid = (touches[:, 0] >= 0) & (touches[:, 0] < n_frames) & (touches[:, 1] < n_players)
@@ -250,7 +258,7 @@ def game_context(parsed: ParsedReplay, carry: StreamCarry | None = None) -> Game
         since_touch=np.minimum(parsed.time - last_time, TOUCH_MEMORY_SECONDS),
         since_kickoff=parsed.time - segment_time,
         segment_start=segment_start,
-        frames_per_second=_frames_per_second(parsed.time),
+        frames_per_second=1.0 / max(dt, 1e-3) if n_frames > 1 else 10.0,
         goals_for=goals_for,
         last_touch_time=last_time,
     )
@@ -321,19 +329,28 @@ def _norm(vectors: np.ndarray) -> np.ndarray:
     return np.linalg.norm(vectors, axis=-1, keepdims=True)
 
 
-def _player_block(
+def _players_block(
     ball: np.ndarray,
     view: np.ndarray,
     parsed: ParsedReplay,
     teams: np.ndarray,
-    p: int,
+    group: np.ndarray,
     context: GameContext,
     rows: np.ndarray,
 ) -> np.ndarray:
-    """[R, N_FEATURES] for player p at frames ``rows``; ``ball`` [R, 6] and ``view`` [R, P, F]
-    of those frames in p's frame."""
-    me = view[:, p]
-    b_pos, b_vel = ball[:, 0:3], ball[:, 3:6]
+    """[R, G, N_FEATURES] for the players ``group`` at frames ``rows``, in one pass; ``ball``
+    [R, P, 6] and ``view`` [R, P, P, F] of those frames in each viewer's frame. The players of
+    a group have as many teammates (and opponents) as each other: every (frame, player) pair
+    is one row of the same per-player computation."""
+    n_rows, size, n_players = rows.shape[0], group.shape[0], teams.shape[0]
+    viewer = np.tile(group, n_rows)  # [R'] the player each row is about, R' = R * G
+    frame = np.repeat(np.arange(n_rows), size)  # [R'] its position in ``rows``
+    row_team = teams[viewer]
+    seen = view[:, group].reshape(n_rows * size, n_players, -1)  # [R', P, F] in viewer's frame
+    every = np.arange(n_rows * size)
+    me = seen[every, viewer]
+    b = ball[:, group].reshape(n_rows * size, -1)
+    b_pos, b_vel = b[:, 0:3], b[:, 3:6]
     pos, vel = me[:, 0:3], me[:, 6:9]
     to_ball = b_pos - pos
     ball_dist = np.linalg.norm(to_ball, axis=1)
@@ -342,27 +359,31 @@ def _player_block(
     own_goal = np.array([0.0, -GOAL_Y, 0.0], dtype=np.float32)
     opp_goal = -own_goal
     yaw, pitch = me[:, PLAYER_FIELD["yaw"]], me[:, PLAYER_FIELD["pitch"]]
-    mates = (teams == teams[p]) & (np.arange(len(teams)) != p)
-    opponents = teams != teams[p]
-    team = teams == teams[p]
-    all_dist = np.linalg.norm(view[:, :, 0:3] - b_pos[:, None, :], axis=2)  # [T, P]
-    absent = view[:, :, PLAYER_FIELD["demolished"]] > 0.5
+    index = np.arange(n_players)
+    same = teams[:, None] == teams[None, :]  # [P, P]
+    team, opponents = same[viewer], ~same[viewer]  # [R', P]
+    mates_of = np.stack([np.flatnonzero(same[p] & (index != p)) for p in group])  # [G, m]
+    opps_of = np.stack([np.flatnonzero(~same[p]) for p in group])
+    team_of = np.stack([np.flatnonzero(same[p]) for p in group])
+    mates_cars = seen[every[:, None], np.tile(mates_of, (n_rows, 1))]  # [R', m, F]
+    opps_cars = seen[every[:, None], np.tile(opps_of, (n_rows, 1))]
+    team_cars = seen[every[:, None], np.tile(team_of, (n_rows, 1))]
+    all_dist = np.linalg.norm(seen[:, :, 0:3] - b_pos[:, None, :], axis=2)  # [R', P]
+    absent = seen[:, :, PLAYER_FIELD["demolished"]] > 0.5
     live_dist = np.where(absent, np.inf, all_dist)
-    team_dist = np.where(team[None, :], live_dist, np.inf)
-    opp_dist = np.where(opponents[None, :], live_dist, np.inf)
+    team_dist = np.where(team, live_dist, np.inf)
+    opp_dist = np.where(opponents, live_dist, np.inf)
+    mates_dist = np.take_along_axis(live_dist, np.tile(mates_of, (n_rows, 1)), axis=1)
+    opps_dist = np.take_along_axis(live_dist, np.tile(opps_of, (n_rows, 1)), axis=1)
     on_ground = pos[:, 2:3] < ON_GROUND_MAX_Z
     near_wall = (np.abs(pos[:, 0:1]) > SIDE_WALL_X - WALL_MARGIN) | (
         np.abs(pos[:, 1:2]) > GOAL_Y - WALL_MARGIN
     )
-    toucher = context.last_toucher[rows]
-    possession = np.where(toucher < 0, 0.0, np.where(teams[toucher] == teams[p], 1.0, -1.0))
-    goals_for = context.goals_for[rows]
-    scored, conceded = goals_for[:, teams[p]], goals_for[:, 1 - teams[p]]
-    # the past, up to the frames in ``rows``: the ball as p's team sees it, touches by team
-    side = np.array([1.0, 1.0, 1.0] if teams[p] == 0 else [-1.0, -1.0, 1.0], dtype=np.float32)
-    past = parsed.ball[:, 0:3] * side
-    team_touches = context.touched[:, team].any(axis=1).astype(np.float64)
-    opp_touches = context.touched[:, opponents].any(axis=1).astype(np.float64)
+    frame_rows = rows[frame]
+    toucher = context.last_toucher[frame_rows]
+    possession = np.where(toucher < 0, 0.0, np.where(teams[toucher] == row_team, 1.0, -1.0))
+    goals_for = context.goals_for[frame_rows]
+    scored, conceded = goals_for[every, row_team], goals_for[every, 1 - row_team]
     columns = [
         b_pos / POS_SCALE,
         b_vel / BALL_SPEED_SCALE,
@@ -381,45 +402,64 @@ def _player_block(
         (pos[:, 0:2] - own_goal[None, 0:2]) / POS_SCALE,
         _norm(pos - own_goal) / POS_SCALE,
         _norm(pos - opp_goal) / POS_SCALE,
-        _slots(view[:, mates], pos, b_pos, live_dist[:, mates], TEAMMATE_SLOTS, defends=-1.0),
-        _slots(view[:, opponents], pos, b_pos, live_dist[:, opponents], OPPONENT_SLOTS, 1.0),
+        _slots(mates_cars, pos, b_pos, mates_dist, TEAMMATE_SLOTS, defends=-1.0),
+        _slots(opps_cars, pos, b_pos, opps_dist, OPPONENT_SLOTS, 1.0),
         _norm(b_pos - own_goal) / POS_SCALE,
         _norm(b_pos - opp_goal) / POS_SCALE,
         _speed_towards(b_pos, b_vel, opp_goal),
         _speed_towards(b_pos, b_vel, own_goal),
-        np.mean(view[:, team, 1] < b_pos[:, 1:2], axis=1, keepdims=True),
-        np.mean(view[:, opponents, 1] > b_pos[:, 1:2], axis=1, keepdims=True)
-        if opponents.any()
+        np.mean(team_cars[:, :, 1] < b_pos[:, 1:2], axis=1, keepdims=True),
+        np.mean(opps_cars[:, :, 1] > b_pos[:, 1:2], axis=1, keepdims=True)
+        if opps_of.shape[1]
         else np.zeros((len(pos), 1)),
-        _min_goal_dist(view[:, team], own_goal),
-        _min_goal_dist(view[:, opponents], opp_goal),
+        _min_goal_dist(team_cars, own_goal),
+        _min_goal_dist(opps_cars, opp_goal),
         _capped_dist(team_dist.min(axis=1)),
         _capped_dist(opp_dist.min(axis=1)),
-        (np.argmin(team_dist, axis=1) == p)[:, None],
+        (np.argmin(team_dist, axis=1) == viewer)[:, None],
         (team_dist.min(axis=1) <= opp_dist.min(axis=1))[:, None],
         possession[:, None],
-        (toucher == p)[:, None],
-        context.since_touch[rows, None] / TOUCH_MEMORY_SECONDS,
-        np.minimum(context.since_kickoff[rows], MATCH_SECONDS)[:, None] / MATCH_SECONDS,
+        (toucher == viewer)[:, None],
+        context.since_touch[frame_rows, None] / TOUCH_MEMORY_SECONDS,
+        np.minimum(context.since_kickoff[frame_rows], MATCH_SECONDS)[:, None] / MATCH_SECONDS,
         np.clip(scored - conceded, -SCORE_DIFF_CAP, SCORE_DIFF_CAP)[:, None] / SCORE_DIFF_CAP,
         np.minimum(np.stack([scored, conceded], axis=1), GOALS_CAP) / GOALS_CAP,
-        parsed.seconds_remaining[rows, None] / MATCH_SECONDS,
+        parsed.seconds_remaining[frame_rows, None] / MATCH_SECONDS,
         np.full((len(pos), 1), parsed.team_size / 4.0),
-        _lagged(past, 1.0, context, rows) / POS_SCALE,
-        _lagged(past, 2.0, context, rows) / POS_SCALE,
-        np.stack(
-            [
-                _window_mean(past[:, 1], 5.0, context, rows) / POS_SCALE,
-                _window_mean(past[:, 1], 10.0, context, rows) / POS_SCALE,
-                _window_mean(past[:, 1] > THIRD_Y, 10.0, context, rows),
-                _window_mean(past[:, 1] < -THIRD_Y, 10.0, context, rows),
-                _window(team_touches, 5.0, context, rows)[0] / TOUCH_COUNT_SCALE,
-                _window(opp_touches, 5.0, context, rows)[0] / TOUCH_COUNT_SCALE,
-            ],
-            axis=1,
-        ),
+        _team_past(parsed, teams, context, rows)[row_team, frame],
     ]
-    return np.concatenate([np.asarray(c, dtype=np.float32) for c in columns], axis=1)
+    out = np.concatenate([np.asarray(c, dtype=np.float32) for c in columns], axis=1)
+    return out.reshape(n_rows, size, N_FEATURES)
+
+
+def _team_past(
+    parsed: ParsedReplay, teams: np.ndarray, context: GameContext, rows: np.ndarray
+) -> np.ndarray:
+    """[2, R, 12] the recent past up to the frames ``rows`` as each team sees it: the ball
+    (lagged, window means) and touches by team."""
+    result = np.zeros((2, rows.shape[0], 12), dtype=np.float32)
+    for k in (0, 1):
+        side = np.array([1.0, 1.0, 1.0] if k == 0 else [-1.0, -1.0, 1.0], dtype=np.float32)
+        past = parsed.ball[:, 0:3] * side
+        team_touches = context.touched[:, teams == k].any(axis=1).astype(np.float64)
+        opp_touches = context.touched[:, teams != k].any(axis=1).astype(np.float64)
+        columns = [
+            _lagged(past, 1.0, context, rows) / POS_SCALE,
+            _lagged(past, 2.0, context, rows) / POS_SCALE,
+            np.stack(
+                [
+                    _window_mean(past[:, 1], 5.0, context, rows) / POS_SCALE,
+                    _window_mean(past[:, 1], 10.0, context, rows) / POS_SCALE,
+                    _window_mean(past[:, 1] > THIRD_Y, 10.0, context, rows),
+                    _window_mean(past[:, 1] < -THIRD_Y, 10.0, context, rows),
+                    _window(team_touches, 5.0, context, rows)[0] / TOUCH_COUNT_SCALE,
+                    _window(opp_touches, 5.0, context, rows)[0] / TOUCH_COUNT_SCALE,
+                ],
+                axis=1,
+            ),
+        ]
+        result[k] = np.concatenate([np.asarray(c, dtype=np.float32) for c in columns], axis=1)
+    return result
 
 
 def _speed_towards(pos: np.ndarray, vel: np.ndarray, target: np.ndarray) -> np.ndarray:
