@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from services.cli.common import DEFAULT_MODEL_FILE
+from services.cli.common import load_impact_model
 from services.cli.offline import featurize_replays
 from shared.settings import Settings
 
@@ -47,8 +47,6 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     from services.scorer.score import (
-        ImpactModel,
-        ModelSchemaError,
         credit_touches,
         predict_table,
         score_credits,
@@ -67,18 +65,12 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     from services.trainer.train import TrainConfig, split_by_replay, train_impact_model
 
     folder = args.replays or settings.replays_dir / "corpus"
-    model_path = args.model or settings.default_model_dir / DEFAULT_MODEL_FILE
     out = args.out or settings.data_dir / "evaluate"
     if not 0 < args.val_fraction < 1:
         raise SystemExit("rlimpact: --val-fraction must be between 0 and 1")
     if not folder.is_dir():
         raise SystemExit(f"rlimpact: no such folder: {folder}")
-    if not model_path.exists():
-        raise SystemExit(f"rlimpact: no model at {model_path}: train one with 'rlimpact train'")
-    try:
-        model = ImpactModel(model_path)
-    except ModelSchemaError as error:
-        raise SystemExit(f"rlimpact: {error}; retrain it ('rlimpact train --local')") from None
+    model = load_impact_model(args.model, settings)
     tables = [table for _, table in featurize_replays([folder], settings)]
     if len(tables) < 2:
         raise SystemExit(f"rlimpact: need at least 2 usable replays in {folder}")

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from services.cli.common import DEFAULT_MODEL_FILE, replay_files
+from services.cli.common import DEFAULT_MODEL_FILE, load_impact_model, replay_files
 from shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -79,16 +79,10 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
     from services.featurizer.features import featurize
     from services.parser.parse import ReplayParseError
     from services.parser.validate import parse_valid_replay
-    from services.scorer.score import ImpactModel, ModelSchemaError, score_table
+    from services.scorer.score import score_table
     from shared.storage import sha256_file
 
-    model_path = args.model or settings.default_model_dir / DEFAULT_MODEL_FILE
-    if not model_path.exists():
-        raise SystemExit(f"rlimpact: no model at {model_path}: train one with 'rlimpact train'")
-    try:
-        model = ImpactModel(model_path)
-    except ModelSchemaError as error:
-        raise SystemExit(f"rlimpact: {error}; retrain it ('rlimpact train --local')") from None
+    model = load_impact_model(args.model, settings)
     files = list(replay_files(args.paths))
     failures = 0
     print(f"model {model.version}\n{IMPACT_LEGEND}")
