@@ -12,7 +12,6 @@ start again from zero); the durable record of a match is its replay.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import time
 
@@ -142,11 +141,7 @@ async def run(ctx: ServiceContext) -> None:
 
 
 def main() -> None:
-    # Latency-bound: objects alive at start-up are never scanned again, and young-generation
-    # collections come less often (each frame allocates many small objects).
-    gc.freeze()
-    gc.set_threshold(20_000, 20, 20)
-    run_service(NAME, run)
+    run_service(NAME, run, latency_bound=True)
 
 
 if __name__ == "__main__":
