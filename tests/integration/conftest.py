@@ -13,16 +13,20 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import asyncpg
 import pytest
+from aiokafka import AIOKafkaConsumer
 
+from shared.events import Event, Topic, decode
 from shared.settings import REPO_ROOT, SERVICE_NAMES, Settings
 
 T = TypeVar("T")
+E = TypeVar("E", bound=Event)
 
 # Several checkouts (or developers) can run the suite side by side with distinct offsets.
 PORT_OFFSET = int(os.environ.get("RLIMPACT_TEST_PORT_OFFSET", "0"))
@@ -123,6 +127,30 @@ def stack() -> Iterator[Stack]:
             except subprocess.TimeoutExpired:
                 process.kill()
         _stack_script("stop", env, check=False)
+
+
+@asynccontextmanager
+async def events_on(stack: Stack, topic: Topic, event_type: type[E]) -> AsyncIterator[list[E]]:
+    """A list that fills, in the background, with every event on ``topic`` from its start."""
+    consumer = AIOKafkaConsumer(
+        topic.name,
+        bootstrap_servers=stack.settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        group_id=None,
+    )
+    await consumer.start()
+    events: list[E] = []
+
+    async def collect() -> None:
+        async for record in consumer:
+            events.append(decode(event_type, record.value))
+
+    task = asyncio.create_task(collect())
+    try:
+        yield events
+    finally:
+        task.cancel()
+        await consumer.stop()
 
 
 async def connect_pg(stack: Stack) -> asyncpg.Connection:

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from services.featurizer.features import featurize
 from services.parser.parse import parse_replay_file
@@ -31,8 +30,8 @@ from services.trainer.skill import (
     train_skill_model,
 )
 from services.trainer.train import TrainConfig, export_onnx, train_impact_model
-from shared.events import SCORES_EMITTED, ScoreEmitted, decode
-from tests.integration.conftest import Stack, wait_for
+from shared.events import SCORES_EMITTED, ScoreEmitted
+from tests.integration.conftest import Stack, events_on, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -46,23 +45,8 @@ TIMEOUT = 300.0
 @pytest.fixture(scope="module")
 async def emitted(stack: Stack) -> AsyncIterator[list[ScoreEmitted]]:
     """Every scores.emitted event, from the start of the topic."""
-    consumer = AIOKafkaConsumer(
-        SCORES_EMITTED.name,
-        bootstrap_servers=stack.settings.kafka_bootstrap,
-        auto_offset_reset="earliest",
-        group_id=None,
-    )
-    await consumer.start()
-    events: list[ScoreEmitted] = []
-
-    async def collect() -> None:
-        async for record in consumer:
-            events.append(decode(ScoreEmitted, record.value))
-
-    task = asyncio.create_task(collect())
-    yield events
-    task.cancel()
-    await consumer.stop()
+    async with events_on(stack, SCORES_EMITTED, ScoreEmitted) as events:
+        yield events
 
 
 @pytest.fixture(scope="module")

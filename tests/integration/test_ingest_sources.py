@@ -19,12 +19,11 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from services.cli.ingest import stage_file
 from services.ingestor.ingest import rejection_id, upload_event
@@ -37,12 +36,11 @@ from shared.events import (
     ReplayFailed,
     ReplaySubmitted,
     ReplayUploaded,
-    decode,
 )
 from shared.kafka import event_producer
 from shared.settings import REPO_ROOT, Settings
 from shared.storage import BlobStore
-from tests.integration.conftest import Stack, wait_for
+from tests.integration.conftest import Stack, events_on, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -60,8 +58,8 @@ HOSTILE_KEYS = (
 
 @dataclass
 class Seen:
-    uploaded: list[ReplayUploaded] = field(default_factory=list)
-    failed: list[ReplayFailed] = field(default_factory=list)
+    uploaded: list[ReplayUploaded]
+    failed: list[ReplayFailed]
 
     def uploads(self, replay_id: str) -> int:
         return sum(e.replay_id == replay_id for e in self.uploaded)
@@ -85,27 +83,11 @@ def s3(stack: Stack) -> Iterator[Settings]:
 
 @pytest.fixture(scope="module")
 async def seen(stack: Stack) -> AsyncIterator[Seen]:
-    consumer = AIOKafkaConsumer(
-        REPLAY_UPLOADED.name,
-        REPLAY_FAILED.name,
-        bootstrap_servers=stack.settings.kafka_bootstrap,
-        auto_offset_reset="earliest",
-        group_id=None,
-    )
-    await consumer.start()
-    result = Seen()
-
-    async def collect() -> None:
-        async for record in consumer:
-            if record.topic == REPLAY_UPLOADED.name:
-                result.uploaded.append(decode(ReplayUploaded, record.value))
-            else:
-                result.failed.append(decode(ReplayFailed, record.value))
-
-    task = asyncio.create_task(collect())
-    yield result
-    task.cancel()
-    await consumer.stop()
+    async with (
+        events_on(stack, REPLAY_UPLOADED, ReplayUploaded) as uploaded,
+        events_on(stack, REPLAY_FAILED, ReplayFailed) as failed,
+    ):
+        yield Seen(uploaded, failed)
 
 
 def _ingestor_up(stack: Stack) -> bool:

@@ -15,13 +15,12 @@ import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 import aiohttp
 import pytest
-from aiokafka import AIOKafkaConsumer
 from PIL import Image, ImageChops
 
 from services.bridge.simulator import PlaybackOptions, sos_messages
@@ -34,12 +33,11 @@ from shared.events import (
     InvalidEvent,
     LiveFrame,
     LiveScore,
-    decode,
 )
 from shared.frames import PLAYER_FIELD, ParsedReplay
 from shared.kafka import ensure_topics
 from shared.settings import REPO_ROOT
-from tests.integration.conftest import Stack, wait_for
+from tests.integration.conftest import Stack, events_on, wait_for
 from tests.support.prometheus import matching, scrape, total
 
 pytestmark = pytest.mark.integration
@@ -52,9 +50,9 @@ MATCH_TIMEOUT = 240.0
 class LiveTopics:
     """Everything on live.frames, scores.live and events.invalid during the tests."""
 
-    frames: list[LiveFrame] = field(default_factory=list)
-    scores: list[LiveScore] = field(default_factory=list)
-    invalid: list[InvalidEvent] = field(default_factory=list)
+    frames: list[LiveFrame]
+    scores: list[LiveScore]
+    invalid: list[InvalidEvent]
 
     def frames_of(self, match_id: str) -> list[LiveFrame]:
         return [f for f in self.frames if f.match_id == match_id]
@@ -69,31 +67,13 @@ class LiveTopics:
 @pytest.fixture(scope="module")
 async def live(stack: Stack) -> AsyncIterator[LiveTopics]:
     await ensure_topics(stack.settings)
-    consumer = AIOKafkaConsumer(
-        LIVE_FRAMES.name,
-        SCORES_LIVE.name,
-        EVENTS_INVALID.name,
-        bootstrap_servers=stack.settings.kafka_bootstrap,
-        auto_offset_reset="earliest",
-        group_id=None,
-    )
-    await consumer.start()
-    topics = LiveTopics()
-
-    async def collect() -> None:
-        async for record in consumer:
-            if record.topic == LIVE_FRAMES.name:
-                topics.frames.append(decode(LiveFrame, record.value))
-            elif record.topic == SCORES_LIVE.name:
-                topics.scores.append(decode(LiveScore, record.value))
-            else:
-                topics.invalid.append(decode(InvalidEvent, record.value))
-
-    task = asyncio.create_task(collect())
-    await _live_service_ready(stack)
-    yield topics
-    task.cancel()
-    await consumer.stop()
+    async with (
+        events_on(stack, LIVE_FRAMES, LiveFrame) as frames,
+        events_on(stack, SCORES_LIVE, LiveScore) as scores,
+        events_on(stack, EVENTS_INVALID, InvalidEvent) as invalid,
+    ):
+        await _live_service_ready(stack)
+        yield LiveTopics(frames, scores, invalid)
 
 
 async def _live_service_ready(stack: Stack) -> None:

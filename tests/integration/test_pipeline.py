@@ -13,21 +13,19 @@ import shutil
 import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from shared.events import (
     REPLAY_FAILED,
     SCORES_EMITTED,
     ReplayFailed,
     ScoreEmitted,
-    decode,
 )
 from shared.settings import SERVICE_NAMES
-from tests.integration.conftest import Stack, wait_for
+from tests.integration.conftest import Stack, events_on, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -37,34 +35,18 @@ STAGE_TIMEOUT = 240.0
 
 @dataclass
 class Collected:
-    failed: list[ReplayFailed] = field(default_factory=list)
-    scores: list[ScoreEmitted] = field(default_factory=list)
+    failed: list[ReplayFailed]
+    scores: list[ScoreEmitted]
 
 
 @pytest.fixture(scope="module")
 async def collected(stack: Stack) -> AsyncIterator[Collected]:
     """Everything that appears on replay.failed and scores.emitted during the test."""
-    consumer = AIOKafkaConsumer(
-        REPLAY_FAILED.name,
-        SCORES_EMITTED.name,
-        bootstrap_servers=stack.settings.kafka_bootstrap,
-        auto_offset_reset="earliest",
-        group_id=None,
-    )
-    await consumer.start()
-    result = Collected()
-
-    async def collect() -> None:
-        async for record in consumer:
-            if record.topic == REPLAY_FAILED.name:
-                result.failed.append(decode(ReplayFailed, record.value))
-            else:
-                result.scores.append(decode(ScoreEmitted, record.value))
-
-    task = asyncio.create_task(collect())
-    yield result
-    task.cancel()
-    await consumer.stop()
+    async with (
+        events_on(stack, REPLAY_FAILED, ReplayFailed) as failed,
+        events_on(stack, SCORES_EMITTED, ScoreEmitted) as scores,
+    ):
+        yield Collected(failed, scores)
 
 
 def _pick_good(good_replays):
