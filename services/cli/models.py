@@ -18,6 +18,8 @@ from services.cli.common import replay_files
 from shared.settings import Settings
 
 if TYPE_CHECKING:
+    import asyncpg
+
     from shared.db import ModelRecord
 
 
@@ -81,6 +83,15 @@ def _key_metrics(model: ModelRecord) -> str:
     return "  ".join(f"{k}={metrics[k]:.3f}" for k in keys if k in metrics)
 
 
+async def _model(conn: asyncpg.Connection, ref: str) -> ModelRecord:
+    """The model with this id or version, or a clear error and exit."""
+    from shared import db
+
+    if (record := await db.find_model(conn, ref)) is None:
+        raise SystemExit(f"rlimpact: no model {ref!r}: see 'rlimpact models list'")
+    return record
+
+
 def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(_promote(settings, args.model))
 
@@ -92,9 +103,7 @@ async def _promote(settings: Settings, ref: str) -> int:
 
     async with service_context("cli", settings) as ctx:
         async with ctx.pool.acquire() as conn:
-            found = await db.find_model(conn, ref)
-            if found is None:
-                raise SystemExit(f"rlimpact: no model {ref!r}: see 'rlimpact models list'")
+            found = await _model(conn, ref)
             record = await db.promote_model(conn, found.id)
         await ctx.producer.send(
             MODEL_PROMOTED,
@@ -158,9 +167,7 @@ async def _rescore(settings: Settings, ref: str) -> int:
 
     async with service_context("cli", settings) as ctx:
         async with ctx.pool.acquire() as conn:
-            record = await db.find_model(conn, ref)
-            if record is None:
-                raise SystemExit(f"rlimpact: no model {ref!r}: see 'rlimpact models list'")
+            record = await _model(conn, ref)
             if record.kind != "impact":
                 raise SystemExit(
                     f"rlimpact: model {ref!r} is a {record.kind} model; rescore takes an impact "

@@ -3,8 +3,6 @@ hidden function of each player's play produces), not a claim about predicting re
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -30,12 +28,7 @@ MIN_FRAMES = 1500  # 2.5 minutes at 10 fps
 CONFIG = SkillConfig(epochs=25)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")
