@@ -5,8 +5,11 @@ live service -> scores.live, for each N in one run.
 
 Starts its own Kafka and Postgres (``deploy/stack.sh``, ports from
 ``RLIMPACT_BENCH_PORT_OFFSET``, default 800, data in ``.rlimpact/bench-live``) and the live
-service; then for each N, ``rlimpact simulate --matches N --loop`` (real time, matches spread
-over one frame interval) and a bridge following the N feeds. After ``--warmup`` seconds it
+service, and warms them with ``--stack-warmup`` seconds of unmeasured load (a freshly started
+broker spends its first minute compiling its hot paths: without it the first round measures
+the JVM's warm-up, not the live path); then for each N, ``rlimpact simulate --matches N
+--loop`` (real time, matches spread over one frame interval) and a bridge following the N
+feeds. After ``--warmup`` seconds it
 reads ``scores.live`` for ``--seconds`` and prints, per N:
 
 - offered: frames per second the feeds send (N x 30), and sustained: frames per second that
@@ -114,7 +117,13 @@ def live_ready(settings: Settings) -> bool:
 
 
 async def measure(
-    settings: Settings, env: dict[str, str], logs: Path, replay: Path, n: int, args
+    settings: Settings,
+    env: dict[str, str],
+    logs: Path,
+    replay: Path,
+    n: int,
+    warmup: float,
+    seconds: float,
 ) -> Round:
     consumer = AIOKafkaConsumer(
         SCORES_LIVE.name,
@@ -145,12 +154,12 @@ async def measure(
             batches = await consumer.getmany(timeout_ms=200, max_records=2000)
             arrived = datetime.now(UTC)
             elapsed = time.monotonic() - began
-            if window_start is None and elapsed >= args.warmup and frames_seen(batches):
+            if window_start is None and elapsed >= warmup and frames_seen(batches):
                 window_start = arrived
-            if window_start is not None and elapsed >= args.warmup + args.seconds:
+            if window_start is not None and elapsed >= warmup + seconds:
                 window_end = arrived
                 break
-            if elapsed > args.warmup + args.seconds + 120:
+            if elapsed > warmup + seconds + 120:
                 raise SystemExit(f"bench: no scores.live for {n} matches: see {logs}")
             if window_start is None:
                 continue
@@ -199,9 +208,14 @@ async def run(args) -> list[Round]:
             if time.monotonic() > deadline or live.poll() is not None:
                 raise SystemExit(f"bench: the live service did not start: see {logs}/live.log")
             await asyncio.sleep(0.5)
+        if args.stack_warmup > 0:
+            n = max(args.matches)
+            await measure(settings, env, logs, args.replay, n, args.stack_warmup, 1.0)
         rounds = []
         for n in args.matches:
-            rounds.append(await measure(settings, env, logs, args.replay, n, args))
+            rounds.append(
+                await measure(settings, env, logs, args.replay, n, args.warmup, args.seconds)
+            )
             print_round(rounds[-1])
         return rounds
     finally:
@@ -224,6 +238,13 @@ def main() -> None:
     parser.add_argument("--matches", type=int, nargs="+", default=[1, 10, 50])
     parser.add_argument("--seconds", type=float, default=20.0, help="measured per N")
     parser.add_argument("--warmup", type=float, default=5.0, help="per N, before measuring")
+    parser.add_argument(
+        "--stack-warmup",
+        type=float,
+        default=30.0,
+        help="seconds of unmeasured load (the largest N) first: the broker's JVM compiles its "
+        "hot paths in its first minute, which a long-running broker has long done",
+    )
     parser.add_argument("--replay", type=Path, default=default_replay)
     args = parser.parse_args()
     if not args.replay.exists():

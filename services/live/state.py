@@ -19,6 +19,7 @@ add up to a running total. On the same frames it is the replay scorer's impact
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,11 +32,12 @@ from services.featurizer.features import (
     stream_rows,
 )
 from services.scorer.score import (
+    DEMOLISHED,
     IMPACT_SCALE,
     ImpactModel,
     TouchCredit,
     credit_touches,
-    team_score_probability,
+    team_probability,
 )
 from shared.events import (
     GoalInfo,
@@ -45,7 +47,25 @@ from shared.events import (
     LiveScore,
     PlayerInfo,
 )
-from shared.frames import BALL_FIELDS, PLAYER_FIELD, PLAYER_FIELDS
+from shared.frames import BALL_FIELDS, PLAYER_FIELDS
+
+# the order in which _row and _car write a frame's numbers
+_BALL_ROW = ("x", "y", "z", "vx", "vy", "vz")
+_CAR_ROW = (
+    "x",
+    "y",
+    "z",
+    "roll",
+    "pitch",
+    "yaw",
+    "vx",
+    "vy",
+    "vz",
+    "boost",
+    "jumping",
+    "demolished",
+)
+assert _BALL_ROW == BALL_FIELDS and _CAR_ROW == PLAYER_FIELDS, "shared/frames.py layout changed"
 
 MAX_BALL_SPEED = 6000.0  # uu/s
 MAX_CAR_SPEED = 2300.0
@@ -154,19 +174,19 @@ class MatchState:
         previous = self.last_row
         time = self._time(frame)
         dt = time - previous.time if previous is not None else 0.0
-        ball = np.zeros(len(BALL_FIELDS), dtype=np.float32)
-        ball[0:3] = (frame.ball.x, frame.ball.y, frame.ball.z)
-        ball[3:6] = _velocity(
-            (frame.ball.vx, frame.ball.vy, frame.ball.vz),
-            ball[0:3],
-            previous.ball if previous is not None else None,
-            dt,
-            frame.ball.speed,
-            MAX_BALL_SPEED,
-        )
-        cars = np.zeros((len(players), len(PLAYER_FIELDS)), dtype=np.float32)
-        for p, player in enumerate(players):
-            cars[p] = _car(player, previous.cars[p] if previous is not None else None, dt)
+        b = frame.ball
+        position = (b.x, b.y, b.z)
+        before = previous.ball.tolist() if previous is not None else None
+        velocity = _velocity((b.vx, b.vy, b.vz), position, before, dt, b.speed, MAX_BALL_SPEED)
+        ball = np.array(position + velocity, dtype=np.float32)
+        cars_before = previous.cars.tolist() if previous is not None else None
+        cars = np.array(
+            [
+                _car(player, cars_before[p] if cars_before is not None else None, dt)
+                for p, player in enumerate(players)
+            ],
+            dtype=np.float32,
+        ).reshape(len(players), len(PLAYER_FIELDS))
         remaining = frame.seconds_remaining
         if remaining is None:
             remaining = previous.seconds_remaining if previous else DEFAULT_SECONDS_REMAINING
@@ -199,9 +219,9 @@ class MatchState:
         stream = self.stream
         assert stream is not None
         start = stream.n_frames - features.shape[0]
-        rows = self.table(start, stream.n_frames, features)
+        on_pitch = features[:, :, DEMOLISHED] < 0.5
         self.p_score = np.concatenate(
-            (self.p_score[:start], team_score_probability(rows, probabilities))
+            (self.p_score[:start], team_probability(stream.teams, on_pitch, probabilities))
         )
         self.latest_probabilities = probabilities[-1]
         new = len(self.pending)
@@ -228,6 +248,13 @@ class MatchState:
         begin = self.credit_from - stream.first
         if settled <= begin:
             return []
+        assert stream.context is not None
+        touched = stream.context.touched[begin:settled].any(axis=1)
+        waiting = not ended and touched[0] and stream.context.live[begin:settled].all()
+        if not touched[1:].any() and (waiting or not touched[0]):  # most polls
+            if not waiting:  # no touch at all
+                self.credit_from = stream.first + settled
+            return []
         a = max(begin - 1, 0)
         table = self.table(a, settled)
         credits = [
@@ -235,8 +262,11 @@ class MatchState:
         ]
         self.credit_from = stream.first + settled
         if credits and not ended and table.live[credits[-1].frame :].all():
-            # play goes on after the latest touch: its outcome is not known yet
-            self.credit_from = stream.first + a + credits.pop().frame
+            # play goes on after the latest touch: its outcome is not known yet (nor that of
+            # another car touching the ball in the same frame)
+            last = credits[-1].frame
+            self.credit_from = stream.first + a + last
+            credits = [c for c in credits if c.frame != last]
         for credit in credits:
             totals = self.totals.setdefault(self.players[credit.player_index].id, Totals())
             totals.offence += IMPACT_SCALE * credit.offence
@@ -269,62 +299,67 @@ class MatchState:
         )
 
 
+Vector = tuple[float, float, float]
+
+
 def _velocity(
     given: tuple[float | None, float | None, float | None],
-    position: np.ndarray,
-    previous: np.ndarray | None,
+    position: Vector,
+    previous: list[float] | None,
     dt: float,
     speed: float | None,
     max_speed: float,
-) -> np.ndarray:
+) -> Vector:
     """The feed's velocity when it sent one; else the finite difference of positions, scaled
     to the reported speed when there is one, capped at what the game allows. ``previous``:
     the previous frame's position and velocity.
 
     A feed may repeat a position for a frame or two while the object moves (SOS sends what the
     game last replicated): when it reports a speed, the previous direction is kept then, so a
-    rolling ball does not read as still (which would hide a kickoff)."""
+    rolling ball does not read as still (which would hide a kickoff).
+
+    Plain floats, not numpy: for three numbers the call overhead would be most of the cost."""
     if None not in given:
-        return np.asarray(given, dtype=np.float32)
+        return given  # type: ignore[return-value]
     if previous is None or dt < MIN_DT:
-        return np.zeros(3, dtype=np.float32)
-    velocity = (position - previous[0:3]) / dt
-    norm = float(np.linalg.norm(velocity))
+        return (0.0, 0.0, 0.0)
+    velocity = [(position[k] - previous[k]) / dt for k in range(3)]
+    norm = math.hypot(*velocity)
     if norm <= 1e-6 and speed:
-        velocity = previous[3:6].astype(np.float64)
-        norm = float(np.linalg.norm(velocity))
+        velocity = previous[3:6]
+        norm = math.hypot(*velocity)
+    scale = 1.0
     if speed is not None and norm > 1e-6:
-        velocity *= speed / norm
-        norm = speed
+        scale, norm = speed / norm, speed
     if norm > max_speed:  # a respawn or a kickoff reset teleports the object
-        velocity *= max_speed / norm
-    return velocity.astype(np.float32)
+        scale *= max_speed / norm
+    return (velocity[0] * scale, velocity[1] * scale, velocity[2] * scale)
 
 
-def _car(player: LivePlayer, previous: np.ndarray | None, dt: float) -> np.ndarray:
-    f = PLAYER_FIELD
-    car = np.zeros(len(PLAYER_FIELDS), dtype=np.float32)
+def _car(player: LivePlayer, previous: list[float] | None, dt: float) -> list[float]:
+    """One row of ``cars``: a car with no location keeps its last place and rotation and
+    reads as demolished (no velocity)."""
     if player.has_location:
-        car[0:3] = (player.x, player.y, player.z)
-        for axis in ("roll", "pitch", "yaw"):
-            value = getattr(player, axis)
-            car[f[axis]] = value if value is not None else 0.0
+        position: Vector = (player.x, player.y, player.z)  # type: ignore[assignment]
+        rotation = [v if v is not None else 0.0 for v in (player.roll, player.pitch, player.yaw)]
     elif previous is not None:
-        car[0:6] = previous[0:6]  # keep the last known place and rotation
+        position, rotation = (previous[0], previous[1], previous[2]), previous[3:6]
+    else:
+        position, rotation = (0.0, 0.0, 0.0), [0.0, 0.0, 0.0]
     demolished = player.demolished or not player.has_location
+    velocity: Vector = (0.0, 0.0, 0.0)
     if not demolished:
-        car[6:9] = _velocity(
-            (player.vx, player.vy, player.vz),
-            car[0:3],
-            previous[[0, 1, 2, 6, 7, 8]] if previous is not None else None,
-            dt,
-            player.speed,
-            MAX_CAR_SPEED,
-        )
-    car[f["boost"]] = player.boost
-    car[f["jumping"]] = float(player.jumping)
-    car[f["demolished"]] = float(demolished)
-    return car
+        before = [*previous[0:3], *previous[6:9]] if previous is not None else None
+        given = (player.vx, player.vy, player.vz)
+        velocity = _velocity(given, position, before, dt, player.speed, MAX_CAR_SPEED)
+    return [
+        *position,
+        *rotation,
+        *velocity,
+        player.boost,
+        float(player.jumping),
+        float(demolished),
+    ]
 
 
 class LiveScorer:

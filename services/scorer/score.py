@@ -104,23 +104,28 @@ def predict_table(table: FeatureTable, model: ImpactModel) -> np.ndarray:
 
 
 def team_score_probability(table: FeatureTable, probabilities: np.ndarray) -> np.ndarray:
-    """[T, 2]: P(team k scores within the horizon), from the rows of both teams' players.
-
-    Rows of cars on the pitch count; a demolished or absent car's row counts only when no car
-    is on the pitch.
-    """
+    """[T, 2]: P(team k scores within the horizon), from the rows of both teams' players."""
     teams = np.array([p.team for p in table.players])
-    on_pitch = table.features[:, :, DEMOLISHED] < 0.5
+    return team_probability(teams, table.features[:, :, DEMOLISHED] < 0.5, probabilities)
+
+
+def team_probability(
+    teams: np.ndarray, on_pitch: np.ndarray, probabilities: np.ndarray
+) -> np.ndarray:
+    """[T, 2] from each player's row [T, P, 2] (P(own team scores), P(it concedes)): team k's
+    P(score) is the mean of its players' P(score) and the other team's P(concede).
+
+    Rows of cars on the pitch (``on_pitch`` [T, P]) count; a demolished or absent car's row
+    counts only when no car is on the pitch.
+    """
     result = np.zeros((probabilities.shape[0], 2))
+    if not teams.shape[0]:
+        return result
+    weights = np.where(on_pitch.any(axis=1, keepdims=True), on_pitch, True).astype(np.float64)
+    total = weights.sum(axis=1)
     for team in (0, 1):
-        forecasts = np.concatenate(
-            [probabilities[:, teams == team, 0], probabilities[:, teams == 1 - team, 1]], axis=1
-        )
-        if not forecasts.shape[1]:
-            continue
-        weights = np.concatenate([on_pitch[:, teams == team], on_pitch[:, teams != team]], axis=1)
-        weights = np.where(weights.any(axis=1, keepdims=True), weights, True).astype(np.float64)
-        result[:, team] = (forecasts * weights).sum(axis=1) / weights.sum(axis=1)
+        forecasts = np.where(teams == team, probabilities[:, :, 0], probabilities[:, :, 1])
+        result[:, team] = (forecasts * weights).sum(axis=1) / total
     return result
 
 

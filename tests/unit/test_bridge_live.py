@@ -4,6 +4,7 @@ replay."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 import numpy as np
@@ -293,3 +294,27 @@ def test_a_player_leaving_starts_a_new_window_but_keeps_totals(parsed, model):
     assert leaver not in {p.id for p in state.players}
     assert {p.id: p.n_frames for p in updates[-1].players} == {p.id: 20 for p in state.players}
     assert scorer.matches["m"].totals[leaver].n == 10
+
+
+def test_two_cars_touching_the_ball_in_one_frame_are_each_credited_once(parsed, model):
+    """While play goes on after a frame in which two cars touched the ball, neither touch's
+    outcome is known: both wait for the next touch, then each is credited once, as the replay
+    scorer does (fed frame by frame, so many polls fall while they wait)."""
+    touches = np.asarray(parsed.touches).reshape(-1, 2)
+    stop = int(np.searchsorted(parsed.time, parsed.goals[0].time)) + 2 * FPS
+    gaps = np.diff(touches[:, 0])
+    k = int(np.flatnonzero((gaps > FPS) & (touches[1:, 0] < stop - 4 * FPS))[0])
+    frame, player = touches[k]
+    other = next(p.index for p in parsed.players if p.team != parsed.players[player].team)
+    doubled = replace(parsed, touches=np.insert(touches, k + 1, [frame, other], axis=0))
+
+    scorer = LiveScorer(horizon_seconds=10.0)
+    for live_frame in plugin_frames(doubled, "m", 0, stop):
+        scorer.score([live_frame], model, now=0.0)
+
+    expected = {
+        s.player_index: s.touches
+        for s in score_table(featurize(doubled, 10.0).frames(0, stop), model.model)
+    }
+    totals = scorer.matches["m"].totals
+    assert {p.index: totals[f"id-{p.index}"].touches for p in parsed.players} == expected
