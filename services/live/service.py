@@ -38,6 +38,7 @@ from shared.service import ServiceContext, run_service
 NAME = "live"
 log = logging.getLogger(NAME)
 MAX_BATCH = 2000
+LAG_INTERVAL_SECONDS = 1.0
 
 
 class LiveLoop:
@@ -58,10 +59,13 @@ class LiveLoop:
             fetch_max_wait_ms=100,
         )
         await consumer.start()
+        lag_due = 0.0
         try:
             while not self.ctx.stop.is_set():
                 batches = await consumer.getmany(timeout_ms=200, max_records=MAX_BATCH)
-                await record_lag(consumer, NAME)
+                if time.monotonic() >= lag_due:  # not on every poll: polls come every few ms
+                    await record_lag(consumer, NAME)
+                    lag_due = time.monotonic() + LAG_INTERVAL_SECONDS
                 records = [record for partition in batches.values() for record in partition]
                 if records:
                     await self.handle(records)
