@@ -14,6 +14,7 @@
 #   RLIMPACT_KAFKA_CONTROLLER_PORT  [9093]  KRaft controller listener
 #   RLIMPACT_KAFKA_VERSION          [4.3.1]
 #   RLIMPACT_KAFKA_HEAP             [-Xmx512m -Xms256m]
+#   RLIMPACT_KAFKA_GC               [-XX:+UseG1GC -XX:MaxGCPauseMillis=20 ...] collector options
 #   RLIMPACT_KAFKA_LIB_DIR          [$RLIMPACT_DATA_DIR/kafka/lib]  where the jars go
 #   RLIMPACT_KAFKA_START_TIMEOUT    [90]    seconds to wait for readiness
 #
@@ -31,6 +32,7 @@ CONTROLLER_PORT="${RLIMPACT_KAFKA_CONTROLLER_PORT:-9093}"
 # kafka_2.13 pom but e.g. kafka-tools-api:4.4.0 is missing there).
 KAFKA_VERSION="${RLIMPACT_KAFKA_VERSION:-4.3.1}"
 KAFKA_HEAP="${RLIMPACT_KAFKA_HEAP:--Xmx512m -Xms256m}"
+KAFKA_GC="${RLIMPACT_KAFKA_GC:--XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent}"
 START_TIMEOUT="${RLIMPACT_KAFKA_START_TIMEOUT:-90}"
 # log4j2 version used by kafka-server 4.3.1; pinned for the api, core and the
 # slf4j binding together so they can never disagree.
@@ -227,10 +229,9 @@ EOF
 }
 
 java_opts() {
-    # Word splitting of the heap setting is intended ("-Xmx512m -Xms256m").
+    # Word splitting of the heap and collector settings is intended ("-Xmx512m -Xms256m").
     # shellcheck disable=SC2206
-    JAVA_OPTS=($KAFKA_HEAP -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35
-        -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true
+    JAVA_OPTS=($KAFKA_HEAP $KAFKA_GC -Djava.awt.headless=true
         "-Dlog4j2.configurationFile=$LOG4J_CONF")
 }
 
