@@ -207,6 +207,10 @@ log.retention.hours=168
 # small machine
 num.network.threads=2
 num.io.threads=4
+# The log cleaner's dedupe buffer (default 128 MB) is a heap object that lives as long as the
+# broker: it kept the old generation above G1's marking threshold, so marking cycles and their
+# pauses ran every few seconds. The compacted topics here (offsets, metadata) need little.
+log.cleaner.dedupe.buffer.size=16777216
 EOF
     # Kafka 4 uses log4j2 (its distribution ships config/log4j2.yaml); the
     # properties format needs no extra parser. Quiet: WARN and up, plus the
