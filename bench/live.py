@@ -5,10 +5,10 @@ live service -> scores.live, for each N in one run.
                                    [--stack-warmup 60]
 
 Starts its own Kafka and Postgres (``deploy/stack.sh``, ports from
-``RLIMPACT_BENCH_PORT_OFFSET``, default 800, data in ``.rlimpact/bench-live``) and warms the
-broker with ``--stack-warmup`` seconds of unmeasured load (a freshly started broker spends its
-first minute compiling its hot paths: without it the first round measures the JVM's warm-up,
-not the live path). Then for each N: a fresh live service, ``rlimpact simulate --matches N
+``RLIMPACT_BENCH_PORT_OFFSET``, default 800, data in ``.rlimpact/bench-live``) and the live
+service, and warms them with ``--stack-warmup`` seconds of unmeasured load (a freshly started
+broker spends its first minute compiling its hot paths: without it the first round measures
+the JVM's warm-up, not the live path); then for each N, ``rlimpact simulate --matches N
 --loop`` (real time, matches spread over one frame interval) and a bridge following the N
 feeds. After ``--warmup`` seconds it reads ``scores.live`` for ``--seconds`` and prints, per N:
 
@@ -32,8 +32,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -202,41 +200,26 @@ async def run(args) -> list[Round]:
     logs = data_dir / "logs"
     logs.mkdir(parents=True)
     subprocess.run([*stack, "start"], env=env, check=True, stdout=subprocess.DEVNULL)
-    try:
-        if args.stack_warmup > 0:
-            n = max(args.matches)
-            async with live_service(settings, env, logs, "warmup"):
-                await measure(settings, env, logs, args.replay, n, args.stack_warmup, 1.0)
-        rounds = []
-        for n in args.matches:
-            async with live_service(settings, env, logs, str(n)):
-                rounds.append(
-                    await measure(settings, env, logs, args.replay, n, args.warmup, args.seconds)
-                )
-            print_round(rounds[-1])
-        return rounds
-    finally:
-        subprocess.run([*stack, "stop"], env=env, check=False, stdout=subprocess.DEVNULL)
-
-
-@asynccontextmanager
-async def live_service(
-    settings: Settings, env: dict[str, str], logs: Path, name: str
-) -> AsyncIterator[None]:
-    """A live service of its own for each round, so that no round inherits the matches (and
-    the memory) of the one before."""
-    live = start("services.live", env, logs / f"live-{name}.log")
+    live = start("services.live", env, logs / "live.log")
     try:
         deadline = time.monotonic() + 120
         while not live_ready(settings):
             if time.monotonic() > deadline or live.poll() is not None:
-                raise SystemExit(
-                    f"bench: the live service did not start: see {logs}/live-{name}.log"
-                )
+                raise SystemExit(f"bench: the live service did not start: see {logs}/live.log")
             await asyncio.sleep(0.5)
-        yield
+        if args.stack_warmup > 0:
+            n = max(args.matches)
+            await measure(settings, env, logs, args.replay, n, args.stack_warmup, 1.0)
+        rounds = []
+        for n in args.matches:
+            rounds.append(
+                await measure(settings, env, logs, args.replay, n, args.warmup, args.seconds)
+            )
+            print_round(rounds[-1])
+        return rounds
     finally:
         stop(live)
+        subprocess.run([*stack, "stop"], env=env, check=False, stdout=subprocess.DEVNULL)
 
 
 def print_round(r: Round) -> None:
