@@ -35,6 +35,7 @@ from services.featurizer.features import (
     FEATURE_SCHEMA_VERSION,
     N_FEATURES,
     FeatureTable,
+    goal_within,
 )
 from services.scorer.score import INPUT_NAME, META_SCHEMA, META_VERSION, OUTPUT_NAME
 from services.scorer.skill import META_KIND
@@ -114,6 +115,10 @@ class TrainConfig:
     dropout: float = 0.2
     weight_decay: float = 1e-4
     frame_stride: int = 4  # train on every n-th live frame (neighbours are near duplicates)
+    # Auxiliary targets: score / concede within these horizons too (s), weighted by aux_weight
+    # against the main pair; extra heads that regularise the shared layers, left out of forward.
+    aux_horizons: tuple[float, ...] = (2.0, 5.0, 20.0)
+    aux_weight: float = 0.5
 
     @property
     def fit(self) -> FitConfig:
@@ -143,7 +148,9 @@ class ImpactNet(nn.Module):
 
     It takes whole feature rows and itself picks the columns it reads (``inputs``: the
     ball-only baseline reads 6) and standardises them with the training rows' mean and
-    deviation, so the exported ONNX graph needs no preprocessing outside it.
+    deviation, so the exported ONNX graph needs no preprocessing outside it. ``aux_outputs``
+    extra logits (the auxiliary horizons' pairs) are trained but neither in ``logits`` nor in
+    ``forward``.
     """
 
     def __init__(
@@ -155,6 +162,7 @@ class ImpactNet(nn.Module):
         dropout: float = 0.0,
         mean: np.ndarray | None = None,
         std: np.ndarray | None = None,
+        aux_outputs: int = 0,
     ) -> None:
         super().__init__()
         columns = [FEATURE_NAMES.index(name) for name in inputs] if inputs else range(n_features)
@@ -167,12 +175,16 @@ class ImpactNet(nn.Module):
             layers += [nn.Linear(width, size), nn.ReLU()]
             layers += [nn.Dropout(dropout)] if dropout else []
             width = size
-        layers.append(nn.Linear(width, 2))
+        layers.append(nn.Linear(width, 2 + aux_outputs))
         self.mlp = nn.Sequential(*layers)
 
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
+    def all_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """[N, 2 + aux_outputs]: the main pair, then the auxiliary ones."""
         chosen = torch.index_select(features, 1, self.columns)
         return self.mlp((chosen - self.mean) / self.std)
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        return self.all_logits(features)[:, :2]
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.logits(features))
@@ -206,18 +218,26 @@ def split_by_replay(
     return ranked[n_val:], ranked[:n_val]
 
 
-def stack_rows(tables: list[FeatureTable], stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def stack_rows(
+    tables: list[FeatureTable], stride: int = 1, aux_horizons: tuple[float, ...] = ()
+) -> tuple[np.ndarray, np.ndarray]:
     """(features, labels) rows of every ``stride``-th live frame: the model never sees the
-    dead time between a goal and the next kickoff (goal replay, countdown)."""
+    dead time between a goal and the next kickoff (goal replay, countdown). Labels are
+    (score, concede) within the table's horizon, then the same pair for each of
+    ``aux_horizons``."""
     pairs = [(t, np.flatnonzero(t.live)[::stride]) for t in tables]
     features = np.concatenate([t.features[f].reshape(-1, N_FEATURES) for t, f in pairs])
-    labels = np.concatenate(
-        [
-            np.stack([t.label_score[f].reshape(-1), t.label_concede[f].reshape(-1)], axis=1)
-            for t, f in pairs
-        ]
-    )
+    labels = np.concatenate([_labels(t, f, aux_horizons) for t, f in pairs])
     return features.astype(np.float32), labels.astype(np.float32)
+
+
+def _labels(table: FeatureTable, frames: np.ndarray, aux_horizons: tuple[float, ...]) -> np.ndarray:
+    columns = [table.label_score[frames], table.label_concede[frames]]
+    teams = np.array([p.team for p in table.players])
+    for horizon in aux_horizons:
+        scored = goal_within(table.time[frames], table.goals, horizon)  # [F, 2] by team
+        columns += [scored[:, teams], scored[:, 1 - teams]]
+    return np.stack([c.reshape(-1) for c in columns], axis=1)
 
 
 @dataclass(frozen=True)
@@ -227,6 +247,7 @@ class _ImpactTask:
     x_val: torch.Tensor
     y_val: torch.Tensor
     batch_size: int
+    weights: torch.Tensor  # per label column: 1 for the main pair, aux_weight for the others
 
     def batches(self, rng: np.random.Generator) -> Iterable[torch.Tensor]:
         order = rng.permutation(len(self.x_train))
@@ -234,9 +255,10 @@ class _ImpactTask:
             yield torch.from_numpy(batch)
 
     def loss(self, model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
-        return nn.functional.binary_cross_entropy_with_logits(
-            model.logits(self.x_train[batch]), self.y_train[batch]
+        losses = nn.functional.binary_cross_entropy_with_logits(
+            model.all_logits(self.x_train[batch]), self.y_train[batch], reduction="none"
         )
+        return (losses * self.weights).sum(dim=1).mean() / self.weights.sum()
 
     def val_loss(self, model: nn.Module) -> float:
         total = 0.0
@@ -256,16 +278,25 @@ def train_impact_model(
 ) -> TrainResult:
     """Train on ``tables``; with ``run_dir``, checkpoint there and resume a killed run."""
     train_tables, val_tables = split_by_replay(tables, config.val_fraction, config.seed)
-    x_train, y_train = stack_rows(train_tables, config.frame_stride)
+    x_train, y_train = stack_rows(train_tables, config.frame_stride, config.aux_horizons)
     x_val, y_val = stack_rows(val_tables)
     if not len(x_train) or not len(x_val):
         raise ValueError("no live frames to train or validate on")
     torch.manual_seed(config.seed)
     mean, std = input_scaling(x_train, config.inputs)
     model = ImpactNet(
-        N_FEATURES, config.hidden, inputs=config.inputs, dropout=config.dropout, mean=mean, std=std
+        N_FEATURES,
+        config.hidden,
+        inputs=config.inputs,
+        dropout=config.dropout,
+        mean=mean,
+        std=std,
+        aux_outputs=2 * len(config.aux_horizons),
     )
-    task = _ImpactTask(*map(torch.from_numpy, (x_train, y_train, x_val, y_val)), config.batch_size)
+    weights = torch.tensor([1.0, 1.0] + [config.aux_weight] * 2 * len(config.aux_horizons))
+    task = _ImpactTask(
+        *map(torch.from_numpy, (x_train, y_train, x_val, y_val)), config.batch_size, weights
+    )
     train_ids, val_ids = [t.replay_id for t in train_tables], [t.replay_id for t in val_tables]
     run = RunInfo("impact", data_hash(train_ids, val_ids))
     fitted = fit(model, task, config.fit, run, run_dir, progress)
