@@ -17,7 +17,9 @@ feeds. After ``--warmup`` seconds it reads ``scores.live`` for ``--seconds`` and
 - latency from the bridge's receipt of a frame to the emission of the ``scores.live`` update
   covering it, p50 and p99: both times travel in the update (``frames_received_at``,
   ``emitted_at``), so this script reads ``scores.live`` in batches (every 100 ms), adding
-  little load of its own to the machine it measures.
+  little load of its own to the machine it measures;
+- the CPU time each process used in the window, in % of one core (live service, broker,
+  bridge, simulator, this script).
 
 Target (the issue): p99 <= 20 ms at N = 10. Every process runs on this machine, the load
 generator included.
@@ -53,6 +55,7 @@ class Round:
     sustained: float
     emit_ms: tuple[float, float]
     n_latencies: int
+    cpu: dict[str, float]  # % of one core over the measured window, per process
 
 
 def bench_env(offset: int, data_dir: Path) -> dict[str, str]:
@@ -124,7 +127,10 @@ async def measure(
     n: int,
     warmup: float,
     seconds: float,
+    resident: dict[str, int],
 ) -> Round:
+    """One round; ``resident``: the processes that outlive it (name -> pid), whose CPU use is
+    reported with the round's own."""
     consumer = AIOKafkaConsumer(
         SCORES_LIVE.name,
         bootstrap_servers=settings.kafka_bootstrap,
@@ -148,6 +154,12 @@ async def measure(
         "services.bridge", {**env, "RLIMPACT_BRIDGE_SOS_URLS": urls}, logs / f"bridge-{n}.log"
     )
     emit, frames = [], 0
+    pids = {
+        **resident,
+        "bridge": bridge.pid,
+        "simulator": simulator.pid,
+        "this script": os.getpid(),
+    }
     try:
         began = time.monotonic()
         window_start = window_end = None
@@ -157,8 +169,10 @@ async def measure(
             elapsed = time.monotonic() - began
             if window_start is None and elapsed >= warmup and frames_seen(batches):
                 window_start = arrived
+                cpu_start = {name: cpu_seconds(pid) for name, pid in pids.items()}
             if window_start is not None and elapsed >= warmup + seconds:
                 window_end = arrived
+                cpu_end = {name: cpu_seconds(pid) for name, pid in pids.items()}
                 break
             if elapsed > warmup + seconds + 120:
                 raise SystemExit(f"bench: no scores.live for {n} matches: see {logs}")
@@ -181,7 +195,14 @@ async def measure(
         sustained=frames / seconds,
         emit_ms=(float(np.percentile(emit, 50)), float(np.percentile(emit, 99))),
         n_latencies=len(emit),
+        cpu={name: 100 * (cpu_end[name] - cpu_start[name]) / seconds for name in pids},
     )
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux ``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def frames_seen(batches) -> bool:
@@ -207,13 +228,16 @@ async def run(args) -> list[Round]:
             if time.monotonic() > deadline or live.poll() is not None:
                 raise SystemExit(f"bench: the live service did not start: see {logs}/live.log")
             await asyncio.sleep(0.5)
+        resident = {"live service": live.pid, "broker": broker_pid(data_dir)}
         if args.stack_warmup > 0:
             n = max(args.matches)
-            await measure(settings, env, logs, args.replay, n, args.stack_warmup, 1.0)
+            await measure(settings, env, logs, args.replay, n, args.stack_warmup, 1.0, resident)
         rounds = []
         for n in args.matches:
             rounds.append(
-                await measure(settings, env, logs, args.replay, n, args.warmup, args.seconds)
+                await measure(
+                    settings, env, logs, args.replay, n, args.warmup, args.seconds, resident
+                )
             )
             print_round(rounds[-1])
         return rounds
@@ -222,10 +246,17 @@ async def run(args) -> list[Round]:
         subprocess.run([*stack, "stop"], env=env, check=False, stdout=subprocess.DEVNULL)
 
 
+def broker_pid(data_dir: Path) -> int:
+    """The pid ``deploy/kafka.sh`` recorded for the bench's broker."""
+    return int((data_dir / "kafka" / "kafka.pid").read_text().strip())
+
+
 def print_round(r: Round) -> None:
+    cpu = ", ".join(f"{name} {share:.0f}" for name, share in r.cpu.items())
     print(
         f"{r.matches:>7}  {r.offered:>9.0f}  {r.sustained:>11.0f}  "
-        f"{r.emit_ms[0]:>7.1f}  {r.emit_ms[1]:>7.1f}  {r.n_latencies:>7}",
+        f"{r.emit_ms[0]:>7.1f}  {r.emit_ms[1]:>7.1f}  {r.n_latencies:>7}\n"
+        f"         CPU, % of one core: {cpu}",
         flush=True,
     )
 
