@@ -259,7 +259,7 @@ def game_context(parsed: ParsedReplay, carry: StreamCarry | None = None) -> Game
         since_touch=np.minimum(parsed.time - last_time, TOUCH_MEMORY_SECONDS),
         since_kickoff=parsed.time - segment_time,
         segment_start=segment_start,
-        frames_per_second=1.0 / max(dt, 1e-3) if n_frames > 1 else 10.0,
+        frames_per_second=_frames_per_second(dt, n_frames),
         goals_for=goals_for,
         last_touch_time=last_time,
     )
@@ -276,8 +276,9 @@ def _segment_starts(live: np.ndarray, carry: StreamCarry | None) -> tuple[np.nda
     )
 
 
-def _frames_per_second(time: np.ndarray) -> float:
-    return 1.0 / max(_frame_step(time), 1e-3) if time.shape[0] > 1 else 10.0
+def _frames_per_second(step: float, n_frames: int) -> float:
+    """From the median frame step (10 fps when there are fewer than two frames)."""
+    return 1.0 / max(step, 1e-3) if n_frames > 1 else 10.0
 
 
 def _frame_step(time: np.ndarray) -> float:
@@ -571,7 +572,7 @@ class StreamFeaturizer:
         self.context: GameContext | None = None
         self.first = 0  # stream index of the buffer's frame 0
         self.dirty_from = 0  # buffer index of the first frame whose row is out of date
-        self.frames_per_second = _frames_per_second(self.time)
+        self.frames_per_second = _frames_per_second(_frame_step(self.time), self.n_frames)
 
     @property
     def n_frames(self) -> int:
