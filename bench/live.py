@@ -2,7 +2,8 @@
 live service -> scores.live, for each N in one run.
 
     .venv/bin/python bench/live.py [--matches 1 10 50] [--seconds 20] [--warmup 5]
-                                   [--stack-warmup 60]
+                                   [--stack-warmup 60] [--stack-warmup-matches 10]
+                                   [--load-niceness 10]
 
 Starts its own Kafka and Postgres (``deploy/stack.sh``, ports from
 ``RLIMPACT_BENCH_PORT_OFFSET``, default 800, data in ``.rlimpact/bench-live``) and the live
@@ -10,7 +11,9 @@ service, and warms them with ``--stack-warmup`` seconds of unmeasured load (a fr
 broker spends its first minute compiling its hot paths: without it the first round measures
 the JVM's warm-up, not the live path); then for each N, ``rlimpact simulate --matches N
 --loop`` (real time, matches spread over one frame interval) and a bridge following the N
-feeds. After ``--warmup`` seconds it reads ``scores.live`` for ``--seconds`` and prints, per N:
+feeds. The simulator stands in for the game, which runs on the players' machines: it runs at
+``--load-niceness`` so that the load generator yields the CPU to the path it measures.
+After ``--warmup`` seconds it reads ``scores.live`` for ``--seconds`` and prints, per N:
 
 - offered: frames per second the feeds send (N x 30), and sustained: frames per second that
   reached a ``scores.live`` update in the window;
@@ -85,9 +88,12 @@ def settings_of(env: dict[str, str]) -> Settings:
     )
 
 
-def start(module: str, env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[bytes]:
+def start(
+    module: str, env: dict[str, str], log: Path, *args: str, niceness: int = 0
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", module, *args],
+        preexec_fn=(lambda: os.nice(niceness)) if niceness else None,
         env=env,
         cwd=REPO_ROOT,
         stdout=log.open("wb"),
@@ -128,6 +134,7 @@ async def measure(
     warmup: float,
     seconds: float,
     resident: dict[str, int],
+    load_niceness: int,
 ) -> Round:
     """One round; ``resident``: the processes that outlive it (name -> pid), whose CPU use is
     reported with the round's own."""
@@ -148,6 +155,7 @@ async def measure(
         logs / f"simulate-{n}.log",
         *("simulate", str(replay), "--port", str(port), "--matches", str(n), "--loop"),
         *("--rate", str(RATE)),
+        niceness=load_niceness,
     )
     urls = ",".join(f"ws://127.0.0.1:{port}/{k}" for k in range(n))
     bridge = start(
@@ -229,15 +237,14 @@ async def run(args) -> list[Round]:
                 raise SystemExit(f"bench: the live service did not start: see {logs}/live.log")
             await asyncio.sleep(0.5)
         resident = {"live service": live.pid, "broker": broker_pid(data_dir)}
+        game = (settings, env, logs, args.replay)
         if args.stack_warmup > 0:
-            n = max(args.matches)
-            await measure(settings, env, logs, args.replay, n, args.stack_warmup, 1.0, resident)
+            n = args.stack_warmup_matches
+            await measure(*game, n, args.stack_warmup, 1.0, resident, args.load_niceness)
         rounds = []
         for n in args.matches:
             rounds.append(
-                await measure(
-                    settings, env, logs, args.replay, n, args.warmup, args.seconds, resident
-                )
+                await measure(*game, n, args.warmup, args.seconds, resident, args.load_niceness)
             )
             print_round(rounds[-1])
         return rounds
@@ -271,8 +278,21 @@ def main() -> None:
         "--stack-warmup",
         type=float,
         default=60.0,
-        help="seconds of unmeasured load (the largest N) first: the broker's JVM compiles its "
-        "hot paths in its first minute, which a long-running broker has long done",
+        help="seconds of unmeasured load first: the broker's JVM compiles its hot paths in "
+        "its first minute, which a long-running broker has long done",
+    )
+    parser.add_argument(
+        "--stack-warmup-matches",
+        type=int,
+        default=10,
+        help="matches played during --stack-warmup",
+    )
+    parser.add_argument(
+        "--load-niceness",
+        type=int,
+        default=10,
+        help="the simulator's niceness: it stands in for the game, which runs on the players' "
+        "machines, not on the scoring host (0: compete for the CPU as an equal)",
     )
     parser.add_argument("--replay", type=Path, default=default_replay)
     args = parser.parse_args()
@@ -280,8 +300,9 @@ def main() -> None:
         raise SystemExit(f"bench: no replay at {args.replay} (set RLIMPACT_REPLAYS_DIR)")
     print(f"live path, {RATE:g} Hz per match, {os.cpu_count()} CPUs, replay {args.replay.name}")
     if args.stack_warmup > 0:
-        n = max(args.matches)
+        n = args.stack_warmup_matches
         print(f"first {args.stack_warmup:g} s of {n} matches to warm the stack, not measured")
+    print(f"the simulator (the game) runs at niceness {args.load_niceness}")
     print("                                 latency (ms)")
     print("matches  offered/s  sustained/s      p50      p99   frames")
     asyncio.run(run(args))

@@ -244,14 +244,10 @@ def game_context(parsed: ParsedReplay, carry: StreamCarry | None = None) -> Game
     segment_time = parsed.time[segment_start].copy()
     if carry is not None:
         segment_time[~changed] = carry.segment_time
-    goal_times = [(g.time, g.team) for g in parsed.goals]
-    goals_for = np.stack(
-        [
-            np.searchsorted(np.sort([t for t, k in goal_times if k == team]), parsed.time, "left")
-            for team in (0, 1)
-        ],
-        axis=1,
-    )
+    goals_for = np.zeros((n_frames, 2), dtype=np.int64)
+    for team in (0, 1):
+        if times := [g.time for g in parsed.goals if g.team == team]:
+            goals_for[:, team] = np.searchsorted(np.sort(times), parsed.time, "left")
     return GameContext(
         live=live,
         touched=touched,
@@ -335,7 +331,19 @@ def _players_block(
     viewer = np.tile(group, n_rows)  # [R'] the player each row is about, R' = R * G
     frame = np.repeat(np.arange(n_rows), size)  # [R'] its position in ``rows``
     row_team = teams[viewer]
-    seen = view[:, group].reshape(n_rows * size, n_players, -1)  # [R', P, F] in viewer's frame
+    by_viewer = view[:, group]  # [R, G, P, F]
+    seen = by_viewer.reshape(n_rows * size, n_players, -1)  # [R', P, F] in viewer's frame
+    member = np.arange(size)[:, None]  # [G, 1]: with [G, k] columns, picks k cars per viewer
+
+    def cars_of(columns: np.ndarray) -> np.ndarray:  # [R', k, F]
+        shape = (n_rows * size, columns.shape[1], by_viewer.shape[-1])
+        return by_viewer[:, member, columns].reshape(shape)
+
+    def dist_of(dist: np.ndarray, columns: np.ndarray) -> np.ndarray:  # [R', k]
+        return dist.reshape(n_rows, size, n_players)[:, member, columns].reshape(
+            n_rows * size, columns.shape[1]
+        )
+
     every = np.arange(n_rows * size)
     me = seen[every, viewer]
     b = ball[:, group].reshape(n_rows * size, -1)
@@ -350,16 +358,13 @@ def _players_block(
     yaw, pitch = me[:, PLAYER_FIELD["yaw"]], me[:, PLAYER_FIELD["pitch"]]
     same, mates_of, opps_of, team_of = _layout(tuple(teams.tolist()), tuple(group.tolist()))
     team, opponents = same[viewer], ~same[viewer]  # [R', P]
-    mates_cars = seen[every[:, None], np.tile(mates_of, (n_rows, 1))]  # [R', m, F]
-    opps_cars = seen[every[:, None], np.tile(opps_of, (n_rows, 1))]
-    team_cars = seen[every[:, None], np.tile(team_of, (n_rows, 1))]
+    mates_cars, opps_cars, team_cars = cars_of(mates_of), cars_of(opps_of), cars_of(team_of)
     all_dist = _length(seen[:, :, 0:3] - b_pos[:, None, :], axis=2)  # [R', P]
     absent = seen[:, :, PLAYER_FIELD["demolished"]] > 0.5
     live_dist = np.where(absent, np.inf, all_dist)
     team_dist = np.where(team, live_dist, np.inf)
     opp_dist = np.where(opponents, live_dist, np.inf)
-    mates_dist = np.take_along_axis(live_dist, np.tile(mates_of, (n_rows, 1)), axis=1)
-    opps_dist = np.take_along_axis(live_dist, np.tile(opps_of, (n_rows, 1)), axis=1)
+    mates_dist, opps_dist = dist_of(live_dist, mates_of), dist_of(live_dist, opps_of)
     on_ground = pos[:, 2:3] < ON_GROUND_MAX_Z
     near_wall = (np.abs(pos[:, 0:1]) > SIDE_WALL_X - WALL_MARGIN) | (
         np.abs(pos[:, 1:2]) > GOAL_Y - WALL_MARGIN
@@ -530,8 +535,8 @@ def _slots(
     if others.shape[1] == 0:
         return out.reshape(n_frames, -1)
     order = np.argsort(dist, axis=1)[:, :slots]
-    chosen = np.take_along_axis(others, order[:, :, None], axis=1)
-    chosen_dist = np.take_along_axis(dist, order, axis=1)
+    row = np.arange(n_frames)[:, None]
+    chosen, chosen_dist = others[row, order], dist[row, order]
     taken = chosen.shape[1]
     present = np.isfinite(chosen_dist)[:, :, None]
     out[:, :taken, 0] = 1.0
@@ -672,9 +677,13 @@ def stream_rows(streams: list[StreamFeaturizer]) -> list[np.ndarray]:
 def _joined(streams: list[StreamFeaturizer]) -> tuple[ParsedReplay, GameContext, np.ndarray]:
     """Streams end to end as one table (their windows do not overlap: each history starts at
     its own frame 0, the segment start of its first frames), and the rows out of date."""
-    offsets = np.cumsum([0] + [s.n_frames for s in streams])
+    if len(streams) == 1:  # most polls of a live service: nothing to join
+        only = streams[0]
+        assert only.context is not None
+        return only.parsed(), only.context, np.arange(only.dirty_from, only.n_frames)
     contexts = [s.context for s in streams]
     assert all(c is not None for c in contexts)
+    offsets = np.cumsum([0] + [s.n_frames for s in streams])
 
     def cat(name: str) -> np.ndarray:
         return np.concatenate([getattr(c, name) for c in contexts])
