@@ -15,8 +15,10 @@ feeds. The simulator stands in for the game, which runs on the players' machines
 ``--load-niceness`` so that the load generator yields the CPU to the path it measures.
 After ``--warmup`` seconds it reads ``scores.live`` for ``--seconds`` and prints, per N:
 
-- offered: frames per second the feeds send (N x 30), and sustained: frames per second that
-  reached a ``scores.live`` update in the window;
+- offered: frames per second the feeds are to send (N x 30); received: messages per second
+  the bridge received from them in the window (its ``rlimpact_events_in_total``: less than
+  offered when the simulator, niced, does not get the CPU to keep up); sustained: frames per
+  second that reached a ``scores.live`` update in the window;
 - latency from the bridge's receipt of a frame to the emission of the ``scores.live`` update
   covering it, p50 and p99: both times travel in the update (``frames_received_at``,
   ``emitted_at``), so this script reads ``scores.live`` in batches (every 100 ms), adding
@@ -44,6 +46,7 @@ from pathlib import Path
 import numpy as np
 from aiokafka import AIOKafkaConsumer
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from shared.events import LIVE_FRAMES, SCORES_LIVE, LiveScore, decode
 from shared.settings import REPO_ROOT, Settings
@@ -55,6 +58,7 @@ RATE = 30.0
 class Round:
     matches: int
     offered: float
+    received: float
     sustained: float
     emit_ms: tuple[float, float]
     n_latencies: int
@@ -109,20 +113,33 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.kill()
 
 
-def live_ready(settings: Settings) -> bool:
-    """The live service has all partitions of live.frames (it starts at their end)."""
-    url = f"http://127.0.0.1:{settings.metrics_port('live')}/metrics"
+def samples(settings: Settings, service: str) -> list[Sample]:
+    """The service's Prometheus samples (none while it does not answer)."""
+    url = f"http://127.0.0.1:{settings.metrics_port(service)}/metrics"
     try:
         body = urllib.request.urlopen(url, timeout=2).read().decode()
     except OSError:
-        return False
+        return []
+    return [sample for family in text_string_to_metric_families(body) for sample in family.samples]
+
+
+def live_ready(settings: Settings) -> bool:
+    """The live service has all partitions of live.frames (it starts at their end)."""
     partitions = {
         sample.labels["partition"]
-        for family in text_string_to_metric_families(body)
-        for sample in family.samples
+        for sample in samples(settings, "live")
         if sample.name == "rlimpact_consumer_lag" and sample.labels["topic"] == LIVE_FRAMES.name
     }
     return len(partitions) == LIVE_FRAMES.partitions
+
+
+def bridge_received(settings: Settings) -> float:
+    """Messages the bridge has received from the SOS feeds so far."""
+    return sum(
+        sample.value
+        for sample in samples(settings, "bridge")
+        if sample.name == "rlimpact_events_in_total" and sample.labels["topic"] == "feed:sos"
+    )
 
 
 async def measure(
@@ -178,9 +195,11 @@ async def measure(
             if window_start is None and elapsed >= warmup and frames_seen(batches):
                 window_start = arrived
                 cpu_start = {name: cpu_seconds(pid) for name, pid in pids.items()}
+                received_start = bridge_received(settings)
             if window_start is not None and elapsed >= warmup + seconds:
                 window_end = arrived
                 cpu_end = {name: cpu_seconds(pid) for name, pid in pids.items()}
+                received = bridge_received(settings) - received_start
                 break
             if elapsed > warmup + seconds + 120:
                 raise SystemExit(f"bench: no scores.live for {n} matches: see {logs}")
@@ -200,6 +219,7 @@ async def measure(
     return Round(
         matches=n,
         offered=n * RATE,
+        received=received / seconds,
         sustained=frames / seconds,
         emit_ms=(float(np.percentile(emit, 50)), float(np.percentile(emit, 99))),
         n_latencies=len(emit),
@@ -261,7 +281,7 @@ def broker_pid(data_dir: Path) -> int:
 def print_round(r: Round) -> None:
     cpu = ", ".join(f"{name} {share:.0f}" for name, share in r.cpu.items())
     print(
-        f"{r.matches:>7}  {r.offered:>9.0f}  {r.sustained:>11.0f}  "
+        f"{r.matches:>7}  {r.offered:>9.0f}  {r.received:>10.0f}  {r.sustained:>11.0f}  "
         f"{r.emit_ms[0]:>7.1f}  {r.emit_ms[1]:>7.1f}  {r.n_latencies:>7}\n"
         f"         CPU, % of one core: {cpu}",
         flush=True,
@@ -303,8 +323,8 @@ def main() -> None:
         n = args.stack_warmup_matches
         print(f"first {args.stack_warmup:g} s of {n} matches to warm the stack, not measured")
     print(f"the simulator (the game) runs at niceness {args.load_niceness}")
-    print("                                 latency (ms)")
-    print("matches  offered/s  sustained/s      p50      p99   frames")
+    print("                                             latency (ms)")
+    print("matches  offered/s  received/s  sustained/s      p50      p99   frames")
     asyncio.run(run(args))
 
 
