@@ -47,6 +47,8 @@ class ParsedReplay:
     team_size: int
     # [K, 2] int32 (sampled frame index, player index) per ball touch, sorted by frame
     touches: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), dtype=np.int32))
+    map_name: str | None = None  # the header's MapName (the arena), when it has one
+    game_mode: str | None = None  # shared.scope.game_mode of the replay (None: not known)
 
     @property
     def n_frames(self) -> int:
@@ -60,6 +62,8 @@ class ParsedReplay:
             "team_size": self.team_size,
             "players": _players_adapter.dump_python(self.players, mode="json"),
             "goals": _goals_adapter.dump_python(self.goals, mode="json"),
+            "map_name": self.map_name,
+            "game_mode": self.game_mode,
         }
         with path.open("wb") as handle:
             np.savez_compressed(
@@ -89,4 +93,6 @@ class ParsedReplay:
                 goals=_goals_adapter.validate_python(header["goals"]),
                 team_size=header["team_size"],
                 touches=data["touches"],
+                map_name=header.get("map_name"),  # absent from files written before them
+                game_mode=header.get("game_mode"),
             )

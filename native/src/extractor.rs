@@ -70,6 +70,9 @@ pub struct Extracted {
     pub touches: Vec<[i32; 2]>,
     pub team_size: Option<i32>,
     pub network_frames: usize,
+    pub map_name: Option<String>,
+    /// The replay's ball, game event and mutator archetypes (what says the game mode).
+    pub mode_objects: Vec<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -945,7 +948,24 @@ pub fn extract(data: &[u8], fps: f64) -> Result<Extracted, ExtractError> {
         touches,
         team_size: header.team_size,
         network_frames: frames.len(),
+        map_name: header.map_name.clone(),
+        mode_objects: mode_objects(&replay.objects),
     })
+}
+
+/// Object names that tell the game mode: balls (puck, basketball...), game events (Soccar,
+/// Hockey, Items...) and mutators (e.g. Rumble's and Spike Rush's `ItemsMode`).
+fn mode_objects(objects: &[String]) -> Vec<String> {
+    const PREFIXES: [&str; 3] = [
+        "Archetypes.Ball.",
+        "Archetypes.GameEvent.",
+        "Archetypes.Mutators.",
+    ];
+    objects
+        .iter()
+        .filter(|name| PREFIXES.iter().any(|p| name.starts_with(p)))
+        .cloned()
+        .collect()
 }
 
 fn decode_message(error: &boxcars::ParseError) -> String {

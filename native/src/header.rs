@@ -1,5 +1,5 @@
-//! What the replay header says: team size, the goals (network frame, scorer, team) and the
-//! players' teams, used to time goals and as a fallback for a player's team.
+//! What the replay header says: team size, the goals (network frame, scorer, team), the
+//! players' teams (used to time goals and as a fallback for a player's team) and the map.
 
 use boxcars::HeaderProp;
 
@@ -17,6 +17,8 @@ pub struct Header {
     pub goals: Vec<HeaderGoal>,
     /// (name, team) from `PlayerStats`, when the header has them.
     pub player_teams: Vec<(String, u8)>,
+    /// The arena (`MapName`, e.g. `Stadium_P`, `HoopsStadium_P`), when the header has it.
+    pub map_name: Option<String>,
 }
 
 fn prop<'a>(props: &'a [(String, HeaderProp)], key: &str) -> Option<&'a HeaderProp> {
@@ -66,9 +68,13 @@ pub fn read(props: &[(String, HeaderProp)]) -> Header {
                 .collect()
         })
         .unwrap_or_default();
+    let map_name = prop(props, "MapName")
+        .and_then(HeaderProp::as_string)
+        .map(str::to_owned);
     Header {
         team_size,
         goals,
         player_teams,
+        map_name,
     }
 }

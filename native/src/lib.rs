@@ -79,6 +79,8 @@ fn to_dict<'py>(py: Python<'py>, out: &Extracted) -> PyResult<Bound<'py, PyDict>
     dict.set_item("header_goals", out.header_goals)?;
     dict.set_item("team_size", out.team_size)?;
     dict.set_item("network_frames", out.network_frames)?;
+    dict.set_item("map_name", &out.map_name)?;
+    dict.set_item("mode_objects", &out.mode_objects)?;
     Ok(dict)
 }
 
@@ -87,7 +89,8 @@ fn to_dict<'py>(py: Python<'py>, out: &Extracted) -> PyResult<Bound<'py, PyDict>
 /// Returns a dict: `n_frames`, `n_players`; little-endian bytes `time` f32[T],
 /// `seconds_remaining` f32[T], `ball` f32[T, 6], `cars` f32[T, P, 12], `touches` i32[K, 2];
 /// `players` [(name, team, platform_id, is_bot)], `goals` [(time, team, scorer, source)],
-/// `header_goals`, `team_size`, `network_frames`. Raises `DecodeError` or `ContentError`.
+/// `header_goals`, `team_size`, `network_frames`, `map_name` (or None), `mode_objects` [str].
+/// Raises `DecodeError` or `ContentError`.
 #[pyfunction]
 fn extract<'py>(py: Python<'py>, data: &[u8], fps: f64) -> PyResult<Bound<'py, PyDict>> {
     let result = py.detach(|| catch_unwind(AssertUnwindSafe(|| extractor::extract(data, fps))));

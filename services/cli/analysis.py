@@ -5,13 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
 from services.cli.common import load_impact_model
 from services.cli.offline import featurize_replays
 from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from services.featurizer.features import FeatureTable
 
 METRICS_FILE = "metrics.json"
 
@@ -62,7 +67,12 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
         format_report,
         impact_plot,
     )
-    from services.trainer.train import TrainConfig, split_by_replay, train_impact_model
+    from services.trainer.train import (
+        TrainConfig,
+        scoped_tables,
+        split_by_replay,
+        train_impact_model,
+    )
 
     folder = args.replays or settings.replays_dir / "corpus"
     out = args.out or settings.data_dir / "evaluate"
@@ -72,9 +82,12 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
         raise SystemExit(f"rlimpact: no such folder: {folder}")
     model = load_impact_model(args.model, settings)
     tables = [table for _, table in featurize_replays([folder], settings)]
-    if len(tables) < 2:
-        raise SystemExit(f"rlimpact: need at least 2 usable replays in {folder}")
-    _, held_out = split_by_replay(tables, args.val_fraction, args.seed)
+    scoped = scoped_tables(tables)
+    if len(scoped) < 2:
+        raise SystemExit(f"rlimpact: need at least 2 usable Soccar replays in {folder}")
+    kept = {t.replay_id for t in scoped}
+    other = [t for t in tables if t.replay_id not in kept]
+    _, held_out = split_by_replay(scoped, args.val_fraction, args.seed)
     print(
         f"baseline: the impact network on {', '.join(BALL_INPUTS)} only, same trainer and split",
         file=sys.stderr,
@@ -97,10 +110,21 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     rows = len(results["model"].scored)
     print(
         f"\nmodel {model.version} vs ball-only baseline on {len(held_out)} held-out replays of "
-        f"{len(tables)} (split by file, seed {args.seed}); {rows} (live frame, team) rows; "
-        f"events within {settings.horizon_seconds:g} s"
+        f"{len(scoped)} Soccar replays on standard arenas (split by file, seed {args.seed}); "
+        f"{rows} (live frame, team) rows; events within {settings.horizon_seconds:g} s"
     )
     print(format_report(results))
+    other_results = {}
+    if other:
+        other_results = {
+            "model": forecasts(other, model),
+            "ball-only": forecasts(other, TorchPredictor(baseline.model)),
+        }
+        print(
+            f"\nout of scope, for information: the {len(other)} replays of other modes or arenas "
+            f"({_modes(other)}), never trained on; {len(other_results['model'].scored)} rows"
+        )
+        print(format_report(other_results))
     out.mkdir(parents=True, exist_ok=True)
     calibration_plot(results, out / CALIBRATION_FILE, settings.horizon_seconds)
     example = max(held_out, key=lambda t: (len(t.goals), t.replay_id))
@@ -114,10 +138,22 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
         "held_out_replays": sorted(t.replay_id for t in held_out),
         "rows": rows,
         "metrics": {name: result.metrics() for name, result in results.items()},
+        "out_of_scope": sorted(t.replay_id for t in other),
+        "out_of_scope_metrics": {name: r.metrics() for name, r in other_results.items()},
     }
     (out / METRICS_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     print(f"\nwrote {out / CALIBRATION_FILE}, {out / IMPACT_FILE}, {out / METRICS_FILE}")
     return 0
+
+
+def _modes(tables: list[FeatureTable]) -> str:
+    """'rumble 5, hoops 3, ...': how many replays of each mode, other arenas as 'other arena'."""
+    from shared.scope import SOCCAR, standard_arena
+
+    counts = Counter(
+        (t.game_mode or SOCCAR) if standard_arena(t.map_name) else "other arena" for t in tables
+    )
+    return ", ".join(f"{mode} {n}" for mode, n in counts.most_common())
 
 
 def cmd_dataset_export(args: argparse.Namespace, settings: Settings) -> int:

@@ -16,6 +16,10 @@ from shared.settings import Settings
 if TYPE_CHECKING:
     from services.featurizer.features import FeatureTable
 
+OUT_OF_SCOPE_NOTE = (
+    "out of scope: the impact model is trained for Soccar on standard arenas (shared/scope.py); "
+    "these scores are indicative only"
+)
 IMPACT_LEGEND = (
     "impact: value added by the player's touches, 100 = one goal "
     "(offence: team P(score) raised; defence: team P(concede) lowered)"
@@ -36,6 +40,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--out", type=Path, help="with --local: where to write the ONNX model")
     train.add_argument("--epochs", type=int, default=6)
     train.add_argument("--seed", type=int, default=0, help="seeds the weights and the split")
+    train.add_argument(
+        "--members", type=int, default=1,
+        help="with --local: networks averaged in the model (an ensemble), each seeded apart",
+    )  # fmt: skip
     train.add_argument(
         "--val-fraction", type=float, default=0.2, help="share of replays held out (by file)"
     )
@@ -80,6 +88,7 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
     from services.parser.parse import ReplayParseError
     from services.parser.validate import parse_valid_replay
     from services.scorer.score import score_table
+    from shared.scope import in_scope
     from shared.storage import sha256_file
 
     model = load_impact_model(args.model, settings)
@@ -96,8 +105,11 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
         scores = score_table(featurize(parsed, settings.horizon_seconds), model)
         print(
             f"\n{path.name}  ({parsed.team_size}v{parsed.team_size}, {parsed.n_frames} frames, "
-            f"{len(parsed.goals)} goals)"
+            f"{len(parsed.goals)} goals, {parsed.game_mode or 'mode unknown'} on "
+            f"{parsed.map_name or 'an unknown arena'})"
         )
+        if not in_scope(parsed.map_name, parsed.game_mode):
+            print(f"  {OUT_OF_SCOPE_NOTE}")
         print(
             f"  {'player':<24} {'team':<7} {'impact':>8} {'offence':>8} {'defence':>8} "
             f"{'per min':>8} {'touches':>8}"
@@ -114,20 +126,32 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     if args.local is None:
         return asyncio.run(_request_training(settings, args.promote))
-    from services.trainer.train import TrainConfig, export_onnx, train_impact_model
+    from services.trainer.train import TrainConfig, export_onnx, scoped_tables, train_impact_model
 
+    if args.members < 1:
+        raise SystemExit("rlimpact: --members must be at least 1")
     out = args.out or settings.default_model_dir / DEFAULT_MODEL_FILE
     tables = [table for _, table in featurize_replays([args.local], settings)]
-    if len(tables) < 2:
-        raise SystemExit(f"rlimpact: need at least 2 usable replays in {args.local}")
-    config = TrainConfig(epochs=args.epochs, seed=args.seed, val_fraction=args.val_fraction)
+    if len(scoped_tables(tables)) < 2:
+        raise SystemExit(
+            f"rlimpact: need at least 2 usable Soccar replays on standard arenas in {args.local}"
+        )
+    config = TrainConfig(
+        epochs=args.epochs, seed=args.seed, val_fraction=args.val_fraction, members=args.members
+    )
     result = train_impact_model(tables, config)
     out.parent.mkdir(parents=True, exist_ok=True)
-    export_onnx(result.model, out, f"impact-local-seed{args.seed}-{len(tables)}replays")
+    members = f"-x{args.members}" if args.members > 1 else ""
+    export_onnx(result.model, out, f"impact-local-seed{args.seed}{members}-{len(tables)}replays")
     print(
         f"trained on {len(result.train_replays)} replays, validated on "
         f"{len(result.val_replays)} held-out replays; wrote {out}"
     )
+    if result.out_of_scope:
+        print(
+            f"left out {len(result.out_of_scope)} replays of other game modes or arenas "
+            "(shared/scope.py)"
+        )
     print("held-out metrics, per (live frame, team):")
     for name, value in result.metrics.items():
         print(f"  {name:<22} {value:.4f}")

@@ -2,7 +2,8 @@
 
 Key columns, the labels, ``live`` (play is on) and ``touched`` (the player touched the ball in
 that frame) come first, then one float column per feature in ``FEATURE_NAMES`` order. The file
-metadata holds the feature schema version, the players and the goals.
+metadata holds the feature schema version, the players, the goals, the arena (map name) and
+the game mode.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from shared.events import GoalInfo, PlayerInfo
 SCHEMA_VERSION_KEY = b"rlimpact.feature_schema_version"
 PLAYERS_KEY = b"rlimpact.players"
 GOALS_KEY = b"rlimpact.goals"
+MAP_NAME_KEY = b"rlimpact.map_name"
+GAME_MODE_KEY = b"rlimpact.game_mode"
 KEY_COLUMNS = ("replay_id", "frame", "time", "segment", "live", "player_index", "team")
 LABEL_COLUMNS = ("label_score", "label_concede")
 EVENT_COLUMNS = ("touched",)
@@ -51,6 +54,8 @@ def to_arrow(table: FeatureTable) -> pa.Table:
         SCHEMA_VERSION_KEY: str(FEATURE_SCHEMA_VERSION).encode(),
         PLAYERS_KEY: json.dumps([p.model_dump(mode="json") for p in table.players]).encode(),
         GOALS_KEY: json.dumps([g.model_dump(mode="json") for g in table.goals]).encode(),
+        MAP_NAME_KEY: json.dumps(table.map_name).encode(),
+        GAME_MODE_KEY: json.dumps(table.game_mode).encode(),
     }
     return pa.table(columns).replace_schema_metadata(metadata)
 
@@ -87,4 +92,6 @@ def read_features(path: Path) -> FeatureTable:
         touched=arrow.column("touched").to_numpy().reshape(n_frames, n_players),
         players=players,
         goals=goals,
+        map_name=json.loads(metadata.get(MAP_NAME_KEY, b"null")),
+        game_mode=json.loads(metadata.get(GAME_MODE_KEY, b"null")),
     )

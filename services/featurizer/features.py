@@ -82,6 +82,8 @@ class FeatureTable:
     touched: np.ndarray  # [T, P] bool: the player touched the ball in this frame
     players: list[PlayerInfo]
     goals: list[GoalInfo]
+    map_name: str | None = None  # the arena and the game mode: see shared/scope.py
+    game_mode: str | None = None
 
     @property
     def touch_events(self) -> np.ndarray:
@@ -146,6 +148,8 @@ def featurize(parsed: ParsedReplay, horizon_seconds: float = 10.0) -> FeatureTab
         touched=context.touched,
         players=parsed.players,
         goals=parsed.goals,
+        map_name=parsed.map_name,
+        game_mode=parsed.game_mode,
     )
 
 

@@ -18,6 +18,7 @@ import rlimpact_native
 
 from shared.events import GoalInfo, PlayerInfo
 from shared.frames import BALL_FIELDS, PLAYER_FIELDS, ParsedReplay
+from shared.scope import game_mode
 
 _NATIVE_WIDTHS = (rlimpact_native.BALL_WIDTH, rlimpact_native.CAR_WIDTH)
 if (len(BALL_FIELDS), len(PLAYER_FIELDS)) != _NATIVE_WIDTHS:
@@ -89,4 +90,6 @@ def _to_parsed(replay_id: str, fps: float, out: dict) -> ParsedReplay:
         goals=goals,
         team_size=int(team_size),
         touches=_array(out["touches"], "<i4", len(out["touches"]) // 8, 2),
+        map_name=out["map_name"],
+        game_mode=game_mode(out["mode_objects"]),
     )

@@ -18,7 +18,7 @@ import json
 import os
 import warnings
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -42,6 +42,7 @@ from services.scorer.skill import META_KIND
 from services.trainer.evaluate import TorchPredictor, forecasts
 from services.trainer.evaluate import binary_metrics as binary_metrics  # re-exported
 from services.trainer.evaluate import roc_auc as roc_auc  # re-exported
+from shared.scope import in_scope
 
 CHECKPOINT_FILE = "checkpoint.pt"
 LOSS_CURVE_FILE = "loss.png"
@@ -119,6 +120,9 @@ class TrainConfig:
     # against the main pair; extra heads that regularise the shared layers, left out of forward.
     aux_horizons: tuple[float, ...] = (2.0, 5.0, 20.0)
     aux_weight: float = 0.5
+    # Networks trained from different initial weights on the same split; the model is their
+    # mean probability (one ONNX graph). Member i is seeded with member_seed(seed, i).
+    members: int = 1
 
     @property
     def fit(self) -> FitConfig:
@@ -141,6 +145,23 @@ class TrainResult:
     val_replays: list[str]
     fit: FitResult | None = None
     data_hash: str = ""
+    out_of_scope: list[str] = field(default_factory=list)  # replays left out: shared/scope.py
+
+
+def member_seed(seed: int, member: int) -> int:
+    """The weights' seed of an ensemble's member (member 0: ``seed`` itself)."""
+    return seed + 1000 * member
+
+
+class ImpactEnsemble(nn.Module):
+    """The mean of its members' probabilities: the forward of one :class:`ImpactNet`."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member(features) for member in self.members]).mean(dim=0)
 
 
 class ImpactNet(nn.Module):
@@ -218,6 +239,11 @@ def split_by_replay(
     return ranked[n_val:], ranked[:n_val]
 
 
+def scoped_tables(tables: list[FeatureTable]) -> list[FeatureTable]:
+    """The tables the impact model is trained and evaluated on (shared/scope.py)."""
+    return [table for table in tables if in_scope(table.map_name, table.game_mode)]
+
+
 def stack_rows(
     tables: list[FeatureTable], stride: int = 1, aux_horizons: tuple[float, ...] = ()
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -276,30 +302,42 @@ def train_impact_model(
     progress: bool = True,
     run_dir: Path | None = None,
 ) -> TrainResult:
-    """Train on ``tables``; with ``run_dir``, checkpoint there and resume a killed run."""
-    train_tables, val_tables = split_by_replay(tables, config.val_fraction, config.seed)
+    """Train on those of ``tables`` in the model's scope (Soccar on standard arenas, see
+    shared/scope.py); with ``run_dir``, checkpoint there and resume a killed run (an
+    ensemble's members each in their own ``member-N`` folder)."""
+    if config.members < 1:
+        raise ValueError(f"an impact model needs at least one member, got {config.members}")
+    scoped = scoped_tables(tables)
+    train_tables, val_tables = split_by_replay(scoped, config.val_fraction, config.seed)
     x_train, y_train = stack_rows(train_tables, config.frame_stride, config.aux_horizons)
     x_val, y_val = stack_rows(val_tables)
     if not len(x_train) or not len(x_val):
         raise ValueError("no live frames to train or validate on")
-    torch.manual_seed(config.seed)
-    mean, std = input_scaling(x_train, config.inputs)
-    model = ImpactNet(
-        N_FEATURES,
-        config.hidden,
-        inputs=config.inputs,
-        dropout=config.dropout,
-        mean=mean,
-        std=std,
-        aux_outputs=2 * len(config.aux_horizons),
-    )
     weights = torch.tensor([1.0, 1.0] + [config.aux_weight] * 2 * len(config.aux_horizons))
     task = _ImpactTask(
         *map(torch.from_numpy, (x_train, y_train, x_val, y_val)), config.batch_size, weights
     )
+    mean, std = input_scaling(x_train, config.inputs)
     train_ids, val_ids = [t.replay_id for t in train_tables], [t.replay_id for t in val_tables]
     run = RunInfo("impact", data_hash(train_ids, val_ids))
-    fitted = fit(model, task, config.fit, run, run_dir, progress)
+    nets, fits = [], []
+    for member in range(config.members):
+        seed = member_seed(config.seed, member)
+        torch.manual_seed(seed)
+        net = ImpactNet(
+            N_FEATURES,
+            config.hidden,
+            inputs=config.inputs,
+            dropout=config.dropout,
+            mean=mean,
+            std=std,
+            aux_outputs=2 * len(config.aux_horizons),
+        )
+        member_dir = run_dir / f"member-{member}" if run_dir and config.members > 1 else run_dir
+        fit_config = replace(config.fit, seed=seed)
+        fits.append(fit(net, task, fit_config, run, member_dir, progress))
+        nets.append(net)
+    model: nn.Module = nets[0] if config.members == 1 else ImpactEnsemble(nets).eval()
     # per (live frame, team) of the validation replays, as `rlimpact evaluate` reports them
     held_out = forecasts(val_tables, TorchPredictor(model)).metrics()
     metrics = {
@@ -307,17 +345,19 @@ def train_impact_model(
         **{f"concede_{k}": v for k, v in held_out["concede"].items()},
         "train_rows": float(len(x_train)),
         "val_rows": float(len(x_val)),
-        **fit_metrics(fitted),
+        "members": float(config.members),
+        **fit_metrics(fits[0]),
     }
     if run_dir is not None:
-        write_snapshot(run_dir, "final", model, metrics, run, config.fit, fitted.best_epoch)
+        write_snapshot(run_dir, "final", model, metrics, run, config.fit, fits[0].best_epoch)
     return TrainResult(
         model=model,
         metrics=metrics,
         train_replays=train_ids,
         val_replays=val_ids,
-        fit=fitted,
+        fit=fits[0],
         data_hash=run.data_hash,
+        out_of_scope=[t.replay_id for t in tables if not in_scope(t.map_name, t.game_mode)],
     )
 
 

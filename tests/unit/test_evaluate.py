@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from services.trainer.evaluate import (
     table_forecasts,
 )
 from services.trainer.train import TrainConfig, export_onnx, train_impact_model
+from shared.scope import in_scope
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -97,12 +99,16 @@ def test_evaluate_prints_model_and_baseline_and_writes_plots(few, tmp_path, caps
     argv = ["evaluate", str(replays), "--model", str(tmp_path / "m.onnx"), "--out", str(out)]
     assert main([*argv, "--baseline-epochs", "1", "--val-fraction", "0.34"]) == 0
     printed = capsys.readouterr().out
-    assert "on 1 held-out replays of 3" in printed
+    other = sorted(t.replay_id for t in tables if not in_scope(t.map_name, t.game_mode))
+    assert other, "the three replays include one of another mode or arena (the test needs it)"
+    assert f"on 1 held-out replays of {3 - len(other)} Soccar replays" in printed
+    assert f"out of scope, for information: the {len(other)} replays" in printed
     for line in ("P(score)     model", "P(score)     ball-only", "P(concede)   model"):
         assert line in printed
     for name in ("calibration.png", "impact.png"):
         assert (out / name).read_bytes()[:8] == PNG_SIGNATURE
-    assert (out / "metrics.json").exists()
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["out_of_scope"] == other and other[0] not in summary["held_out_replays"]
 
 
 def test_dataset_export_writes_one_parquet_per_replay_with_the_schema_version(few, tmp_path):

@@ -138,7 +138,7 @@ def test_parquet_round_trip_keeps_everything(table: FeatureTable, tmp_path: Path
     write_features(table, tmp_path / "f.parquet")
     loaded = read_features(tmp_path / "f.parquet")
     assert loaded.players == table.players and loaded.replay_id == table.replay_id
-    assert loaded.goals == table.goals
+    assert loaded.goals == table.goals and loaded.map_name == table.map_name is not None
     for name in ("features", "label_score", "segment", "live", "touched"):
         np.testing.assert_array_equal(getattr(loaded, name), getattr(table, name))
 

@@ -18,6 +18,7 @@ from services.parser.parse import (
 )
 from services.parser.validate import violations
 from shared.frames import BALL_FIELD, PLAYER_FIELD, ParsedReplay
+from shared.scope import in_scope
 from shared.settings import ValidationRules, get_settings
 
 FPS = 10.0
@@ -251,6 +252,21 @@ def test_frames_file_round_trips(standard: ParsedReplay, tmp_path: Path):
     np.testing.assert_array_equal(loaded.ball, standard.ball)
     np.testing.assert_array_equal(loaded.touches, standard.touches)
     assert loaded.touches.dtype == np.int32 and len(loaded.touches) > 10
+    assert (loaded.map_name, loaded.game_mode) == (standard.map_name, standard.game_mode)
+    assert standard.map_name and standard.game_mode
+
+
+def test_arena_and_game_mode_come_from_the_replay(corpus):
+    parsed = {o.row.path.name: o.parsed for o in corpus if o.parsed is not None}
+    scope = {name: (p.map_name, p.game_mode) for name, p in parsed.items()}
+    assert scope["boxcars-00bb.replay"] == ("TrainStation_Dawn_P", "soccar")  # ranked 3v3
+    assert scope["rattletrap-1ef9.replay"] == ("HoopsStadium_P", "hoops")
+    assert scope["boxcars-2266.replay"] == ("ShatterShot_P", "dropshot")
+    assert scope["boxcars-spike_rush.replay"][1] == "rumble"
+    assert scope["boxcars-heatseeker.replay"][1] == "heatseeker"
+    assert all(arena for arena, _ in scope.values()), "every parsed corpus replay names its arena"
+    soccar = [name for name, (arena, mode) in scope.items() if in_scope(arena, mode)]
+    assert 0.6 < len(soccar) / len(scope) < 0.85, len(soccar)
 
 
 def _forward(roll_pitch_yaw: np.ndarray, convention: str) -> np.ndarray:

@@ -3,12 +3,14 @@ milestone snapshots with metadata, the loss curve, and ONNX parity."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -21,6 +23,7 @@ from services.trainer.train import (
     CHECKPOINT_FILE,
     LOSS_CURVE_FILE,
     MILESTONES_DIR,
+    ImpactEnsemble,
     TrainConfig,
     data_hash,
     export_onnx,
@@ -29,6 +32,7 @@ from services.trainer.train import (
     stack_rows,
     train_impact_model,
 )
+from shared.scope import in_scope
 from shared.settings import REPO_ROOT
 from tests.conftest import ManifestRow
 
@@ -54,7 +58,11 @@ pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 @pytest.fixture(scope="module")
 def chosen(good_replays) -> list[ManifestRow]:
-    return [r for r in good_replays if (r.goals or 0) >= 2 and r.team_size == 2][:4]
+    """Four 2v2 Soccar replays on standard arenas (what the impact model trains on)."""
+    rows = [r for r in good_replays if (r.goals or 0) >= 2 and r.team_size == 2]
+    parsed = ((r, parse_replay_file(r.path, r.sha256)) for r in rows)
+    scoped = (r for r, p in parsed if in_scope(p.map_name, p.game_mode))
+    return list(itertools.islice(scoped, 4))
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +180,25 @@ def test_impact_onnx_export_matches_torch(tables, tmp_path):
     export_onnx(result.model, path, "impact-parity")
     rows = tables[0].features.reshape(-1, N_FEATURES)[:4096]
     assert onnx_parity(result.model, path, rows) <= 1e-4
+
+
+def test_an_ensemble_is_the_mean_of_members_trained_on_one_split(tables, tmp_path):
+    single = train_impact_model(tables, FAST, progress=False)
+    pair = train_impact_model(tables, replace(FAST, members=2), progress=False, run_dir=tmp_path)
+    assert isinstance(pair.model, ImpactEnsemble) and len(pair.model.members) == 2
+    assert (pair.train_replays, pair.val_replays) == (single.train_replays, single.val_replays)
+    first, second = pair.model.members
+    assert _same(_weights(first), _weights(single.model))  # member 0 is the single model
+    assert not _same(_weights(first), _weights(second))
+    assert all((tmp_path / f"member-{i}" / CHECKPOINT_FILE).exists() for i in (0, 1))
+    rows = tables[0].features.reshape(-1, N_FEATURES)[:4096]
+    with torch.no_grad():
+        mean = (first(torch.from_numpy(rows)) + second(torch.from_numpy(rows))) / 2
+        np.testing.assert_allclose(pair.model(torch.from_numpy(rows)).numpy(), mean.numpy())
+    assert pair.metrics["score_roc_auc"] != single.metrics["score_roc_auc"]
+    path = tmp_path / "ensemble.onnx"
+    export_onnx(pair.model, path, "impact-ensemble")
+    assert onnx_parity(pair.model, path, rows) <= 1e-4
 
 
 def _epoch_seconds(iso: str) -> float:
