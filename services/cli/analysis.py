@@ -82,11 +82,9 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
         raise SystemExit(f"rlimpact: no such folder: {folder}")
     model = load_impact_model(args.model, settings)
     tables = [table for _, table in featurize_replays([folder], settings)]
-    scoped = scoped_tables(tables)
+    scoped, other = scoped_tables(tables)
     if len(scoped) < 2:
         raise SystemExit(f"rlimpact: need at least 2 usable Soccar replays in {folder}")
-    kept = {t.replay_id for t in scoped}
-    other = [t for t in tables if t.replay_id not in kept]
     _, held_out = split_by_replay(scoped, args.val_fraction, args.seed)
     print(
         f"baseline: the impact network on {', '.join(BALL_INPUTS)} only, same trainer and split",

@@ -132,7 +132,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         raise SystemExit("rlimpact: --members must be at least 1")
     out = args.out or settings.default_model_dir / DEFAULT_MODEL_FILE
     tables = [table for _, table in featurize_replays([args.local], settings)]
-    if len(scoped_tables(tables)) < 2:
+    if len(scoped_tables(tables)[0]) < 2:
         raise SystemExit(
             f"rlimpact: need at least 2 usable Soccar replays on standard arenas in {args.local}"
         )

@@ -239,9 +239,13 @@ def split_by_replay(
     return ranked[n_val:], ranked[:n_val]
 
 
-def scoped_tables(tables: list[FeatureTable]) -> list[FeatureTable]:
-    """The tables the impact model is trained and evaluated on (shared/scope.py)."""
-    return [table for table in tables if in_scope(table.map_name, table.game_mode)]
+def scoped_tables(tables: list[FeatureTable]) -> tuple[list[FeatureTable], list[FeatureTable]]:
+    """(in scope, out of scope): the tables the impact model is trained and evaluated on
+    (shared/scope.py), and the others."""
+    scoped: tuple[list[FeatureTable], list[FeatureTable]] = ([], [])
+    for table in tables:
+        scoped[0 if in_scope(table.map_name, table.game_mode) else 1].append(table)
+    return scoped
 
 
 def stack_rows(
@@ -307,7 +311,7 @@ def train_impact_model(
     ensemble's members each in their own ``member-N`` folder)."""
     if config.members < 1:
         raise ValueError(f"an impact model needs at least one member, got {config.members}")
-    scoped = scoped_tables(tables)
+    scoped, other = scoped_tables(tables)
     train_tables, val_tables = split_by_replay(scoped, config.val_fraction, config.seed)
     x_train, y_train = stack_rows(train_tables, config.frame_stride, config.aux_horizons)
     x_val, y_val = stack_rows(val_tables)
@@ -357,7 +361,7 @@ def train_impact_model(
         val_replays=val_ids,
         fit=fits[0],
         data_hash=run.data_hash,
-        out_of_scope=[t.replay_id for t in tables if not in_scope(t.map_name, t.game_mode)],
+        out_of_scope=[t.replay_id for t in other],
     )
 
 

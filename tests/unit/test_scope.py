@@ -62,7 +62,9 @@ def test_training_leaves_other_modes_and_arenas_out(good_replays):
     hoops = replace(tables[0], replay_id="hoops", map_name="HoopsStadium_P")
     rumble = replace(tables[1], replay_id="rumble", game_mode="rumble")
     everything = [*tables, hoops, rumble]
-    assert [t.replay_id for t in scoped_tables(everything)] == [t.replay_id for t in tables]
+    scoped, other = scoped_tables(everything)
+    assert [t.replay_id for t in scoped] == [t.replay_id for t in tables]
+    assert [t.replay_id for t in other] == ["hoops", "rumble"]
     config = TrainConfig(epochs=1, batch_size=4096, milestone_every=0)
     result = train_impact_model(everything, config, progress=False)
     assert result.out_of_scope == ["hoops", "rumble"]
