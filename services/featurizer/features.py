@@ -140,7 +140,7 @@ def featurize(parsed: ParsedReplay, horizon_seconds: float = 10.0) -> FeatureTab
     return FeatureTable(
         replay_id=parsed.replay_id,
         time=parsed.time,
-        segment=np.searchsorted(np.sort([g.time for g in parsed.goals]), parsed.time, "left"),
+        segment=context.goals_for.sum(axis=1),
         live=context.live,
         features=features,
         label_score=scored[:, teams],

@@ -281,12 +281,10 @@ class MatchState:
         assert stream is not None and stream.context is not None
         window = slice(start, stop)
         labels = np.zeros((stop - start, len(self.players)), dtype=bool)
-        time = stream.time[window]
-        goal_times = np.sort([g.time for g in stream.goals])
         return FeatureTable(
             replay_id=self.match_id,
-            time=time,
-            segment=np.searchsorted(goal_times, time, "left"),
+            time=stream.time[window],
+            segment=stream.context.goals_for[window].sum(axis=1),
             live=stream.context.live[window],
             features=features
             if features is not None
