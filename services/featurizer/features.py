@@ -69,6 +69,17 @@ FEATURE_NAMES: tuple[str, ...] = (
 )
 N_FEATURES = len(FEATURE_NAMES)
 
+# The pitch mirrored left-right (x -> -x) is the same game: these features change sign under it
+# and every other one stays (slots are ranked by distance, the thirds and goals lie on y).
+MIRROR_ODD_FEATURES = frozenset(
+    name
+    for name in FEATURE_NAMES
+    if name in ("ball_x", "ball_vx", "x", "vx", "forward_x", "ball_rel_x", "ball_rel_vx")
+    or name in ("own_goal_dx", "ball_x_1s", "ball_x_2s")
+    or (name.endswith(("_rel_x", "_vx")) and name.startswith(("mate", "opp")))
+)
+MIRROR_SIGNS = np.array([-1.0 if n in MIRROR_ODD_FEATURES else 1.0 for n in FEATURE_NAMES], "f4")
+
 
 @dataclass(frozen=True)
 class FeatureTable:

@@ -33,15 +33,16 @@ from tqdm import tqdm
 from services.featurizer.features import (
     FEATURE_NAMES,
     FEATURE_SCHEMA_VERSION,
+    MIRROR_SIGNS,
     N_FEATURES,
     FeatureTable,
-    goal_within,
 )
 from services.scorer.score import INPUT_NAME, META_SCHEMA, META_VERSION, OUTPUT_NAME
 from services.scorer.skill import META_KIND
 from services.trainer.evaluate import TorchPredictor, forecasts
 from services.trainer.evaluate import binary_metrics as binary_metrics  # re-exported
 from services.trainer.evaluate import roc_auc as roc_auc  # re-exported
+from services.trainer.targets import NO_AUX, AuxTargets, training_targets
 from shared.scope import in_scope
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -116,13 +117,14 @@ class TrainConfig:
     dropout: float = 0.2
     weight_decay: float = 1e-4
     frame_stride: int = 4  # train on every n-th live frame (neighbours are near duplicates)
-    # Auxiliary targets: score / concede within these horizons too (s), weighted by aux_weight
-    # against the main pair; extra heads that regularise the shared layers, left out of forward.
-    aux_horizons: tuple[float, ...] = (2.0, 5.0, 20.0)
-    aux_weight: float = 0.5
+    # Auxiliary targets (services/trainer/targets.py), each weighted by aux_weight against the
+    # forecast pair's 1; extra heads that shape the shared layers, left out of forward.
+    aux: AuxTargets = field(default_factory=AuxTargets)
+    aux_weight: float = 1.0
     # Networks trained from different initial weights on the same split; the model is their
     # mean probability (one ONNX graph). Member i is seeded with member_seed(seed, i).
     members: int = 1
+    mirrored: bool = True  # symmetric under the pitch mirrored left-right (ImpactNet)
 
     @property
     def fit(self) -> FitConfig:
@@ -170,8 +172,12 @@ class ImpactNet(nn.Module):
     It takes whole feature rows and itself picks the columns it reads (``inputs``: the
     ball-only baseline reads 6) and standardises them with the training rows' mean and
     deviation, so the exported ONNX graph needs no preprocessing outside it. ``aux_outputs``
-    extra logits (the auxiliary horizons' pairs) are trained but neither in ``logits`` nor in
-    ``forward``.
+    extra logits (the auxiliary targets: services/trainer/targets.py) are trained but neither
+    in ``logits`` nor in ``forward``.
+
+    With ``mirrored``, its logits are the mean of the MLP's on the row and on the row mirrored
+    left-right (MIRROR_SIGNS): the game's symmetry holds by construction, in training and in
+    the exported graph, instead of having to be learnt from data.
     """
 
     def __init__(
@@ -184,13 +190,16 @@ class ImpactNet(nn.Module):
         mean: np.ndarray | None = None,
         std: np.ndarray | None = None,
         aux_outputs: int = 0,
+        mirrored: bool = False,
     ) -> None:
         super().__init__()
+        self.mirrored = mirrored
         columns = [FEATURE_NAMES.index(name) for name in inputs] if inputs else range(n_features)
         width = len(columns)
         self.register_buffer("columns", torch.tensor(list(columns), dtype=torch.long))
         self.register_buffer("mean", _buffer(mean, width, 0.0))
         self.register_buffer("std", _buffer(std, width, 1.0))
+        self.register_buffer("mirror", torch.from_numpy(MIRROR_SIGNS[list(columns)]))
         layers: list[nn.Module] = []
         for size in hidden:
             layers += [nn.Linear(width, size), nn.ReLU()]
@@ -200,9 +209,12 @@ class ImpactNet(nn.Module):
         self.mlp = nn.Sequential(*layers)
 
     def all_logits(self, features: torch.Tensor) -> torch.Tensor:
-        """[N, 2 + aux_outputs]: the main pair, then the auxiliary ones."""
+        """[N, 2 + aux_outputs]: the forecast pair, then the auxiliary targets."""
         chosen = torch.index_select(features, 1, self.columns)
-        return self.mlp((chosen - self.mean) / self.std)
+        logits = self.mlp((chosen - self.mean) / self.std)
+        if not self.mirrored:
+            return logits
+        return (logits + self.mlp((chosen * self.mirror - self.mean) / self.std)) / 2
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         return self.all_logits(features)[:, :2]
@@ -249,25 +261,15 @@ def scoped_tables(tables: list[FeatureTable]) -> tuple[list[FeatureTable], list[
 
 
 def stack_rows(
-    tables: list[FeatureTable], stride: int = 1, aux_horizons: tuple[float, ...] = ()
+    tables: list[FeatureTable], stride: int = 1, aux: AuxTargets = NO_AUX
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(features, labels) rows of every ``stride``-th live frame: the model never sees the
-    dead time between a goal and the next kickoff (goal replay, countdown). Labels are
-    (score, concede) within the table's horizon, then the same pair for each of
-    ``aux_horizons``."""
+    """(features, targets) rows of every ``stride``-th live frame: the model never sees the
+    dead time between a goal and the next kickoff (goal replay, countdown). Targets are
+    (score, concede) within the table's horizon, then ``aux``'s (services/trainer/targets.py)."""
     pairs = [(t, np.flatnonzero(t.live)[::stride]) for t in tables]
     features = np.concatenate([t.features[f].reshape(-1, N_FEATURES) for t, f in pairs])
-    labels = np.concatenate([_labels(t, f, aux_horizons) for t, f in pairs])
-    return features.astype(np.float32), labels.astype(np.float32)
-
-
-def _labels(table: FeatureTable, frames: np.ndarray, aux_horizons: tuple[float, ...]) -> np.ndarray:
-    columns = [table.label_score[frames], table.label_concede[frames]]
-    teams = np.array([p.team for p in table.players])
-    for horizon in aux_horizons:
-        scored = goal_within(table.time[frames], table.goals, horizon)  # [F, 2] by team
-        columns += [scored[:, teams], scored[:, 1 - teams]]
-    return np.stack([c.reshape(-1) for c in columns], axis=1)
+    targets = np.concatenate([training_targets(t, f, aux) for t, f in pairs])
+    return features.astype(np.float32), targets
 
 
 @dataclass(frozen=True)
@@ -277,7 +279,7 @@ class _ImpactTask:
     x_val: torch.Tensor
     y_val: torch.Tensor
     batch_size: int
-    weights: torch.Tensor  # per label column: 1 for the main pair, aux_weight for the others
+    weights: torch.Tensor  # per target column: 1 for the forecast pair, aux_weight for the others
 
     def batches(self, rng: np.random.Generator) -> Iterable[torch.Tensor]:
         order = rng.permutation(len(self.x_train))
@@ -313,11 +315,11 @@ def train_impact_model(
         raise ValueError(f"an impact model needs at least one member, got {config.members}")
     scoped, other = scoped_tables(tables)
     train_tables, val_tables = split_by_replay(scoped, config.val_fraction, config.seed)
-    x_train, y_train = stack_rows(train_tables, config.frame_stride, config.aux_horizons)
+    x_train, y_train = stack_rows(train_tables, config.frame_stride, config.aux)
     x_val, y_val = stack_rows(val_tables)
     if not len(x_train) or not len(x_val):
         raise ValueError("no live frames to train or validate on")
-    weights = torch.tensor([1.0, 1.0] + [config.aux_weight] * 2 * len(config.aux_horizons))
+    weights = torch.tensor([1.0, 1.0] + [config.aux_weight] * config.aux.width)
     task = _ImpactTask(
         *map(torch.from_numpy, (x_train, y_train, x_val, y_val)), config.batch_size, weights
     )
@@ -335,7 +337,8 @@ def train_impact_model(
             dropout=config.dropout,
             mean=mean,
             std=std,
-            aux_outputs=2 * len(config.aux_horizons),
+            aux_outputs=config.aux.width,
+            mirrored=config.mirrored,
         )
         member_dir = run_dir / f"member-{member}" if run_dir and config.members > 1 else run_dir
         fit_config = replace(config.fit, seed=seed)

@@ -9,6 +9,7 @@ import pytest
 from services.featurizer.dataset import FeatureSchemaError, read_features, write_features
 from services.featurizer.features import (
     FEATURE_NAMES,
+    MIRROR_SIGNS,
     N_FEATURES,
     FeatureTable,
     featurize,
@@ -17,7 +18,7 @@ from services.featurizer.features import (
 )
 from services.parser.parse import parse_replay_file
 from shared.events import GoalInfo
-from shared.frames import ParsedReplay
+from shared.frames import BALL_FIELD, PLAYER_FIELD, ParsedReplay
 
 COLUMN = {name: i for i, name in enumerate(FEATURE_NAMES)}
 TEAM_LEVEL = (
@@ -48,6 +49,21 @@ def test_every_player_defends_minus_y_after_mirroring(table: FeatureTable):
     kickoff = table.features[np.flatnonzero(table.live)[0]]
     assert (kickoff[:, COLUMN["y"]] < 0).all()
     assert (kickoff[:, COLUMN["own_goal_dist"]] < kickoff[:, COLUMN["opp_goal_dist"]]).all()
+
+
+def _mirrored_left_right(parsed: ParsedReplay) -> ParsedReplay:
+    """The same match played on the pitch mirrored in x: x and vx negate, headings reflect."""
+    ball, cars = parsed.ball.copy(), parsed.cars.copy()
+    ball[:, [BALL_FIELD["x"], BALL_FIELD["vx"]]] *= -1
+    cars[:, :, [PLAYER_FIELD["x"], PLAYER_FIELD["vx"], PLAYER_FIELD["roll"]]] *= -1
+    cars[:, :, PLAYER_FIELD["yaw"]] = np.pi - cars[:, :, PLAYER_FIELD["yaw"]]
+    return replace(parsed, ball=ball, cars=cars)
+
+
+def test_mirror_signs_say_how_every_feature_changes_when_the_pitch_is_mirrored(parsed, table):
+    mirrored = featurize(_mirrored_left_right(parsed), horizon_seconds=10.0).features
+    assert (MIRROR_SIGNS == -1).sum() >= 10
+    np.testing.assert_allclose(mirrored, table.features * MIRROR_SIGNS, atol=1e-5)
 
 
 def test_team_level_features_are_shared_by_teammates_and_mirrored_for_opponents(table):
