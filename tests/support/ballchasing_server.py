@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +25,13 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlparse
 
 CREATED = "2024-05-01T12:00:00Z"
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # a client that goes away mid-request (a collector killed on purpose) is not an error
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 @dataclass(frozen=True)
@@ -108,7 +116,7 @@ class BallchasingServer:
         self.fail_next = 0  # this many next requests get 503
         self.lost_files: set[str] = set()  # these replays' files are 404
         self._lock = threading.Lock()
-        self._http = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._http = _Server(("127.0.0.1", 0), self._handler())
         self._http.daemon_threads = True
         self._thread = threading.Thread(
             target=self._http.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
