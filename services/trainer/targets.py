@@ -51,8 +51,9 @@ def training_targets(table: FeatureTable, frames: np.ndarray, aux: AuxTargets) -
     next_goal_time, next_goal_team = _next_goal(table, time)
     for lead in aux.ball_leads:
         columns.append(_ball_ahead(table, frames, lead, next_goal_time, next_goal_team, teams))
+    touches_so_far = _team_touches_so_far(table, teams)
     for window in aux.touch_windows:
-        touched = _team_touches_within(table, frames, window, next_goal_time)  # [F, 2]
+        touched = _team_touches_within(table, frames, window, next_goal_time, touches_so_far)
         columns += [touched[:, teams], touched[:, 1 - teams]]
     return np.stack([np.reshape(c, -1) for c in columns], axis=1).astype(np.float32)
 
@@ -88,13 +89,20 @@ def _ball_ahead(
     return np.where(goal_first, scored, position)
 
 
+def _team_touches_so_far(table: FeatureTable, teams: np.ndarray) -> np.ndarray:
+    """[T + 1, 2]: row i counts the frames before frame i in which team k touched the ball."""
+    by_team = np.stack([table.touched[:, teams == k].any(axis=1) for k in (0, 1)], axis=1)
+    return np.concatenate([np.zeros((1, 2)), np.cumsum(by_team, axis=0)])
+
+
 def _team_touches_within(
-    table: FeatureTable, frames: np.ndarray, window: float, next_goal_time: np.ndarray
+    table: FeatureTable,
+    frames: np.ndarray,
+    window: float,
+    next_goal_time: np.ndarray,
+    so_far: np.ndarray,
 ) -> np.ndarray:
     """[F, 2] bool: team k touches the ball in (t, t + window], and before the next goal."""
-    teams = np.array([p.team for p in table.players])
-    by_team = np.stack([table.touched[:, teams == k].any(axis=1) for k in (0, 1)], axis=1)
-    so_far = np.concatenate([np.zeros((1, 2)), np.cumsum(by_team, axis=0)])  # [T + 1, 2]
     end_time = np.minimum(table.time[frames] + window, next_goal_time)
     last = np.maximum(_frame_at(table, end_time), frames)
     return so_far[last + 1] - so_far[frames + 1] > 0
