@@ -56,8 +56,10 @@ SERVER_PROPS="$CONF_DIR/server.properties"
 LOG4J_CONF="$CONF_DIR/log4j2.properties"
 NODE_ID=1
 
-log() { echo "kafka: $*"; }
-die() { echo "kafka: ERROR: $*" >&2; exit 1; }
+NAME=kafka
+PID_MARKER="-Drlimpact.kafka.home=$KAFKA_HOME"
+# shellcheck source=deploy/lib.sh
+source "$SCRIPT_DIR/lib.sh"
 
 require_tools() {
     command -v java >/dev/null 2>&1 \
@@ -66,24 +68,6 @@ require_tools() {
         command -v mvn >/dev/null 2>&1 \
             || die "mvn not found on PATH; it is needed once to fetch the Kafka jars (Debian: apt-get install maven)."
     fi
-}
-
-port_open() {
-    # bash's /dev/tcp: succeeds iff something accepts connections on the port.
-    timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null
-}
-
-# Prints the pid if *our* broker is running (pid file + live process whose
-# command line carries this data dir's marker), else returns 1.
-running_pid() {
-    [[ -f "$PID_FILE" ]] || return 1
-    local pid
-    pid="$(cat "$PID_FILE" 2>/dev/null || true)"
-    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-    kill -0 "$pid" 2>/dev/null || return 1
-    # Guard against pid reuse after a crash/reboot.
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "-Drlimpact.kafka.home=$KAFKA_HOME" || return 1
-    echo "$pid"
 }
 
 write_pom() {
@@ -257,7 +241,7 @@ cmd_start() {
     fi
     require_tools
     for p in "$KAFKA_PORT" "$CONTROLLER_PORT"; do
-        if port_open "$p"; then
+        if port_open 127.0.0.1 "$p"; then
             die "port $p on 127.0.0.1 is already in use by another process (set RLIMPACT_KAFKA_PORT / RLIMPACT_KAFKA_CONTROLLER_PORT)"
         fi
     done
@@ -282,49 +266,28 @@ cmd_start() {
     local deadline=$((SECONDS + START_TIMEOUT))
     while ((SECONDS < deadline)); do
         if ! kill -0 "$pid" 2>/dev/null; then
-            echo "---- last lines of $LOG_FILE ----" >&2
-            tail -n 40 "$LOG_FILE" >&2 || true
+            show_log_tail "$LOG_FILE" 40
             rm -f "$PID_FILE"
             die "Kafka exited during startup (see $LOG_FILE)"
         fi
-        if grep -q "Kafka Server started" "$LOG_FILE" 2>/dev/null && port_open "$KAFKA_PORT"; then
+        if grep -q "Kafka Server started" "$LOG_FILE" 2>/dev/null && port_open 127.0.0.1 "$KAFKA_PORT"; then
             log "ready (pid $pid, bootstrap.servers=127.0.0.1:$KAFKA_PORT, log $LOG_FILE)"
             return 0
         fi
         sleep 1
     done
-    echo "---- last lines of $LOG_FILE ----" >&2
-    tail -n 40 "$LOG_FILE" >&2 || true
+    show_log_tail "$LOG_FILE" 40
     die "Kafka did not become ready within ${START_TIMEOUT}s (still running as pid $pid; 'deploy/kafka.sh stop' to kill it)"
 }
 
 cmd_stop() {
-    local pid
-    if ! pid="$(running_pid)"; then
-        log "not running"
-        rm -f "$PID_FILE"
-        return 0
-    fi
-    log "stopping (pid $pid) ..."
-    kill -TERM "$pid" 2>/dev/null || true
-    local i
-    for ((i = 0; i < 60; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        log "still alive after 60 s, sending KILL"
-        kill -KILL "$pid" 2>/dev/null || true
-        sleep 1
-    fi
-    rm -f "$PID_FILE"
-    log "stopped"
+    stop_server
 }
 
 cmd_status() {
     local pid
     if pid="$(running_pid)"; then
-        if port_open "$KAFKA_PORT"; then
+        if port_open 127.0.0.1 "$KAFKA_PORT"; then
             log "running (pid $pid, 127.0.0.1:$KAFKA_PORT)"
         else
             log "process running (pid $pid) but 127.0.0.1:$KAFKA_PORT not accepting connections (starting up?)"
@@ -335,12 +298,4 @@ cmd_status() {
     return 1
 }
 
-case "${1:-}" in
-start) cmd_start ;;
-stop) cmd_stop ;;
-status) cmd_status ;;
-*)
-    echo "usage: $0 {start|stop|status}" >&2
-    exit 2
-    ;;
-esac
+dispatch "start stop status" "$@"

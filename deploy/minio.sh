@@ -38,8 +38,11 @@ PID_FILE="$MINIO_HOME/minio.pid"
 LOG_FILE="$MINIO_HOME/minio.log"
 BINARY="$BIN_DIR/minio-$MINIO_VERSION"
 
-log() { echo "minio: $*"; }
-die() { echo "minio: ERROR: $*" >&2; exit 1; }
+NAME=minio
+PID_MARKER="$MINIO_HOME/data"
+STOP_SECONDS=15
+# shellcheck source=deploy/lib.sh
+source "$SCRIPT_DIR/lib.sh"
 
 # host:port of the endpoint, which must be plain http on this machine.
 hostport() {
@@ -48,21 +51,6 @@ hostport() {
     rest="${rest%%/*}"
     [[ "$rest" =~ ^[A-Za-z0-9.-]+:[0-9]+$ ]] || die "RLIMPACT_S3_ENDPOINT needs host:port, got $ENDPOINT"
     echo "$rest"
-}
-
-port_open() {
-    timeout 2 bash -c "exec 3<>/dev/tcp/$1/$2" 2>/dev/null
-}
-
-running_pid() {
-    [[ -f "$PID_FILE" ]] || return 1
-    local pid
-    pid="$(cat "$PID_FILE" 2>/dev/null || true)"
-    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-    kill -0 "$pid" 2>/dev/null || return 1
-    # Guard against pid reuse: our server serves this data dir.
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$MINIO_HOME/data" || return 1
-    echo "$pid"
 }
 
 cmd_install() {
@@ -110,7 +98,7 @@ cmd_start() {
     local deadline=$((SECONDS + START_TIMEOUT))
     while ((SECONDS < deadline)); do
         if ! kill -0 "$pid" 2>/dev/null; then
-            tail -n 30 "$LOG_FILE" >&2 || true
+            show_log_tail "$LOG_FILE"
             rm -f "$PID_FILE"
             die "MinIO exited during startup (see $LOG_FILE)"
         fi
@@ -120,29 +108,12 @@ cmd_start() {
         fi
         sleep 0.5
     done
-    tail -n 30 "$LOG_FILE" >&2 || true
+    show_log_tail "$LOG_FILE"
     die "MinIO did not become ready within ${START_TIMEOUT}s (pid $pid; 'deploy/minio.sh stop' kills it)"
 }
 
 cmd_stop() {
-    local pid i
-    if ! pid="$(running_pid)"; then
-        log "not running"
-        rm -f "$PID_FILE"
-        return 0
-    fi
-    log "stopping (pid $pid) ..."
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 30; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.5
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        log "still alive after 15 s, sending KILL"
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    rm -f "$PID_FILE"
-    log "stopped"
+    stop_server
 }
 
 cmd_status() {
@@ -155,13 +126,4 @@ cmd_status() {
     return 1
 }
 
-case "${1:-}" in
-install) cmd_install ;;
-start) cmd_start ;;
-stop) cmd_stop ;;
-status) cmd_status ;;
-*)
-    echo "usage: $0 {install|start|stop|status}" >&2
-    exit 2
-    ;;
-esac
+dispatch "install start stop status" "$@"

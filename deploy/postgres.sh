@@ -22,8 +22,9 @@ PG_USER="${RLIMPACT_PG_USER:-rlimpact}"
 PG_DB="${RLIMPACT_PG_DB:-rlimpact}"
 PG_PASSWORD="rlimpact"
 
-log() { echo "postgres: $*"; }
-die() { echo "postgres: ERROR: $*" >&2; exit 1; }
+NAME=postgres
+# shellcheck source=deploy/lib.sh
+source "$SCRIPT_DIR/lib.sh"
 
 # Made absolute: pg_ctl/postgres run with another working directory.
 mkdir -p "$DATA_DIR"
@@ -159,7 +160,7 @@ cmd_start() {
         ensure_role_db
         return 0
     fi
-    if timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$PG_PORT" 2>/dev/null; then
+    if port_open 127.0.0.1 "$PG_PORT"; then
         die "port $PG_PORT on 127.0.0.1 is already in use by another process (set RLIMPACT_PG_PORT)"
     fi
     prepare_dirs
@@ -167,8 +168,7 @@ cmd_start() {
     write_conf
     log "starting PostgreSQL $(cat "$PGDATA/PG_VERSION") on 127.0.0.1:$PG_PORT ..."
     if ! pg_ctl_ start -w -t 60 -l "$PG_LOG" >/dev/null; then
-        echo "---- last lines of $PG_LOG ----" >&2
-        tail -n 30 "$PG_LOG" >&2 || true
+        show_log_tail "$PG_LOG"
         die "pg_ctl start failed (see $PG_LOG)"
     fi
     local i
@@ -200,12 +200,4 @@ cmd_status() {
     return 1
 }
 
-case "${1:-}" in
-start) cmd_start ;;
-stop) cmd_stop ;;
-status) cmd_status ;;
-*)
-    echo "usage: $0 {start|stop|status}" >&2
-    exit 2
-    ;;
-esac
+dispatch "start stop status" "$@"
