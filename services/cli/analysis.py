@@ -62,6 +62,7 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
         CALIBRATION_FILE,
         IMPACT_FILE,
         TorchPredictor,
+        auc_intervals,
         calibration_plot,
         forecasts,
         format_report,
@@ -111,7 +112,8 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
         f"{len(scoped)} Soccar replays on standard arenas (split by file, seed {args.seed}); "
         f"{rows} (live frame, team) rows; events within {settings.horizon_seconds:g} s"
     )
-    print(format_report(results))
+    intervals = auc_intervals(results)
+    print(format_report(results, intervals))
     other_results = {}
     if other:
         other_results = {
@@ -122,7 +124,7 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
             f"\nout of scope, for information: the {len(other)} replays of other modes or arenas "
             f"({_modes(other)}), never trained on; {len(other_results['model'].scored)} rows"
         )
-        print(format_report(other_results))
+        print(format_report(other_results, auc_intervals(other_results)))
     out.mkdir(parents=True, exist_ok=True)
     calibration_plot(results, out / CALIBRATION_FILE, settings.horizon_seconds)
     example = max(held_out, key=lambda t: (len(t.goals), t.replay_id))
@@ -136,6 +138,10 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
         "held_out_replays": sorted(t.replay_id for t in held_out),
         "rows": rows,
         "metrics": {name: result.metrics() for name, result in results.items()},
+        "roc_auc_intervals": {
+            event: {name: [i.low, i.high] for name, i in by_name.items()}
+            for event, by_name in intervals.items()
+        },
         "out_of_scope": sorted(t.replay_id for t in other),
         "out_of_scope_metrics": {name: r.metrics() for name, r in other_results.items()},
     }

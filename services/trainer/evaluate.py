@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Protocol
 
@@ -23,6 +23,9 @@ from services.featurizer.features import FeatureTable
 from services.scorer.score import PlayerScore, TouchCredit, team_score_probability
 
 EPSILON = 1e-7
+EVENTS = ("score", "concede")
+BOOTSTRAP_ROUNDS = 1000
+BOOTSTRAP_LEVEL = 0.95
 BALL_INPUTS = ("ball_x", "ball_y", "ball_z", "ball_vx", "ball_vy", "ball_vz")
 CALIBRATION_BINS = 10
 CALIBRATION_FILE = "calibration.png"
@@ -59,6 +62,66 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def weighted_roc_auc(labels: np.ndarray, value_index: np.ndarray, weights: np.ndarray) -> float:
+    """ROC AUC of rows counted ``weights`` times each (ties count half). ``value_index`` ranks
+    the scores (``np.unique``'s inverse), so that resamples need not sort them again."""
+    positives = labels > 0.5
+    n_values = int(value_index.max()) + 1 if value_index.size else 0
+    w_pos = np.bincount(value_index, weights=weights * positives, minlength=n_values)
+    w_neg = np.bincount(value_index, weights=weights * ~positives, minlength=n_values)
+    pairs = w_pos.sum() * w_neg.sum()
+    if pairs == 0:
+        return float("nan")
+    below = np.cumsum(w_neg) - w_neg
+    return float((w_pos * (below + 0.5 * w_neg)).sum() / pairs)
+
+
+@dataclass(frozen=True)
+class AucInterval:
+    low: float
+    high: float
+
+    def __str__(self) -> str:
+        return f"[{self.low:.3f}, {self.high:.3f}]"
+
+
+def bootstrap_auc_intervals(
+    labels: np.ndarray,
+    scores: dict[str, np.ndarray],
+    replay: np.ndarray,
+    rounds: int = BOOTSTRAP_ROUNDS,
+    seed: int = 0,
+) -> dict[str, AucInterval]:
+    """Percentile intervals (BOOTSTRAP_LEVEL) of each forecast's ROC AUC, and of the first's
+    minus each other's ("first - other"), over ``rounds`` resamples of the replays with
+    replacement: how much the AUC depends on which matches were held out. Frames of one
+    replay are not independent, so replays, not rows, are drawn; all forecasts see the same
+    draws."""
+    names = list(scores)
+    ranked = {name: np.unique(s, return_inverse=True)[1] for name, s in scores.items()}
+    _, group = np.unique(replay, return_inverse=True)
+    n_groups = int(group.max()) + 1 if group.size else 0
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(rounds if n_groups else 0):
+        weights = np.bincount(rng.integers(0, n_groups, n_groups), minlength=n_groups)[group]
+        for name in names:
+            draws[name].append(weighted_roc_auc(labels, ranked[name], weights.astype(float)))
+    samples = {name: np.array(values) for name, values in draws.items()}
+    samples |= {f"{names[0]} - {n}": samples[names[0]] - samples[n] for n in names[1:]}
+    return {name: _percentile_interval(values) for name, values in samples.items()}
+
+
+def _percentile_interval(values: np.ndarray) -> AucInterval:
+    """The middle BOOTSTRAP_LEVEL of ``values`` (NaN draws, with one class only, left out)."""
+    values = values[~np.isnan(values)]
+    if not values.size:
+        return AucInterval(float("nan"), float("nan"))
+    tail = (1 - BOOTSTRAP_LEVEL) / 2
+    low, high = np.quantile(values, [tail, 1 - tail])
+    return AucInterval(float(low), float(high))
+
+
 @dataclass(frozen=True)
 class TeamForecasts:
     """Per (live frame, team) of some replays: forecasts and what happened."""
@@ -67,16 +130,23 @@ class TeamForecasts:
     p_concede: np.ndarray  # [N]
     scored: np.ndarray  # [N] bool: the team scored within the horizon
     conceded: np.ndarray  # [N] bool
+    replay: np.ndarray  # [N] int: which of the replays the row is from
+
+    def outcome(self, event: str) -> tuple[np.ndarray, np.ndarray]:
+        """(what happened, the forecast) of ``event``: one of EVENTS."""
+        if event == "score":
+            return self.scored, self.p_score
+        return self.conceded, self.p_concede
 
     def metrics(self) -> dict[str, dict[str, float]]:
-        return {
-            "score": binary_metrics(self.scored, self.p_score),
-            "concede": binary_metrics(self.conceded, self.p_concede),
-        }
+        return {event: binary_metrics(*self.outcome(event)) for event in EVENTS}
 
 
-def table_forecasts(table: FeatureTable, probabilities: np.ndarray) -> TeamForecasts:
-    """``probabilities`` [T, P, 2] per row -> forecasts for each team that has players."""
+def table_forecasts(
+    table: FeatureTable, probabilities: np.ndarray, replay: int = 0
+) -> TeamForecasts:
+    """``probabilities`` [T, P, 2] per row -> forecasts for each team that has players; their
+    rows are marked as from replay number ``replay``."""
     live = table.live
     p_team = team_score_probability(table, probabilities)[live]  # [L, 2]
     teams = np.array([p.team for p in table.players])
@@ -91,26 +161,26 @@ def table_forecasts(table: FeatureTable, probabilities: np.ndarray) -> TeamForec
                 p_team[:, 1 - team],
                 table.label_score[live, player],
                 table.label_concede[live, player],
+                np.full(int(live.sum()), replay),
             )
         )
     if not parts:
         empty = np.zeros(0)
-        return TeamForecasts(empty, empty, empty.astype(bool), empty.astype(bool))
+        return TeamForecasts(
+            empty, empty, empty.astype(bool), empty.astype(bool), empty.astype(int)
+        )
     return TeamForecasts(*(np.concatenate(column) for column in zip(*parts, strict=True)))
 
 
 def forecasts(tables: Sequence[FeatureTable], model: Predictor) -> TeamForecasts:
     parts = []
-    for table in tables:
+    for index, table in enumerate(tables):
         n_frames, n_players, n_features = table.features.shape
         rows = np.ascontiguousarray(table.features.reshape(-1, n_features), dtype=np.float32)
         probabilities = model.predict(rows).reshape(n_frames, n_players, 2)
-        parts.append(table_forecasts(table, probabilities))
+        parts.append(table_forecasts(table, probabilities, index))
     return TeamForecasts(
-        *(
-            np.concatenate([getattr(p, name) for p in parts])
-            for name in ("p_score", "p_concede", "scored", "conceded")
-        )
+        *(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(TeamForecasts))
     )
 
 
@@ -127,16 +197,48 @@ class TorchPredictor:
             return self.model(torch.from_numpy(features)).numpy()  # type: ignore[operator]
 
 
-def format_report(results: dict[str, TeamForecasts]) -> str:
-    """A table: one line per (event, model) with log-loss, Brier and ROC AUC."""
-    lines = [f"  {'forecast':<12} {'model':<12} {'log-loss':>9} {'Brier':>8} {'ROC AUC':>8}"]
-    for event in ("score", "concede"):
+def auc_intervals(results: dict[str, TeamForecasts]) -> dict[str, dict[str, AucInterval]]:
+    """Per event, :func:`bootstrap_auc_intervals` of forecasts made on the same rows (the
+    others are compared with the first)."""
+    first = next(iter(results.values()))
+    intervals = {}
+    for event in EVENTS:
+        scores = {name: result.outcome(event)[1] for name, result in results.items()}
+        intervals[event] = bootstrap_auc_intervals(first.outcome(event)[0], scores, first.replay)
+    return intervals
+
+
+def format_report(
+    results: dict[str, TeamForecasts], intervals: dict[str, dict[str, AucInterval]]
+) -> str:
+    """A table: one line per (event, model) with log-loss, Brier and ROC AUC with its interval
+    (:func:`auc_intervals`), then the first's AUC minus each other's."""
+    level = f"{BOOTSTRAP_LEVEL:.0%} interval"
+    lines = [
+        f"  {'forecast':<12} {'model':<12} {'log-loss':>9} {'Brier':>8} {'ROC AUC':>8}  {level}"
+    ]
+    for event in EVENTS:
         for name, result in results.items():
             m = result.metrics()[event]
             lines.append(
                 f"  {'P(' + event + ')':<12} {name:<12} {m['log_loss']:>9.4f} "
-                f"{m['brier']:>8.4f} {m['roc_auc']:>8.4f}"
+                f"{m['brier']:>8.4f} {m['roc_auc']:>8.4f}  {intervals[event][name]}"
             )
+    first, *others = results
+    for name in others:
+        for event in EVENTS:
+            difference = (
+                results[first].metrics()[event]["roc_auc"]
+                - results[name].metrics()[event]["roc_auc"]
+            )
+            lines.append(
+                f"  P({event}) ROC AUC, {first} - {name}: {difference:+.4f}  "
+                f"{intervals[event][f'{first} - {name}']}"
+            )
+    lines.append(
+        f"  (intervals: {BOOTSTRAP_LEVEL:.0%} of {BOOTSTRAP_ROUNDS} resamples of the replays, "
+        "drawn with replacement)"
+    )
     return "\n".join(lines)
 
 
@@ -165,11 +267,10 @@ def _pyplot():  # type: ignore[no-untyped-def]
 def calibration_plot(results: dict[str, TeamForecasts], path: Path, horizon: float) -> None:
     plt = _pyplot()
     figure, axes = plt.subplots(1, 2, figsize=(10, 4.5))
-    for ax, event in zip(axes, ("score", "concede"), strict=True):
+    for ax, event in zip(axes, EVENTS, strict=True):
         top = 0.0
         for name, result in results.items():
-            p = result.p_score if event == "score" else result.p_concede
-            y = result.scored if event == "score" else result.conceded
+            y, p = result.outcome(event)
             mean, rate, _ = calibration_curve(y.astype(np.float64), p)
             auc = roc_auc(y, p)
             ax.plot(mean, rate, marker="o", label=f"{name} (AUC {auc:.3f})")

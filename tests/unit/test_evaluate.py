@@ -16,10 +16,12 @@ from services.parser.parse import parse_replay_file
 from services.trainer.evaluate import (
     TeamForecasts,
     binary_metrics,
+    bootstrap_auc_intervals,
     calibration_curve,
     calibration_plot,
     roc_auc,
     table_forecasts,
+    weighted_roc_auc,
 )
 from services.trainer.train import TrainConfig, export_onnx, train_impact_model
 from shared.scope import in_scope
@@ -44,6 +46,34 @@ def test_roc_auc_equals_pair_counting():
     pos, neg = scores[labels == 1], scores[labels == 0]
     pairs = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
     assert roc_auc(labels, scores) == pytest.approx(pairs / (len(pos) * len(neg)))
+
+
+def test_weighted_roc_auc_counts_each_row_its_weight_times():
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 2, 200).astype(float)
+    scores = np.round(rng.random(200) + 0.3 * labels, 1)
+    ranked = np.unique(scores, return_inverse=True)[1]
+    assert weighted_roc_auc(labels, ranked, np.ones(200)) == pytest.approx(roc_auc(labels, scores))
+    weights = rng.integers(0, 4, 200)
+    repeated = np.repeat(np.arange(200), weights)
+    expected = roc_auc(labels[repeated], scores[repeated])
+    assert weighted_roc_auc(labels, ranked, weights.astype(float)) == pytest.approx(expected)
+
+
+def test_bootstrap_intervals_resample_replays_not_rows():
+    rng = np.random.default_rng(6)
+    labels = rng.random(4000) < 0.2
+    informed = labels + rng.normal(0, 1.0, 4000)
+    noise = rng.random(4000)
+    scores = {"model": informed, "noise": noise}
+    one_replay = bootstrap_auc_intervals(labels, scores, np.zeros(4000), rounds=50)
+    point = roc_auc(labels, informed)  # one replay: every resample is the data itself
+    assert one_replay["model"].low == pytest.approx(point)
+    assert one_replay["model"].high == pytest.approx(point)
+    many = bootstrap_auc_intervals(labels, scores, np.arange(4000) // 100, rounds=200)
+    assert many["model"].low < point < many["model"].high
+    assert many["noise"].low < 0.5 < many["noise"].high
+    assert many["model - noise"].low > 0.1  # the informed forecast is better on every draw
 
 
 def test_metrics_of_a_perfect_and_a_constant_forecast():
@@ -82,7 +112,7 @@ def test_calibration_plot_is_a_png(tmp_path: Path):
     rng = np.random.default_rng(4)
     p = rng.random(1000) * 0.3
     y = rng.random(1000) < p
-    result = TeamForecasts(p, p[::-1].copy(), y, y[::-1].copy())
+    result = TeamForecasts(p, p[::-1].copy(), y, y[::-1].copy(), np.arange(1000) // 100)
     calibration_plot({"model": result, "other": result}, tmp_path / "c.png", horizon=10.0)
     assert (tmp_path / "c.png").read_bytes()[:8] == PNG_SIGNATURE
 
@@ -105,10 +135,13 @@ def test_evaluate_prints_model_and_baseline_and_writes_plots(few, tmp_path, caps
     assert f"out of scope, for information: the {len(other)} replays" in printed
     for line in ("P(score)     model", "P(score)     ball-only", "P(concede)   model"):
         assert line in printed
+    assert "95% interval" in printed and "P(score) ROC AUC, model - ball-only:" in printed
     for name in ("calibration.png", "impact.png"):
         assert (out / name).read_bytes()[:8] == PNG_SIGNATURE
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["out_of_scope"] == other and other[0] not in summary["held_out_replays"]
+    low, high = summary["roc_auc_intervals"]["score"]["model"]
+    assert low - 1e-9 <= summary["metrics"]["model"]["score"]["roc_auc"] <= high + 1e-9
 
 
 def test_dataset_export_writes_one_parquet_per_replay_with_the_schema_version(few, tmp_path):
