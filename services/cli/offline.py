@@ -126,7 +126,13 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     if args.local is None:
         return asyncio.run(_request_training(settings, args.promote))
-    from services.trainer.train import TrainConfig, export_onnx, scoped_tables, train_impact_model
+    from services.trainer.train import (
+        TrainConfig,
+        export_onnx,
+        scoped_tables,
+        train_impact_model,
+        weights_digest,
+    )
 
     if args.members < 1:
         raise SystemExit("rlimpact: --members must be at least 1")
@@ -142,10 +148,13 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     result = train_impact_model(tables, config)
     out.parent.mkdir(parents=True, exist_ok=True)
     members = f"-x{args.members}" if args.members > 1 else ""
-    export_onnx(result.model, out, f"impact-local-seed{args.seed}{members}-{len(tables)}replays")
+    version = (
+        f"impact-local-seed{args.seed}{members}-{len(tables)}replays-{weights_digest(result.model)}"
+    )
+    export_onnx(result.model, out, version)
     print(
         f"trained on {len(result.train_replays)} replays, validated on "
-        f"{len(result.val_replays)} held-out replays; wrote {out}"
+        f"{len(result.val_replays)} held-out replays; wrote {out} ({version})"
     )
     if result.out_of_scope:
         print(

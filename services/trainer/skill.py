@@ -77,14 +77,7 @@ class SkillConfig:
 
     @property
     def fit(self) -> FitConfig:
-        return FitConfig(
-            epochs=self.epochs,
-            learning_rate=self.learning_rate,
-            seed=self.seed,
-            weight_decay=self.weight_decay,
-            patience=self.patience,
-            milestone_every=self.milestone_every,
-        )
+        return FitConfig.of(self)
 
 
 @dataclass(frozen=True)

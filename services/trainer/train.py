@@ -17,8 +17,9 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -62,6 +63,15 @@ class FitConfig:
     patience: int = 3  # stop after this many epochs without a better validation loss (0: never)
     min_delta: float = 0.0  # how much lower a validation loss must be to count as better
     milestone_every: int = 5  # snapshot every N epochs, besides the final one (0: final only)
+    # torch's arithmetic depends on how many threads share a kernel: a seeded run gives the same
+    # weights bit for bit only with the same count (and CPU kind), whatever the machine's cores
+    threads: int = 1
+
+    @classmethod
+    def of(cls, config: object) -> FitConfig:
+        """The fit settings of a model's config: its fields of the same names."""
+        names = [f.name for f in fields(cls) if hasattr(config, f.name)]
+        return cls(**{name: getattr(config, name) for name in names})
 
 
 @dataclass(frozen=True)
@@ -112,6 +122,7 @@ class TrainConfig:
     patience: int = 3
     min_delta: float = 0.0
     milestone_every: int = 5
+    threads: int = 1  # torch threads while training (FitConfig.threads)
     # The impact model's inputs and regularisation (see ImpactNet and stack_rows)
     inputs: tuple[str, ...] | None = None  # feature names the model reads (None: all)
     dropout: float = 0.2
@@ -128,15 +139,7 @@ class TrainConfig:
 
     @property
     def fit(self) -> FitConfig:
-        return FitConfig(
-            epochs=self.epochs,
-            learning_rate=self.learning_rate,
-            seed=self.seed,
-            weight_decay=self.weight_decay,
-            patience=self.patience,
-            min_delta=self.min_delta,
-            milestone_every=self.milestone_every,
-        )
+        return FitConfig.of(self)
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,15 @@ class TrainResult:
     fit: FitResult | None = None
     data_hash: str = ""
     out_of_scope: list[str] = field(default_factory=list)  # replays left out: shared/scope.py
+
+
+def weights_digest(model: nn.Module) -> str:
+    """8 hex digits of a sha256 over a model's weights: tells trained models apart by name."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:8]
 
 
 def member_seed(seed: int, member: int) -> int:
@@ -388,15 +400,40 @@ def fit(
     """Train ``model`` in place; on return it holds the weights of its best validation epoch.
 
     With ``run_dir``, a checkpoint is written there after every epoch (atomically), and a
-    checkpoint found there of the same run (kind, data, settings) is resumed from.
+    checkpoint found there of the same run (kind, data, settings) is resumed from. torch runs
+    on ``config.threads`` threads throughout, whatever the caller set.
     """
+    with torch_threads(config.threads):
+        return _fit(model, task, config, run, run_dir, progress)
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """torch runs on ``count`` threads inside the block, as it did before it outside."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _fit(
+    model: nn.Module,
+    task: FitTask[B],
+    config: FitConfig,
+    run: RunInfo,
+    run_dir: Path | None,
+    progress: bool,
+) -> FitResult:
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
     state = _FitState(best_state=copy.deepcopy(model.state_dict()))
-    if run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _load_checkpoint(run_dir / CHECKPOINT_FILE, model, optimizer, state, config, run)
+    checkpoint = _Checkpoint.of(run_dir, config, run) if run_dir is not None else None
+    if checkpoint is not None:
+        checkpoint.path.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint.load(model, optimizer, state)
     resumed_at = len(state.history)
     bar = tqdm(
         total=config.epochs, initial=resumed_at, desc=f"train {run.kind}", unit="epoch",
@@ -411,8 +448,8 @@ def fit(
         state.record(EpochLog(epoch, train_loss, val_loss), model, config.min_delta)
         bar.update()
         bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}")
-        if run_dir is not None:
-            _save_checkpoint(run_dir / CHECKPOINT_FILE, model, optimizer, state, config, run)
+        if run_dir is not None and checkpoint is not None:
+            checkpoint.save(model, optimizer, state)
             write_loss_curve(state.history, state.best_epoch, run_dir / LOSS_CURVE_FILE, run.kind)
             if config.milestone_every and epoch % config.milestone_every == 0:
                 metrics = {"train_loss": train_loss, "val_loss": val_loss}
@@ -474,55 +511,48 @@ def _train_epoch(
     return float(np.mean(losses)) if losses else float("nan")
 
 
-def _run_key(config: FitConfig, run: RunInfo) -> dict[str, object]:
-    """What must match for a checkpoint to be resumed (the epoch budget may grow)."""
-    return {**asdict(config), "epochs": None, **asdict(run)}
+@dataclass(frozen=True)
+class _Checkpoint:
+    """A run's checkpoint: written after every epoch, resumed only by the same run (kind, data
+    and settings; the epoch budget may grow)."""
 
+    path: Path
+    key: str
 
-def _save_checkpoint(
-    path: Path,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    state: _FitState,
-    config: FitConfig,
-    run: RunInfo,
-) -> None:
-    checkpoint = {
-        "key": json.dumps(_run_key(config, run), sort_keys=True),
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "best_state": state.best_state,
-        "best_epoch": state.best_epoch,
-        "best_val": state.best_val,
-        "history": [asdict(log) for log in state.history],
-    }
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(checkpoint, tmp)
-    os.replace(tmp, path)  # a kill mid-write leaves the previous checkpoint intact
+    @classmethod
+    def of(cls, run_dir: Path, config: FitConfig, run: RunInfo) -> _Checkpoint:
+        key = {**asdict(config), "epochs": None, **asdict(run)}
+        return cls(run_dir / CHECKPOINT_FILE, json.dumps(key, sort_keys=True))
 
+    def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: _FitState) -> None:
+        checkpoint = {
+            "key": self.key,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "best_state": state.best_state,
+            "best_epoch": state.best_epoch,
+            "best_val": state.best_val,
+            "history": [asdict(log) for log in state.history],
+        }
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, self.path)  # a kill mid-write leaves the previous checkpoint intact
 
-def _load_checkpoint(
-    path: Path,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    state: _FitState,
-    config: FitConfig,
-    run: RunInfo,
-) -> None:
-    if not path.exists():
-        return
-    checkpoint = torch.load(path, weights_only=True)
-    if checkpoint["key"] != json.dumps(_run_key(config, run), sort_keys=True):
-        raise ValueError(
-            f"{path} is the checkpoint of another run (other data, kind or settings): "
-            "remove it or use another run directory"
-        )
-    model.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    state.best_state = checkpoint["best_state"]
-    state.best_epoch = checkpoint["best_epoch"]
-    state.best_val = checkpoint["best_val"]
-    state.history = [EpochLog(**log) for log in checkpoint["history"]]
+    def load(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: _FitState) -> None:
+        if not self.path.exists():
+            return
+        checkpoint = torch.load(self.path, weights_only=True)
+        if checkpoint["key"] != self.key:
+            raise ValueError(
+                f"{self.path} is the checkpoint of another run (other data, kind or settings): "
+                "remove it or use another run directory"
+            )
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        state.best_state = checkpoint["best_state"]
+        state.best_epoch = checkpoint["best_epoch"]
+        state.best_val = checkpoint["best_val"]
+        state.history = [EpochLog(**log) for log in checkpoint["history"]]
 
 
 def write_snapshot(

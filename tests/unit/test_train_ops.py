@@ -30,7 +30,9 @@ from services.trainer.train import (
     onnx_parity,
     split_by_replay,
     stack_rows,
+    torch_threads,
     train_impact_model,
+    weights_digest,
 )
 from shared.scope import in_scope
 from shared.settings import REPO_ROOT
@@ -40,12 +42,11 @@ FAST = TrainConfig(epochs=3, batch_size=4096, milestone_every=0)
 
 # Trains in a separate process, to be killed, on the replays given as PATH=SHA256 arguments.
 KILLABLE_RUN = """
-import sys, torch
+import sys
 from pathlib import Path
 from services.featurizer.features import featurize
 from services.parser.parse import parse_replay_file
 from services.trainer.train import TrainConfig, train_impact_model
-torch.set_num_threads(1)
 run_dir, epochs, *replays = sys.argv[1:]
 tables = [featurize(parse_replay_file(Path(r.split("=")[0]), r.split("=")[1])) for r in replays]
 config = TrainConfig(epochs=int(epochs), batch_size=4096, patience=0, milestone_every=0)
@@ -85,6 +86,19 @@ def test_same_seed_same_model_other_seed_another(tables):
     assert _same(_weights(first.model), _weights(again.model))
     assert first.metrics == again.metrics
     assert not _same(_weights(first.model), _weights(other.model))
+    # the digest in a local model's version tells the two apart, and only them
+    assert weights_digest(first.model) == weights_digest(again.model)
+    assert weights_digest(first.model) != weights_digest(other.model)
+
+
+def test_a_seeded_run_does_not_depend_on_the_callers_torch_threads(tables):
+    with torch_threads(2):
+        called_on_two = train_impact_model(tables, FAST, progress=False)
+    called_on_one = train_impact_model(tables, FAST, progress=False)
+    assert _same(_weights(called_on_two.model), _weights(called_on_one.model))
+    # the count does change the arithmetic, which is why fit fixes it
+    on_two = train_impact_model(tables, replace(FAST, threads=2), progress=False)
+    assert not _same(_weights(on_two.model), _weights(called_on_one.model))
 
 
 def test_a_killed_run_resumes_and_ends_as_an_uninterrupted_one(chosen, tables, tmp_path):
