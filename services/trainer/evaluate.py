@@ -217,9 +217,10 @@ def format_report(
     lines = [
         f"  {'forecast':<12} {'model':<12} {'log-loss':>9} {'Brier':>8} {'ROC AUC':>8}  {level}"
     ]
+    metrics = {name: result.metrics() for name, result in results.items()}
     for event in EVENTS:
-        for name, result in results.items():
-            m = result.metrics()[event]
+        for name in results:
+            m = metrics[name][event]
             lines.append(
                 f"  {'P(' + event + ')':<12} {name:<12} {m['log_loss']:>9.4f} "
                 f"{m['brier']:>8.4f} {m['roc_auc']:>8.4f}  {intervals[event][name]}"
@@ -227,10 +228,7 @@ def format_report(
     first, *others = results
     for name in others:
         for event in EVENTS:
-            difference = (
-                results[first].metrics()[event]["roc_auc"]
-                - results[name].metrics()[event]["roc_auc"]
-            )
+            difference = metrics[first][event]["roc_auc"] - metrics[name][event]["roc_auc"]
             lines.append(
                 f"  P({event}) ROC AUC, {first} - {name}: {difference:+.4f}  "
                 f"{intervals[event][f'{first} - {name}']}"

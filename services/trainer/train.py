@@ -432,7 +432,7 @@ def _fit(
     state = _FitState(best_state=copy.deepcopy(model.state_dict()))
     checkpoint = _Checkpoint.of(run_dir, config, run) if run_dir is not None else None
     if checkpoint is not None:
-        checkpoint.path.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint.run_dir.mkdir(parents=True, exist_ok=True)
         checkpoint.load(model, optimizer, state)
     resumed_at = len(state.history)
     bar = tqdm(
@@ -448,12 +448,13 @@ def _fit(
         state.record(EpochLog(epoch, train_loss, val_loss), model, config.min_delta)
         bar.update()
         bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}")
-        if run_dir is not None and checkpoint is not None:
+        if checkpoint is not None:
             checkpoint.save(model, optimizer, state)
-            write_loss_curve(state.history, state.best_epoch, run_dir / LOSS_CURVE_FILE, run.kind)
+            folder = checkpoint.run_dir
+            write_loss_curve(state.history, state.best_epoch, folder / LOSS_CURVE_FILE, run.kind)
             if config.milestone_every and epoch % config.milestone_every == 0:
                 metrics = {"train_loss": train_loss, "val_loss": val_loss}
-                write_snapshot(run_dir, f"epoch-{epoch:04d}", model, metrics, run, config, epoch)
+                write_snapshot(folder, f"epoch-{epoch:04d}", model, metrics, run, config, epoch)
     bar.close()
     model.load_state_dict(state.best_state)
     model.eval()
@@ -516,13 +517,17 @@ class _Checkpoint:
     """A run's checkpoint: written after every epoch, resumed only by the same run (kind, data
     and settings; the epoch budget may grow)."""
 
-    path: Path
+    run_dir: Path
     key: str
 
     @classmethod
     def of(cls, run_dir: Path, config: FitConfig, run: RunInfo) -> _Checkpoint:
         key = {**asdict(config), "epochs": None, **asdict(run)}
-        return cls(run_dir / CHECKPOINT_FILE, json.dumps(key, sort_keys=True))
+        return cls(run_dir, json.dumps(key, sort_keys=True))
+
+    @property
+    def path(self) -> Path:
+        return self.run_dir / CHECKPOINT_FILE
 
     def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: _FitState) -> None:
         checkpoint = {
