@@ -11,14 +11,24 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from services.cli.common import load_impact_model
+from services.cli.common import (
+    add_recipe_arguments,
+    fraction,
+    load_impact_model,
+    recipe_config,
+)
 from services.cli.offline import featurize_replays
 from shared.settings import Settings
 
 if TYPE_CHECKING:
     from services.featurizer.features import FeatureTable
+    from services.trainer.compare import CrossValidation
+    from services.trainer.evaluate import AucInterval
+    from services.trainer.train import TrainConfig
 
+Metrics = dict[str, dict[str, float]]  # per event, per metric name
 METRICS_FILE = "metrics.json"
+CROSSVAL_FILE = "crossval.json"
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -36,9 +46,28 @@ def register(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument(
         "--seed", type=int, default=0, help="split seed: use the model's 'train --local --seed'"
     )
-    evaluate.add_argument("--val-fraction", type=float, default=0.2, help="share held out")
+    evaluate.add_argument("--val-fraction", type=fraction, default=0.2, help="share held out")
     evaluate.add_argument("--baseline-epochs", type=int, default=6)
     evaluate.set_defaults(func=cmd_evaluate)
+
+    crossval = commands.add_parser(
+        "crossval",
+        help="the training recipe vs the baseline's, retrained k times: every replay held out once",
+    )
+    crossval.add_argument(
+        "replays", nargs="?", type=Path, help="folder of replays (default: $REPLAYS_DIR/corpus)"
+    )
+    crossval.add_argument("--folds", type=int, default=5, help="folds of replays, dealt by file")
+    add_recipe_arguments(crossval, epochs=8)
+    crossval.add_argument("--baseline-epochs", type=int, default=6)
+    crossval.add_argument(
+        "--train-share", type=float, default=1.0,
+        help="train on this share of each fold's training replays (a learning curve's point)",
+    )  # fmt: skip
+    crossval.add_argument(
+        "--out", type=Path, help=f"folder for {CROSSVAL_FILE} (default: DATA_DIR/crossval)"
+    )
+    crossval.set_defaults(func=cmd_crossval)
 
     dataset = commands.add_parser("dataset", help="feature datasets")
     actions = dataset.add_subparsers(dest="action", required=True)
@@ -57,6 +86,7 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
         score_credits,
         team_score_probability,
     )
+    from services.trainer.compare import BASELINE, MODEL, baseline_config
     from services.trainer.evaluate import (
         BALL_INPUTS,
         CALIBRATION_FILE,
@@ -68,19 +98,10 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
         format_report,
         impact_plot,
     )
-    from services.trainer.train import (
-        TrainConfig,
-        scoped_tables,
-        split_by_replay,
-        train_impact_model,
-    )
+    from services.trainer.train import scoped_tables, split_by_replay, train_impact_model
 
-    folder = args.replays or settings.replays_dir / "corpus"
     out = args.out or settings.data_dir / "evaluate"
-    if not 0 < args.val_fraction < 1:
-        raise SystemExit("rlimpact: --val-fraction must be between 0 and 1")
-    if not folder.is_dir():
-        raise SystemExit(f"rlimpact: no such folder: {folder}")
+    folder = _replay_folder(args.replays, settings)
     model = load_impact_model(args.model, settings)
     tables = [table for _, table in featurize_replays([folder], settings)]
     scoped, other = scoped_tables(tables)
@@ -92,21 +113,13 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
         file=sys.stderr,
     )
     baseline = train_impact_model(
-        tables,
-        TrainConfig(
-            epochs=args.baseline_epochs,
-            seed=args.seed,
-            val_fraction=args.val_fraction,
-            inputs=BALL_INPUTS,
-            hidden=(64, 64),
-            milestone_every=0,
-        ),
+        tables, baseline_config(args.baseline_epochs, args.seed, args.val_fraction)
     )
     results = {
-        "model": forecasts(held_out, model),
-        "ball-only": forecasts(held_out, TorchPredictor(baseline.model)),
+        MODEL: forecasts(held_out, model),
+        BASELINE: forecasts(held_out, TorchPredictor(baseline.model)),
     }
-    rows = len(results["model"].scored)
+    rows = len(results[MODEL].scored)
     print(
         f"\nmodel {model.version} vs ball-only baseline on {len(held_out)} held-out replays of "
         f"{len(scoped)} Soccar replays on standard arenas (split by file, seed {args.seed}); "
@@ -117,12 +130,12 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     other_results = {}
     if other:
         other_results = {
-            "model": forecasts(other, model),
-            "ball-only": forecasts(other, TorchPredictor(baseline.model)),
+            MODEL: forecasts(other, model),
+            BASELINE: forecasts(other, TorchPredictor(baseline.model)),
         }
         print(
             f"\nout of scope, for information: the {len(other)} replays of other modes or arenas "
-            f"({_modes(other)}), never trained on; {len(other_results['model'].scored)} rows"
+            f"({_modes(other)}), never trained on; {len(other_results[MODEL].scored)} rows"
         )
         print(format_report(other_results, auc_intervals(other_results)))
     out.mkdir(parents=True, exist_ok=True)
@@ -138,16 +151,92 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
         "held_out_replays": sorted(t.replay_id for t in held_out),
         "rows": rows,
         "metrics": {name: result.metrics() for name, result in results.items()},
-        "roc_auc_intervals": {
-            event: {name: [i.low, i.high] for name, i in by_name.items()}
-            for event, by_name in intervals.items()
-        },
+        "roc_auc_intervals": _intervals_json(intervals),
         "out_of_scope": sorted(t.replay_id for t in other),
         "out_of_scope_metrics": {name: r.metrics() for name, r in other_results.items()},
     }
     (out / METRICS_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     print(f"\nwrote {out / CALIBRATION_FILE}, {out / IMPACT_FILE}, {out / METRICS_FILE}")
     return 0
+
+
+def cmd_crossval(args: argparse.Namespace, settings: Settings) -> int:
+    from services.trainer.compare import MODEL, baseline_config, cross_validate
+    from services.trainer.evaluate import auc_intervals, format_report
+
+    config = recipe_config(args)
+    out = args.out or settings.data_dir / "crossval"
+    folder = _replay_folder(args.replays, settings)
+    tables = [table for _, table in featurize_replays([folder], settings)]
+    baseline = baseline_config(args.baseline_epochs, args.seed, args.val_fraction)
+    with tqdm(total=args.folds, desc="folds", unit="fold", file=sys.stderr) as bar:
+        try:
+            result = cross_validate(
+                tables, config, baseline, args.folds, lambda _: bar.update(), args.train_share
+            )
+        except ValueError as error:
+            raise SystemExit(f"rlimpact: {error}") from None
+    fold_metrics = [{name: r.metrics() for name, r in f.results.items()} for f in result.folds]
+    _print_folds(result, fold_metrics, config)
+    pooled = result.pooled
+    print(f"every held-out replay together: {len(pooled[MODEL].scored)} (live frame, team) rows")
+    intervals = auc_intervals(pooled)
+    print(format_report(pooled, intervals))
+    summary = {
+        "recipe": {"epochs": config.epochs, "members": config.members, "seed": config.seed},
+        "train_share": args.train_share,
+        "folds": [
+            {
+                "held_out_replays": fold.held_out,
+                "trained_on": len(fold.trained_on),
+                "stopped_on": len(fold.stopped_on),
+                "metrics": metrics,
+            }
+            for fold, metrics in zip(result.folds, fold_metrics, strict=True)
+        ],
+        "metrics": {name: forecast.metrics() for name, forecast in pooled.items()},
+        "roc_auc_intervals": _intervals_json(intervals),
+        "out_of_scope": result.out_of_scope,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / CROSSVAL_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"\nwrote {out / CROSSVAL_FILE}")
+    return 0
+
+
+def _print_folds(
+    result: CrossValidation, fold_metrics: list[dict[str, Metrics]], config: TrainConfig
+) -> None:
+    from services.trainer.compare import BASELINE, MODEL
+
+    replays = sum(len(fold.held_out) for fold in result.folds)
+    print(
+        f"\nthe training recipe (--epochs {config.epochs} --members {config.members} "
+        f"--seed {config.seed}) vs the ball-only baseline's, {len(result.folds)}-fold "
+        f"cross-validation of {replays} Soccar replays on standard arenas: each fold held out "
+        f"once, both retrained on the others (early stopping on {config.val_fraction:.0%} of them)"
+    )
+    for number, (fold, metrics) in enumerate(zip(result.folds, fold_metrics, strict=True), 1):
+        print(
+            f"  fold {number}: {len(fold.held_out)} held out, trained on {len(fold.trained_on)}, "
+            f"stopped on {len(fold.stopped_on)}; P(score) ROC AUC "
+            f"{MODEL} {metrics[MODEL]['score']['roc_auc']:.4f}, "
+            f"{BASELINE} {metrics[BASELINE]['score']['roc_auc']:.4f}"
+        )
+
+
+def _replay_folder(path: Path | None, settings: Settings) -> Path:
+    folder = path or settings.replays_dir / "corpus"
+    if not folder.is_dir():
+        raise SystemExit(f"rlimpact: no such folder: {folder}")
+    return folder
+
+
+def _intervals_json(intervals: dict[str, dict[str, AucInterval]]) -> dict[str, object]:
+    return {
+        event: {name: [i.low, i.high] for name, i in by_name.items()}
+        for event, by_name in intervals.items()
+    }
 
 
 def _modes(tables: list[FeatureTable]) -> str:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shared.settings import Settings
 
-if TYPE_CHECKING:  # onnxruntime is loaded only by the commands that score
+if TYPE_CHECKING:  # onnxruntime and torch are loaded only by the commands that need them
     from services.scorer.score import ImpactModel
+    from services.trainer.train import TrainConfig
 
 DEFAULT_MODEL_FILE = "impact.onnx"
 
@@ -35,3 +37,36 @@ def load_impact_model(path: Path | None, settings: Settings) -> ImpactModel:
         return ImpactModel(model_path)
     except ModelSchemaError as error:
         raise SystemExit(f"rlimpact: {error}; retrain it ('rlimpact train --local')") from None
+
+
+def add_recipe_arguments(parser: argparse.ArgumentParser, epochs: int) -> None:
+    """The impact model's training recipe on the command line (see :func:`recipe_config`)."""
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--seed", type=int, default=0, help="seeds the weights and the split")
+    parser.add_argument(
+        "--members", type=int, default=1,
+        help="networks averaged in the model (an ensemble), each seeded apart",
+    )  # fmt: skip
+    parser.add_argument(
+        "--val-fraction", type=fraction, default=0.2,
+        help="share of the training replays held out (by file) for early stopping",
+    )  # fmt: skip
+
+
+def fraction(text: str) -> float:
+    """An argparse type: a number strictly between 0 and 1."""
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def recipe_config(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig of :func:`add_recipe_arguments`' options, or a clear error and exit."""
+    from services.trainer.train import TrainConfig
+
+    if args.members < 1:
+        raise SystemExit("rlimpact: --members must be at least 1")
+    return TrainConfig(
+        epochs=args.epochs, seed=args.seed, val_fraction=args.val_fraction, members=args.members
+    )

@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from services.cli.common import DEFAULT_MODEL_FILE, load_impact_model, replay_files
+from services.cli.common import (
+    DEFAULT_MODEL_FILE,
+    add_recipe_arguments,
+    load_impact_model,
+    recipe_config,
+    replay_files,
+)
 from shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -38,15 +44,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="train in-process on the replays of this folder instead (no servers needed)",
     )
     train.add_argument("--out", type=Path, help="with --local: where to write the ONNX model")
-    train.add_argument("--epochs", type=int, default=6)
-    train.add_argument("--seed", type=int, default=0, help="seeds the weights and the split")
-    train.add_argument(
-        "--members", type=int, default=1,
-        help="with --local: networks averaged in the model (an ensemble), each seeded apart",
-    )  # fmt: skip
-    train.add_argument(
-        "--val-fraction", type=float, default=0.2, help="share of replays held out (by file)"
-    )
+    add_recipe_arguments(train, epochs=6)  # with --local
     train.set_defaults(func=cmd_train)
 
     score = commands.add_parser("score", help="score replay files offline (no servers needed)")
@@ -127,24 +125,19 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     if args.local is None:
         return asyncio.run(_request_training(settings, args.promote))
     from services.trainer.train import (
-        TrainConfig,
         export_onnx,
         scoped_tables,
         train_impact_model,
         weights_digest,
     )
 
-    if args.members < 1:
-        raise SystemExit("rlimpact: --members must be at least 1")
+    config = recipe_config(args)
     out = args.out or settings.default_model_dir / DEFAULT_MODEL_FILE
     tables = [table for _, table in featurize_replays([args.local], settings)]
     if len(scoped_tables(tables)[0]) < 2:
         raise SystemExit(
             f"rlimpact: need at least 2 usable Soccar replays on standard arenas in {args.local}"
         )
-    config = TrainConfig(
-        epochs=args.epochs, seed=args.seed, val_fraction=args.val_fraction, members=args.members
-    )
     result = train_impact_model(tables, config)
     out.parent.mkdir(parents=True, exist_ok=True)
     members = f"-x{args.members}" if args.members > 1 else ""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -141,12 +141,19 @@ class TeamForecasts:
     def metrics(self) -> dict[str, dict[str, float]]:
         return {event: binary_metrics(*self.outcome(event)) for event in EVENTS}
 
+    @classmethod
+    def concat(cls, parts: Sequence[TeamForecasts]) -> TeamForecasts:
+        """The forecasts of ``parts``, each of other replays, as one: each part's replay
+        numbers are shifted past the previous parts' so that no two replays share one."""
+        counts = [int(p.replay.max()) + 1 if p.replay.size else 0 for p in parts]
+        starts = np.cumsum([0, *counts[:-1]])
+        shifted = [replace(p, replay=p.replay + s) for p, s in zip(parts, starts, strict=True)]
+        return cls(*(np.concatenate([getattr(p, f.name) for p in shifted]) for f in fields(cls)))
 
-def table_forecasts(
-    table: FeatureTable, probabilities: np.ndarray, replay: int = 0
-) -> TeamForecasts:
-    """``probabilities`` [T, P, 2] per row -> forecasts for each team that has players; their
-    rows are marked as from replay number ``replay``."""
+
+def table_forecasts(table: FeatureTable, probabilities: np.ndarray) -> TeamForecasts:
+    """``probabilities`` [T, P, 2] per row -> forecasts for each team that has players (all
+    rows from replay number 0)."""
     live = table.live
     p_team = team_score_probability(table, probabilities)[live]  # [L, 2]
     teams = np.array([p.team for p in table.players])
@@ -161,7 +168,7 @@ def table_forecasts(
                 p_team[:, 1 - team],
                 table.label_score[live, player],
                 table.label_concede[live, player],
-                np.full(int(live.sum()), replay),
+                np.zeros(int(live.sum()), dtype=int),
             )
         )
     if not parts:
@@ -174,14 +181,12 @@ def table_forecasts(
 
 def forecasts(tables: Sequence[FeatureTable], model: Predictor) -> TeamForecasts:
     parts = []
-    for index, table in enumerate(tables):
+    for table in tables:
         n_frames, n_players, n_features = table.features.shape
         rows = np.ascontiguousarray(table.features.reshape(-1, n_features), dtype=np.float32)
         probabilities = model.predict(rows).reshape(n_frames, n_players, 2)
-        parts.append(table_forecasts(table, probabilities, index))
-    return TeamForecasts(
-        *(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(TeamForecasts))
-    )
+        parts.append(table_forecasts(table, probabilities))
+    return TeamForecasts.concat(parts)
 
 
 class TorchPredictor:

@@ -251,14 +251,20 @@ def input_scaling(x_train: np.ndarray, inputs: tuple[str, ...] | None) -> tuple[
     return chosen.mean(axis=0), np.maximum(chosen.std(axis=0), MIN_INPUT_STD)
 
 
+def shuffled_by_replay(tables: list[FeatureTable], seed: int) -> list[FeatureTable]:
+    """``tables`` in an order drawn from ``seed`` and each replay's id alone: a replay keeps
+    its side of a split whatever other replays come and go."""
+    return sorted(
+        tables, key=lambda t: hashlib.sha256(f"{seed}:{t.replay_id}".encode()).hexdigest()
+    )
+
+
 def split_by_replay(
     tables: list[FeatureTable], val_fraction: float, seed: int
 ) -> tuple[list[FeatureTable], list[FeatureTable]]:
     if len(tables) < 2:
         raise ValueError(f"need at least 2 featurized replays to train, got {len(tables)}")
-    ranked = sorted(
-        tables, key=lambda t: hashlib.sha256(f"{seed}:{t.replay_id}".encode()).hexdigest()
-    )
+    ranked = shuffled_by_replay(tables, seed)
     n_val = min(len(ranked) - 1, max(1, round(val_fraction * len(ranked))))
     return ranked[n_val:], ranked[:n_val]
 
@@ -321,12 +327,26 @@ def train_impact_model(
     run_dir: Path | None = None,
 ) -> TrainResult:
     """Train on those of ``tables`` in the model's scope (Soccar on standard arenas, see
-    shared/scope.py); with ``run_dir``, checkpoint there and resume a killed run (an
-    ensemble's members each in their own ``member-N`` folder)."""
-    if config.members < 1:
-        raise ValueError(f"an impact model needs at least one member, got {config.members}")
+    shared/scope.py), split by file (``config.val_fraction``, ``config.seed``); with
+    ``run_dir``, checkpoint there and resume a killed run (an ensemble's members each in
+    their own ``member-N`` folder)."""
     scoped, other = scoped_tables(tables)
     train_tables, val_tables = split_by_replay(scoped, config.val_fraction, config.seed)
+    result = train_on_split(train_tables, val_tables, config, progress, run_dir)
+    return replace(result, out_of_scope=[t.replay_id for t in other])
+
+
+def train_on_split(
+    train_tables: list[FeatureTable],
+    val_tables: list[FeatureTable],
+    config: TrainConfig = TrainConfig(),
+    progress: bool = True,
+    run_dir: Path | None = None,
+) -> TrainResult:
+    """:func:`train_impact_model` on a split made by the caller: fit on ``train_tables``,
+    stop early on ``val_tables`` and report the metrics of those."""
+    if config.members < 1:
+        raise ValueError(f"an impact model needs at least one member, got {config.members}")
     x_train, y_train = stack_rows(train_tables, config.frame_stride, config.aux)
     x_val, y_val = stack_rows(val_tables)
     if not len(x_train) or not len(x_val):
@@ -376,7 +396,6 @@ def train_impact_model(
         val_replays=val_ids,
         fit=fits[0],
         data_hash=run.data_hash,
-        out_of_scope=[t.replay_id for t in other],
     )
 
 

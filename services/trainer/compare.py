@@ -1,0 +1,105 @@
+"""The impact model's training recipe against the ball-only baseline's, on every replay.
+
+``rlimpact evaluate`` judges one trained model on the replays its split held out: 31 matches
+of the corpus, which also chose its early-stopping epoch. :func:`cross_validate` judges the
+recipe instead: the in-scope replays are dealt into k folds by file, and for each fold both
+recipes are trained afresh on the other folds (early stopping on a share of those, never on
+the fold) and forecast the fold. Every replay is then held out exactly once, and the
+forecasts of all folds are scored together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from services.featurizer.features import FeatureTable
+from services.trainer.evaluate import BALL_INPUTS, TeamForecasts, TorchPredictor, forecasts
+from services.trainer.train import (
+    TrainConfig,
+    scoped_tables,
+    shuffled_by_replay,
+    split_by_replay,
+    train_on_split,
+)
+
+MODEL = "model"
+BASELINE = "ball-only"
+
+
+def baseline_config(epochs: int, seed: int, val_fraction: float) -> TrainConfig:
+    """The ball-only baseline: the impact network's trainer, reading BALL_INPUTS only."""
+    return TrainConfig(
+        epochs=epochs,
+        seed=seed,
+        val_fraction=val_fraction,
+        inputs=BALL_INPUTS,
+        hidden=(64, 64),
+        milestone_every=0,
+    )
+
+
+def replay_folds(tables: list[FeatureTable], folds: int, seed: int) -> list[list[FeatureTable]]:
+    """``tables`` dealt into ``folds`` folds of sizes within one of each other, by file."""
+    if not 2 <= folds <= len(tables):
+        raise ValueError(f"cannot deal {len(tables)} replays into {folds} folds (2 or more)")
+    ranked = shuffled_by_replay(tables, seed)
+    return [ranked[fold::folds] for fold in range(folds)]
+
+
+@dataclass(frozen=True)
+class Fold:
+    held_out: list[str]  # replay ids
+    trained_on: list[str]
+    stopped_on: list[str]  # early stopping's validation replays
+    results: dict[str, TeamForecasts]  # per recipe, on the held-out replays
+
+
+@dataclass(frozen=True)
+class CrossValidation:
+    folds: list[Fold]
+    out_of_scope: list[str]
+
+    @property
+    def pooled(self) -> dict[str, TeamForecasts]:
+        """Per recipe, the forecasts of every fold's held-out replays together."""
+        names = self.folds[0].results
+        return {name: TeamForecasts.concat([f.results[name] for f in self.folds]) for name in names}
+
+
+def cross_validate(
+    tables: list[FeatureTable],
+    model: TrainConfig,
+    baseline: TrainConfig,
+    folds: int = 5,
+    on_fold: Callable[[Fold], None] | None = None,
+    train_share: float = 1.0,
+) -> CrossValidation:
+    """Both recipes trained and forecast on each of ``folds`` folds of the in-scope replays
+    (dealt by ``model.seed``); ``on_fold`` hears of each fold when it is done. With
+    ``train_share`` below 1, each fold trains on that share of its training replays only (the
+    same validation and held-out replays): what the recipe makes of less data."""
+    if not 0 < train_share <= 1:
+        raise ValueError(f"the share of training replays must be in (0, 1], got {train_share}")
+    scoped, other = scoped_tables(tables)
+    done = []
+    for held_out in replay_folds(scoped, folds, model.seed):
+        ids = {t.replay_id for t in held_out}
+        rest = [t for t in scoped if t.replay_id not in ids]
+        train, val = split_by_replay(rest, model.val_fraction, model.seed)
+        if train_share < 1:
+            train = shuffled_by_replay(train, model.seed)[: max(1, round(train_share * len(train)))]
+        results = {}
+        for name, config in ((MODEL, model), (BASELINE, baseline)):
+            trained = train_on_split(train, val, config, progress=False)
+            results[name] = forecasts(held_out, TorchPredictor(trained.model))
+        fold = Fold(
+            held_out=sorted(ids),
+            trained_on=sorted(t.replay_id for t in train),
+            stopped_on=sorted(t.replay_id for t in val),
+            results=results,
+        )
+        done.append(fold)
+        if on_fold is not None:
+            on_fold(fold)
+    return CrossValidation(done, sorted(t.replay_id for t in other))
