@@ -65,8 +65,9 @@ def recipe_config(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig of :func:`add_recipe_arguments`' options, or a clear error and exit."""
     from services.trainer.train import TrainConfig
 
-    if args.members < 1:
-        raise SystemExit("rlimpact: --members must be at least 1")
-    return TrainConfig(
-        epochs=args.epochs, seed=args.seed, val_fraction=args.val_fraction, members=args.members
-    )
+    try:
+        return TrainConfig(
+            epochs=args.epochs, seed=args.seed, val_fraction=args.val_fraction, members=args.members
+        )
+    except ValueError as error:
+        raise SystemExit(f"rlimpact: --members: {error}") from None

@@ -137,6 +137,10 @@ class TrainConfig:
     members: int = 1
     mirrored: bool = True  # symmetric under the pitch mirrored left-right (ImpactNet)
 
+    def __post_init__(self) -> None:
+        if self.members < 1:
+            raise ValueError(f"an impact model needs at least one member, got {self.members}")
+
     @property
     def fit(self) -> FitConfig:
         return FitConfig.of(self)
@@ -345,8 +349,6 @@ def train_on_split(
 ) -> TrainResult:
     """:func:`train_impact_model` on a split made by the caller: fit on ``train_tables``,
     stop early on ``val_tables`` and report the metrics of those."""
-    if config.members < 1:
-        raise ValueError(f"an impact model needs at least one member, got {config.members}")
     x_train, y_train = stack_rows(train_tables, config.frame_stride, config.aux)
     x_val, y_val = stack_rows(val_tables)
     if not len(x_train) or not len(x_val):

@@ -133,3 +133,11 @@ def test_crossval_refuses_a_share_that_is_not_between_0_and_1(option, capsys):
     with pytest.raises(SystemExit):
         main(["crossval", *option])
     assert "must be between 0 and 1" in capsys.readouterr().err
+
+
+def test_an_impact_model_of_no_networks_is_refused_by_the_config_and_the_commands(tmp_path):
+    with pytest.raises(ValueError, match="at least one member"):
+        TrainConfig(members=0)
+    for command in (["crossval"], ["train", "--local", str(tmp_path)]):
+        with pytest.raises(SystemExit, match="--members: an impact model needs at least one"):
+            main([*command, "--members", "0"])
