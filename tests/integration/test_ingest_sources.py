@@ -39,7 +39,7 @@ from shared.events import (
 )
 from shared.kafka import event_producer
 from shared.settings import REPO_ROOT, Settings
-from shared.storage import BlobStore
+from shared.storage import FileBlobStore
 from tests.integration.conftest import Stack, events_on, wait_for
 
 pytestmark = pytest.mark.integration
@@ -243,7 +243,7 @@ async def _restart_after_a_crash(stack, s3, bucket, seen, pg, good3, good4) -> N
     restart announces each once, and the redelivered or re-listed file is a duplicate."""
     failed_before = len(seen.failed)
     _stop_ingestor(stack)
-    store = BlobStore(s3.blob_dir)
+    store = FileBlobStore(s3.blob_dir)
     bucket.upload(good3.path, "incoming/good3.replay")
     staged = stage_file(good4.path, s3, None, "upload")
     async with event_producer(s3, "test") as producer:

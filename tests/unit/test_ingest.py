@@ -27,7 +27,7 @@ from services.ingestor.ingest import (
 from services.ingestor.s3 import parse_s3_uri, s3_uri
 from shared.events import ReplaySubmitted, decode, encode
 from shared.settings import Settings
-from shared.storage import BlobStore, uri_to_path
+from shared.storage import FileBlobStore, uri_to_path
 
 
 def test_watcher_yields_a_file_once_it_stops_changing(tmp_path: Path):
@@ -46,7 +46,7 @@ def test_watcher_yields_a_file_once_it_stops_changing(tmp_path: Path):
 
 
 def test_same_content_under_two_names_is_one_blob(tmp_path: Path, standard_replay):
-    store = BlobStore(tmp_path / "blobs")
+    store = FileBlobStore(tmp_path / "blobs")
     content = standard_replay.path.read_bytes()
     first, second = tmp_path / "a.replay", tmp_path / "b.replay"
     first.write_bytes(content)
@@ -71,14 +71,14 @@ def test_same_content_under_two_names_is_one_blob(tmp_path: Path, standard_repla
 def test_unfit_files_are_rejected_with_a_reason(tmp_path: Path, content: bytes, reason: str):
     path = tmp_path / "x.replay"
     path.write_bytes(content)
-    store = BlobStore(tmp_path / "blobs")
+    store = FileBlobStore(tmp_path / "blobs")
     with pytest.raises(IngestRejected, match=reason):
         upload_event(path, store, max_bytes=100, source="test")
     assert not (tmp_path / "blobs").exists(), "nothing is stored for a rejected file"
 
 
 def test_a_hostile_file_name_is_rejected_before_anything_is_stored(tmp_path, standard_replay):
-    store = BlobStore(tmp_path / "blobs")
+    store = FileBlobStore(tmp_path / "blobs")
     with pytest.raises(IngestRejected, match="path segment"):
         upload_event(standard_replay.path, store, 10**9, "test", filename="../../etc/x.replay")
     assert not (tmp_path / "blobs").exists()
