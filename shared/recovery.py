@@ -45,6 +45,7 @@ from shared.events import (
     Event,
     FeaturesReady,
     FramesParsed,
+    PlayerInfo,
     ReplayUploaded,
     Topic,
 )
@@ -160,19 +161,20 @@ def _final_word(state: ReplayState) -> str:
 # ---------------------------------------------------------------- the events
 
 
-async def rebuild_event(
-    store: BlobStore, conn: asyncpg.Connection, state: ReplayState, topic: Topic
+def rebuild_event(
+    store: BlobStore, state: ReplayState, players: list[PlayerInfo], topic: Topic
 ) -> tuple[Topic, Event]:
-    """The event of ``topic`` for the replay; when its stage's file is gone, the one before."""
+    """The event of ``topic`` for the replay (``players``: its ``replay_players``), read from
+    the blob store; when its stage's file is gone, the event of the stage before. Blocking."""
     try:
         if topic is FEATURES_READY:
-            return topic, await _features_ready(store, conn, state)
+            return topic, _features_ready(store, state, players)
         if topic is FRAMES_PARSED:
-            return topic, await _frames_parsed(store, conn, state)
+            return topic, _frames_parsed(store, state, players)
     except FileNotFoundError as error:
         earlier = FALLBACK[topic]
         log.warning("%s: %s; re-driving with %s", state.replay_id[:12], error, earlier.name)
-        return await rebuild_event(store, conn, state, earlier)
+        return rebuild_event(store, state, players, earlier)
     return REPLAY_UPLOADED, ReplayUploaded(
         replay_id=state.replay_id,
         uri=state.uri,
@@ -182,48 +184,37 @@ async def rebuild_event(
     )
 
 
-async def _frames_parsed(
-    store: BlobStore, conn: asyncpg.Connection, state: ReplayState
-) -> FramesParsed:
+def _frames_parsed(store: BlobStore, state: ReplayState, players: list[PlayerInfo]) -> FramesParsed:
     if state.frames_uri is None:
         raise FileNotFoundError("no frames file recorded")
-    frames_uri = state.frames_uri
-
-    def header() -> ParsedReplay:
-        with store.local_path(frames_uri) as path:
-            return ParsedReplay.load(path)
-
-    parsed = await asyncio.to_thread(header)
+    with store.local_path(state.frames_uri) as path:
+        parsed = ParsedReplay.load(path)
     return FramesParsed(
         replay_id=state.replay_id,
-        frames_uri=frames_uri,
+        frames_uri=state.frames_uri,
         n_frames=parsed.n_frames,
         fps=parsed.fps,
         team_size=parsed.team_size,
-        players=await db.replay_players(conn, state.replay_id) or parsed.players,
+        players=players or parsed.players,
         goals=parsed.goals,
     )
 
 
-async def _features_ready(
-    store: BlobStore, conn: asyncpg.Connection, state: ReplayState
+def _features_ready(
+    store: BlobStore, state: ReplayState, players: list[PlayerInfo]
 ) -> FeaturesReady:
     from services.featurizer.dataset import feature_file_version
 
     if state.features_uri is None or state.n_frames is None:
         raise FileNotFoundError("no features file recorded")
-    features_uri = state.features_uri
-
-    def version() -> int:
-        with store.local_path(features_uri) as path:
-            return feature_file_version(path)
-
+    with store.local_path(state.features_uri) as path:
+        version = feature_file_version(path)
     return FeaturesReady(
         replay_id=state.replay_id,
-        features_uri=features_uri,
-        feature_schema_version=await asyncio.to_thread(version),
+        features_uri=state.features_uri,
+        feature_schema_version=version,
         n_frames=state.n_frames,
-        players=await db.replay_players(conn, state.replay_id),
+        players=players,
     )
 
 
@@ -234,7 +225,8 @@ async def redrive(ctx: ServiceContext, store: BlobStore, state: ReplayState, pla
     """Carry out a plan with a topic; False if the replay moved on meanwhile (nothing sent)."""
     assert plan.topic is not None
     async with ctx.pool.acquire() as conn:
-        topic, event = await rebuild_event(store, conn, state, plan.topic)
+        players = await db.replay_players(conn, state.replay_id)
+        topic, event = await asyncio.to_thread(rebuild_event, store, state, players, plan.topic)
         reason = f"re-driven: {plan.why}"
         moved = AWAITING[topic]
         if not await db.move_status(conn, state.replay_id, state.status, moved, STAGE, reason):
