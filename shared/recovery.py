@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import zipfile
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
@@ -72,6 +73,10 @@ AWAITING: dict[Topic, str] = {
     FEATURES_READY: "featurized",
 }
 FALLBACK: dict[Topic, Topic] = {FEATURES_READY: FRAMES_PARSED, FRAMES_PARSED: REPLAY_UPLOADED}
+# A stage's file that is gone or unreadable (not the store being down: BlobStoreUnavailable).
+UNUSABLE_FILE = (FileNotFoundError, ValueError, zipfile.BadZipFile)
+# What ends a pass, to be tried again at the next tick: a dependency that is down.
+DEPENDENCY_DOWN = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, RuntimeError)
 
 
 @dataclass(frozen=True)
@@ -171,7 +176,7 @@ def rebuild_event(
             return topic, _features_ready(store, state, players)
         if topic is FRAMES_PARSED:
             return topic, _frames_parsed(store, state, players)
-    except FileNotFoundError as error:
+    except UNUSABLE_FILE as error:
         earlier = FALLBACK[topic]
         log.warning("%s: %s; re-driving with %s", state.replay_id[:12], error, earlier.name)
         return rebuild_event(store, state, players, earlier)
@@ -270,8 +275,15 @@ async def _redrive_stranded(
     done: list[Plan] = []
     for state in states:
         plan = plan_redrive(state, min_idle_seconds)
-        if plan.topic is not None and await redrive(ctx, store, state, plan):
-            done.append(plan)
+        if plan.topic is None:
+            continue
+        try:
+            if await redrive(ctx, store, state, plan):
+                done.append(plan)
+        except DEPENDENCY_DOWN:
+            raise
+        except Exception:  # one replay's odd row must not stop the others' recovery
+            log.exception("cannot re-drive %s", state.replay_id[:12])
     return done
 
 
@@ -283,7 +295,7 @@ async def reconcile_forever(ctx: ServiceContext, store: BlobStore) -> None:
         try:
             if plans := await reconcile(ctx, store):
                 log.info("re-drove %d stranded replays", len(plans))
-        except (OSError, asyncpg.PostgresError, RuntimeError) as error:
+        except DEPENDENCY_DOWN as error:
             log.warning("reconcile pass failed, retrying in %.0f s: %s", interval, error)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(ctx.stop.wait(), interval)

@@ -17,8 +17,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +39,13 @@ from shared.events import (
 from shared.kafka import event_producer
 from shared.settings import REPO_ROOT, Settings
 from shared.storage import FileBlobStore
-from tests.integration.conftest import Stack, events_on, wait_for
+from tests.integration.conftest import (
+    Stack,
+    events_on,
+    restart_service,
+    stop_service,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -69,16 +74,11 @@ class Seen:
 
 
 @pytest.fixture(scope="module")
-def s3(stack: Stack) -> Iterator[Settings]:
+def s3(stack: Stack, minio: None) -> Settings:
     """MinIO on the stack's S3 port, with an empty bucket; settings that name the bucket."""
-    script = str(REPO_ROOT / "deploy" / "minio.sh")
-    subprocess.run(["bash", script, "start"], env=stack.env, check=True)
-    try:
-        settings = stack.settings.model_copy(update={"s3_bucket": BUCKET})
-        Bucket(settings).create()
-        yield settings
-    finally:
-        subprocess.run(["bash", script, "stop"], env=stack.env, check=False)
+    settings = stack.settings.model_copy(update={"s3_bucket": BUCKET})
+    Bucket(settings).create()
+    return settings
 
 
 @pytest.fixture(scope="module")
@@ -90,40 +90,12 @@ async def seen(stack: Stack) -> AsyncIterator[Seen]:
         yield Seen(uploaded, failed)
 
 
-def _ingestor_up(stack: Stack) -> bool:
-    url = f"http://127.0.0.1:{stack.settings.metrics_port('ingestor')}/metrics"
-    try:
-        body = urllib.request.urlopen(url, timeout=2).read().decode()
-    except OSError:
-        return False
-    return 'rlimpact_up{service="ingestor"} 1.0' in body
-
-
 def _stop_ingestor(stack: Stack, clean: bool = True) -> None:
-    """SIGTERM; a running ingestor finishes what it does and exits 0 (``clean``)."""
-    process = stack.processes["ingestor"]
-    process.terminate()
-    code = process.wait(timeout=30)
-    assert code == 0 or not clean, f"exit status {code}:\n{stack.log('ingestor')[-3000:]}"
+    stop_service(stack, "ingestor", clean)
 
 
 async def _restart_ingestor(stack: Stack, clean: bool = True, **env: str) -> None:
-    """Stop the running ingestor and start another with ``env`` added."""
-    if stack.processes["ingestor"].poll() is None:
-        _stop_ingestor(stack, clean)
-    log = (stack.data_dir / "logs" / "ingestor.log").open("ab")
-    stack.processes["ingestor"] = subprocess.Popen(
-        [sys.executable, "-m", "services.ingestor"],
-        env={**stack.env, **env},
-        cwd=REPO_ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-
-    async def up() -> bool:
-        return _ingestor_up(stack)
-
-    await wait_for(up, 60, "the ingestor to start")
+    await restart_service(stack, "ingestor", clean, **env)
 
 
 def _cli(stack: Stack, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
