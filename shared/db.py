@@ -89,8 +89,13 @@ async def set_status(
         reason,
         *columns.values(),
     )
-    if updated is None:
-        return
+    if updated is not None:
+        await _record_status(conn, replay_id, stage, status, reason)
+
+
+async def _record_status(
+    conn: asyncpg.Connection, replay_id: str, stage: str, status: str, reason: str | None
+) -> None:
     await conn.execute(
         "INSERT INTO replay_status_history (replay_id, stage, status, reason)"
         " VALUES ($1, $2, $3, $4)",
@@ -200,14 +205,7 @@ async def move_status(
     )
     if updated is None:
         return False
-    await conn.execute(
-        "INSERT INTO replay_status_history (replay_id, stage, status, reason)"
-        " VALUES ($1, $2, $3, $4)",
-        replay_id,
-        stage,
-        status,
-        reason,
-    )
+    await _record_status(conn, replay_id, stage, status, reason)
     return True
 
 

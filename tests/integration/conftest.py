@@ -58,10 +58,11 @@ class Stack:
     def log(self, service: str) -> str:
         return (self.data_dir / "logs" / f"{service}.log").read_text(errors="replace")
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def cli(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        """``rlimpact ARGS`` with the stack's environment, ``env`` added."""
         return subprocess.run(
             [sys.executable, "-m", "services.cli", *args],
-            env=self.env,
+            env={**self.env, **env},
             cwd=REPO_ROOT,
             capture_output=True,
             text=True,

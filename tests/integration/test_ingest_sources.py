@@ -15,8 +15,6 @@ its own.
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +35,7 @@ from shared.events import (
     ReplayUploaded,
 )
 from shared.kafka import event_producer
-from shared.settings import REPO_ROOT, Settings
+from shared.settings import Settings
 from shared.storage import FileBlobStore
 from tests.integration.conftest import (
     Stack,
@@ -96,17 +94,6 @@ def _stop_ingestor(stack: Stack, clean: bool = True) -> None:
 
 async def _restart_ingestor(stack: Stack, clean: bool = True, **env: str) -> None:
     await restart_service(stack, "ingestor", clean, **env)
-
-
-def _cli(stack: Stack, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "services.cli", *args],
-        env={**stack.env, **env},
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def _bucket_env(settings: Settings, max_bytes: int | None = None) -> dict[str, str]:
@@ -240,18 +227,18 @@ async def _restart_after_a_crash(stack, s3, bucket, seen, pg, good3, good4) -> N
 
 
 async def _upload_command(stack, s3, seen, pg, good5, good6, tmp_path) -> None:
-    to_bucket = _cli(stack, "upload", str(good5.path), RLIMPACT_S3_BUCKET=BUCKET)
+    to_bucket = stack.cli("upload", str(good5.path), RLIMPACT_S3_BUCKET=BUCKET)
     assert to_bucket.returncode == 0, to_bucket.stderr
     assert "1 files submitted, 0 refused" in to_bucket.stdout
-    to_folder = _cli(stack, "upload", "--source", "my-bot", str(good6.path))
+    to_folder = stack.cli("upload", "--source", "my-bot", str(good6.path))
     assert to_folder.returncode == 0, to_folder.stderr
 
     text = tmp_path / "notes.replay"
     text.write_text("not a replay")
-    refused = _cli(stack, "upload", str(text))
+    refused = stack.cli("upload", str(text))
     assert refused.returncode == 1
     assert "notes.replay: not a Rocket League replay" in refused.stderr
-    missing = _cli(stack, "upload", str(tmp_path / "nope.replay"))
+    missing = stack.cli("upload", str(tmp_path / "nope.replay"))
     assert missing.returncode != 0 and "no such file" in missing.stderr
 
     async def both_announced() -> bool:

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,19 +139,8 @@ async def _ensure_active_model(stack: Stack, pg: asyncpg.Connection, env: dict[s
     if await db.active_model(pg) is not None:
         return
     model = str(REPO_ROOT / "models" / "default" / "impact.onnx")
-    done = _cli(stack, env, "models", "register", model, "--promote")
+    done = stack.cli("models", "register", model, "--promote", **env)
     assert done.returncode == 0, done.stderr
-
-
-def _cli(stack: Stack, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "services.cli", *args],
-        env={**stack.env, **env},
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 async def _forget(pg: asyncpg.Connection, ids: list[str]) -> None:
@@ -298,15 +285,15 @@ async def test_retry_by_hand(
     await asyncio.sleep(6)  # past the age threshold, several passes: a failed replay is final
     assert await pg.fetchval("SELECT status FROM replays WHERE id = $1", failed.sha256) == "failed"
 
-    unknown = _cli(stack, s3.env, "retry", "ffffffff", "not-hex")
+    unknown = stack.cli("retry", "ffffffff", "not-hex", **s3.env)
     assert unknown.returncode == 1
     assert "no replay with id 'ffffffff'" in unknown.stderr and "'not-hex'" in unknown.stderr
-    assert _cli(stack, s3.env, "retry").returncode != 0
+    assert stack.cli("retry", **s3.env).returncode != 0
 
-    done = _cli(stack, s3.env, "retry", replays[0].sha256[:12])
+    done = stack.cli("retry", replays[0].sha256[:12], **s3.env)
     assert done.returncode == 0 and "nothing to do" in done.stdout, done.stdout + done.stderr
 
-    again = _cli(stack, s3.env, "retry", "--failed")
+    again = stack.cli("retry", "--failed", **s3.env)
     assert again.returncode == 0, again.stderr
     assert f"{failed.sha256[:16]}  failed (simulated: the parser was down)" in again.stdout
     await _scored(pg, seen, [failed.sha256])
