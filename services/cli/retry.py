@@ -37,15 +37,23 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _retry(settings: Settings, refs: list[str], failed: bool, stuck: bool) -> int:
+    from aiokafka.errors import KafkaError
+
     from shared.recovery import UnknownReplay, retry
     from shared.service import service_context
-    from shared.storage import open_blob_store
+    from shared.storage import BlobStoreUnavailable, open_blob_store
 
-    async with service_context("cli", settings) as ctx:
-        try:
-            outcomes = await retry(ctx, open_blob_store(settings), refs, failed=failed, stuck=stuck)
-        except UnknownReplay as error:
-            raise SystemExit(f"rlimpact retry: {error}") from None
+    try:
+        async with service_context("cli", settings) as ctx:
+            store = open_blob_store(settings)
+            outcomes = await retry(ctx, store, refs, failed=failed, stuck=stuck)
+    except UnknownReplay as error:
+        raise SystemExit(f"rlimpact retry: {error}") from None
+    except (OSError, KafkaError, BlobStoreUnavailable) as error:
+        raise SystemExit(
+            f"rlimpact retry: cannot reach Postgres, Kafka or the blob store ({error});"
+            " is the stack up ('rlimpact up')?"
+        ) from None
     for outcome in outcomes:
         plan = outcome.plan
         if plan.topic is not None and not outcome.sent:

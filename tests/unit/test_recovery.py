@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from shared.recovery import (
     plan_redrive,
     rebuild_event,
 )
-from shared.settings import ValidationRules
+from shared.settings import Settings, ValidationRules
 from shared.storage import FileBlobStore
 
 AFTER = 120.0
@@ -150,3 +151,22 @@ def test_a_stage_whose_file_is_gone_is_re_driven_from_the_stage_before(stored, t
         state.uri,
         state.filename,
     )
+
+
+# ---------------------------------------------------------------- rlimpact retry
+
+
+def test_retry_asks_what_to_retry():
+    from services.cli import main
+
+    with pytest.raises(SystemExit, match="name replays, or give --failed or --stuck"):
+        main(["retry"])
+
+
+def test_retry_with_the_stack_down_says_so():
+    from services.cli import retry
+
+    settings = Settings(pg_port=1, kafka_bootstrap="127.0.0.1:1")
+    args = argparse.Namespace(replays=["ab12"], failed=False, stuck=False)
+    with pytest.raises(SystemExit, match="cannot reach Postgres, Kafka or the blob store"):
+        retry.cmd_retry(args, settings)
