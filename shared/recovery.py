@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from shared import db
+from shared import db, metrics
 from shared.events import (
     FEATURES_READY,
     FRAMES_PARSED,
@@ -237,6 +237,7 @@ async def redrive(ctx: ServiceContext, store: BlobStore, state: ReplayState, pla
         if not await db.move_status(conn, state.replay_id, state.status, moved, STAGE, reason):
             return False
     await ctx.producer.send(topic, event)
+    metrics.REDRIVES.labels(ctx.name, topic.name).inc()
     log.info("re-drove %s: %s", state.replay_id[:12], plan.why)
     return True
 

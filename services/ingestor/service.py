@@ -6,7 +6,7 @@
 
 Every file goes through :func:`ingest_file`: the limits of ``ingest.py``, then hash, blob store,
 ``replays`` row and the event. A known hash is a duplicate, unless its replay is stranded
-(neither scored nor failed, and still for ``RLIMPACT_RECONCILE_AFTER_SECONDS``): then it is
+(neither scored nor failed, its status unchanged for ``RLIMPACT_RECONCILE_AFTER_SECONDS``): it is
 resumed from the stage it reached (``shared/recovery.py``). Bucket objects and submitted files
 are recorded in ``ingest_objects`` after that, so a restart neither repeats nor misses one.
 

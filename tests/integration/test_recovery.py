@@ -46,6 +46,7 @@ from shared.kafka import event_producer
 from shared.settings import REPO_ROOT, Settings
 from shared.storage import S3BlobStore, open_blob_store
 from tests.integration.conftest import Stack, events_on, restart_service, wait_for
+from tests.support.prometheus import scrape, total
 
 pytestmark = pytest.mark.integration
 
@@ -253,9 +254,11 @@ async def test_the_pipeline_runs_on_the_s3_blob_store(
 
 
 async def test_stranded_replays_are_driven_on_from_the_stage_they_reached(
-    s3: S3Stack, seen: Seen, pg: asyncpg.Connection, replays
+    stack: Stack, s3: S3Stack, seen: Seen, pg: asyncpg.Connection, replays
 ):
     scored = replays[0].sha256
+    since = await pg.fetchval("SELECT now()")
+    ready_before = seen.count(seen.ready, scored)
     await _age(pg, [scored])  # final: it must stay as it is
     stranded = dict(zip(("uploaded", "parsed", "featurized"), replays[2:5], strict=True))
     for status, replay in stranded.items():
@@ -270,11 +273,20 @@ async def test_stranded_replays_are_driven_on_from_the_stage_they_reached(
     assert seen.count(seen.parsed, featurized) == 0 and seen.count(seen.ready, featurized) >= 1
     redriven = await pg.fetch(
         "SELECT DISTINCT replay_id FROM replay_status_history"
-        " WHERE stage = 'recovery' AND replay_id = ANY($1::text[])",
+        " WHERE stage = 'recovery' AND at >= $2 AND replay_id = ANY($1::text[])",
         [*ids, scored],
+        since,
     )
     assert {row["replay_id"] for row in redriven} == set(ids), "the scored one is left alone"
-    assert seen.count(seen.ready, scored) == 1
+    assert seen.count(seen.ready, scored) == ready_before
+    for topic in (REPLAY_UPLOADED, FRAMES_PARSED, FEATURES_READY):
+        assert _redrives(stack, topic.name) >= 1
+
+
+def _redrives(stack: Stack, topic: str) -> float:
+    """The ingestor's ``rlimpact_redrives_total`` for one topic (0 before any re-drive)."""
+    samples = scrape(stack.settings.metrics_port("ingestor"))
+    return total(samples, "rlimpact_redrives_total", topic=topic)
 
 
 async def test_retry_by_hand(
