@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import select
 import signal
@@ -45,6 +46,7 @@ TARGETS_FILE = "prometheus-targets.json"
 # twice, and would want the same plugin port.
 SINGLE_INSTANCE = ("bridge",)
 IDLE_WAKE_SECONDS = 1.0
+logger = logging.getLogger(SUPERVISOR)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -77,6 +79,9 @@ def cmd_supervise(args: argparse.Namespace, settings: Settings) -> int:
         instances = plan(args.services, args.scale)
     except ValueError as error:
         raise SystemExit(f"rlimpact: {error}") from None
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s supervisor %(levelname)s: %(message)s"
+    )
     return Supervisor(settings, instances).run()
 
 
@@ -287,7 +292,7 @@ class Supervisor:
     settings: Settings
     instances: list[Instance]
     command: Callable[[Instance], list[str]] = service_command
-    log: Callable[[str], None] = field(default=lambda line: print(line, flush=True))
+    log: Callable[[str], None] = logger.info
     children: list[Child] = field(default_factory=list)
     stopping: int | None = None  # the signal that asked to stop
 

@@ -189,12 +189,12 @@ time.sleep(300)
 """
 
 DRIVER = """
-import sys
-from pathlib import Path
+import logging, sys
 from services.cli.supervisor import Instance, Supervisor
 from shared.settings import Settings
 
 data_dir, fake, out = sys.argv[1:4]
+logging.basicConfig(level=logging.INFO)
 settings = Settings(
     data_dir=data_dir,
     supervisor_backoff_initial_seconds=0.2,
@@ -309,7 +309,7 @@ def test_a_second_supervisor_on_the_same_data_dir_refuses_to_start(supervised):
         text=True,
         timeout=60,
     )
-    assert second.returncode == 1 and "already runs" in second.stdout
+    assert second.returncode == 1 and "already runs" in second.stderr
     assert first.pid("supervisor") == first.popen.pid  # its pid file is left alone
 
 
