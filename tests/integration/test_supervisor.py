@@ -10,6 +10,7 @@ test sends them none.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -46,6 +47,7 @@ class Supervised:
         }
         self.run_dir = self.data_dir / "run"
         self.popen: subprocess.Popen[bytes] | None = None
+        self.view = dataclasses.replace(stack, env=self.env)
 
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -59,14 +61,8 @@ class Supervised:
         )
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "services.cli", *args],
-            env=self.env,
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        """``rlimpact …`` in the supervised services' environment."""
+        return self.view.cli(*args)
 
     def pid(self, label: str) -> int | None:
         return read_pid(pid_file(self.run_dir, label))
