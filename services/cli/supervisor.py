@@ -314,12 +314,16 @@ class Supervisor:
             self.children = [self._child(instance) for instance in self.instances]
             with self._signals() as wake:
                 self.log(f"supervising {', '.join(i.label for i in self.instances)}")
-                while self.stopping is None:
-                    self._start_due(time.monotonic())
-                    self._wait(wake)
-                    self._reap()
-                self.log(f"stopping on {signal.Signals(self.stopping).name}")
-                self._stop_children()
+                try:
+                    while self.stopping is None:
+                        self._start_due(time.monotonic())
+                        self._wait(wake)
+                        self._reap()
+                finally:  # on a signal, or on an error of the supervisor's own
+                    why = signal.Signals(self.stopping).name if self.stopping else "an error"
+                    self.log(f"stopping on {why}")
+                    self.stopping = self.stopping or signal.SIGTERM
+                    self._stop_children()
             self._remove_pid_files()
         self.log("stopped")
         return 0

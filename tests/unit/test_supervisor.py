@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from services.cli.stack import service_lines
 from services.cli.supervisor import (
     Child,
     Instance,
@@ -163,6 +164,26 @@ def test_a_pid_file_counts_only_while_its_process_is_that_service(tmp_path: Path
     pid_file(tmp_path, "parser").write_text("garbage")
     assert live_pid(tmp_path, "parser", _is_parser) is None
     assert live_pid(tmp_path, "nothing", _is_parser) is None
+
+
+def test_status_without_a_supervisor_tells_running_services_from_stale_pid_files(tmp_path):
+    settings = Settings(data_dir=tmp_path)
+    settings.run_dir.mkdir()
+    fake = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", "-m", "services.parser"]
+    )
+    try:
+        pid_file(settings.run_dir, "parser-1").write_text(f"{fake.pid}\n")
+        pid_file(settings.run_dir, "scorer").write_text(f"{fake.pid}\n")  # not a scorer
+        pid_file(settings.run_dir, "supervisor").write_text(f"{fake.pid}\n")  # nor this
+        assert service_lines(settings) == [
+            "supervisor: not running",
+            f"  parser-1      up, pid {fake.pid} (not supervised)",
+            f"  scorer        down (stale pid file: pid {fake.pid})",
+        ]
+    finally:
+        fake.kill()
+        fake.wait()
 
 
 def test_the_supervisor_is_recognised_by_its_arguments():
