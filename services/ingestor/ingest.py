@@ -167,7 +167,8 @@ class FolderWatcher:
         now = time.monotonic() if now is None else now
         ready: list[Path] = []
         current: dict[Path, Signature] = {}
-        for path, signature in sorted(_replay_entries(self.root)):
+        listed = sorted(_replay_entries(self.root))
+        for path, signature in listed:
             if self._done.get(path) == signature or not self._may_retry(path, now):
                 continue
             if self._pending.get(path) == signature:
@@ -176,6 +177,10 @@ class FolderWatcher:
             else:
                 current[path] = signature
         self._pending = current
+        # What left the folder is forgotten (bounded memory; back later, it is new again).
+        present = {path for path, _ in listed}
+        self._done = {p: sig for p, sig in self._done.items() if p in present}
+        self._retry = {p: retry for p, retry in self._retry.items() if p in present}
         return ready
 
     def retry_later(self, path: Path, now: float | None = None) -> float:

@@ -391,3 +391,5 @@ def test_an_entry_is_offered_once_per_size_and_mtime_and_retried_after_a_failure
     assert 2 <= second <= 4  # doubled
     watcher.succeeded(path)
     assert watcher.poll(now=11) == [] and watcher.poll(now=12) == [path]
+    path.unlink()
+    assert watcher.poll(now=13) == [] and watcher._done == {}  # gone: forgotten
