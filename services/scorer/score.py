@@ -221,6 +221,22 @@ def score_credits(table: FeatureTable, credits: list[TouchCredit]) -> list[Playe
     return scores
 
 
-def score_table(table: FeatureTable, model: ImpactModel) -> list[PlayerScore]:
+@dataclass(frozen=True)
+class ScoredReplay:
+    """Everything a replay's scores are made of: each team's P(score) per frame [T, 2], the
+    credit of every touch, and the per-player sums."""
+
+    p_score: np.ndarray
+    credits: list[TouchCredit]
+    scores: list[PlayerScore]
+
+
+def score_replay(table: FeatureTable, model: ImpactModel) -> ScoredReplay:
+    """The one scoring path (``rlimpact score``, ``report``, ``validate``, the scorer)."""
     p_score = team_score_probability(table, predict_table(table, model))
-    return score_credits(table, credit_touches(table, p_score))
+    credits = credit_touches(table, p_score)
+    return ScoredReplay(p_score, credits, score_credits(table, credits))
+
+
+def score_table(table: FeatureTable, model: ImpactModel) -> list[PlayerScore]:
+    return score_replay(table, model).scores
