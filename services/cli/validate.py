@@ -110,7 +110,7 @@ def header_points(table: FeatureTable, stats: list[PlayerStats]) -> np.ndarray:
 @dataclass(frozen=True)
 class Validation:
     reliability: Reliability
-    predictions: list[Prediction]  # halves, then quarters 1, 2, 3 -> the rest
+    predictions: list[Prediction]  # halves, then quarters 1 -> 2-4 and 1-3 -> 4
     across: dict[str, Estimate]
 
     def as_json(self) -> dict[str, object]:
@@ -133,7 +133,7 @@ def validate_matches(
     )
 
     predictions = [predictive_validity(halves, rounds=rounds)]
-    predictions += [predictive_validity(quarters, split=s, rounds=rounds) for s in (1, 2, 3)]
+    predictions += [predictive_validity(quarters, split=s, rounds=rounds) for s in (1, 3)]
     return Validation(
         reliability=split_half_reliability(halves, rounds=rounds),
         predictions=predictions,

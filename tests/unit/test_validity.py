@@ -292,7 +292,7 @@ def test_validate_command_writes_json_and_png(tmp_path, good_replays):
         "mean P(score)",
         "goal difference",
     }
-    assert [q["earlier_parts"] for q in quarters] == [1, 2, 3]
+    assert [q["earlier_parts"] for q in quarters] == [1, 3]
     assert -1 <= halves["spearman"]["impact"]["value"] <= 1
     assert "split-half reliability" in result.stdout and "impact - touches" in result.stdout
     assert (tmp_path / "validity.png").read_bytes()[:4] == b"\x89PNG"
