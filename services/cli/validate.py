@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
-from services.cli.common import load_impact_model
+from services.cli.common import add_recipe_arguments, load_impact_model, recipe_config
 from services.cli.offline import featurize_replays
 from shared.settings import Settings
 
 if TYPE_CHECKING:
     from services.featurizer.features import FeatureTable
     from services.parser.header import PlayerStats
+    from services.scorer.score import Predictor
     from services.trainer.validity import Estimate, MatchParts, Prediction, Reliability
 
 VALIDITY_FILE = "validity.json"
@@ -47,6 +48,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         help=f"folder for {VALIDITY_FILE}, {VALIDITY_PLOT} (default: DATA_DIR/validate)",
     )
     validate.add_argument("--rounds", type=int, default=1000, help="bootstrap resamples")
+    validate.add_argument(
+        "--folds", type=int, default=0,
+        help="instead of --model: retrain the recipe (below) once per fold of the replays and "
+        "score each replay with the model that never saw it",
+    )  # fmt: skip
+    add_recipe_arguments(validate, epochs=8)
     validate.set_defaults(func=cmd_validate)
 
 
@@ -57,14 +64,21 @@ def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
     from services.trainer.validity import MIN_LIVE_MINUTES, match_parts, validity_plot
 
     paths = args.paths or [settings.replays_dir / "corpus", settings.replays_dir / "more"]
-    model = load_impact_model(args.model, settings)
     featurized = featurize_replays(paths, settings)
-    scoped = {id(t) for t in scoped_tables([t for _, t in featurized])[0]}
+    tables = [t for _, t in featurized]
+    in_scope = {t.replay_id for t in scoped_tables(tables)[0]}
+    if args.folds:
+        model_name = f"the recipe retrained per fold ({args.folds} folds, out-of-fold forecasts)"
+        models = _out_of_fold(tables, args)
+    else:
+        model = load_impact_model(args.model, settings)
+        model_name = f"model {model.version}"
+        models = dict.fromkeys(in_scope, model)
     halves, quarters = [], []
     for path, table in tqdm(featurized, desc="score", unit="replay", file=sys.stderr):
-        if id(table) not in scoped or live_minutes(table) < MIN_LIVE_MINUTES:
+        if table.replay_id not in in_scope or live_minutes(table) < MIN_LIVE_MINUTES:
             continue
-        scored = score_replay(table, model)
+        scored = score_replay(table, models[table.replay_id])
         points = {SCORE_POINTS: header_points(table, player_stats_of_file(path))}
         halves.append(match_parts(table, scored.p_score, scored.credits, 2, points))
         quarters.append(match_parts(table, scored.p_score, scored.credits, SEGMENTS, points))
@@ -72,24 +86,42 @@ def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
         raise SystemExit("rlimpact: need at least 3 Soccar replays on standard arenas to validate")
     validation = validate_matches(halves, quarters, args.rounds)
     summary = {
-        "model": model.version,
+        "model": model_name,
         "paths": [str(p) for p in paths],
         "matches": len(halves),
         "rounds": args.rounds,
         **validation.as_json(),
     }
-    print(f"model {model.version}; {len(halves)} Soccar matches on standard arenas with "
-          f"{MIN_LIVE_MINUTES:g}+ live minutes from "
-          f"{', '.join(str(p) for p in paths)}")  # fmt: skip
+    sources = ", ".join(str(p) for p in paths)
+    print(
+        f"{model_name}; {len(halves)} Soccar matches on standard arenas with "
+        f"{MIN_LIVE_MINUTES:g}+ live minutes from {sources}"
+    )
     print(format_summary(summary))
     out = args.out or settings.data_dir / "validate"
     out.mkdir(parents=True, exist_ok=True)
     (out / VALIDITY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
-    title = f"model {model.version}, {len(halves)} matches"
-    validity_plot(validation.reliability, validation.predictions, validation.across,
-                  out / VALIDITY_PLOT, title)  # fmt: skip
+    title = f"{model_name}, {len(halves)} matches"
+    validity_plot(
+        validation.reliability,
+        validation.predictions,
+        validation.across,
+        out / VALIDITY_PLOT,
+        title,
+    )
     print(f"\nwrote {out / VALIDITY_FILE}, {out / VALIDITY_PLOT}")
     return 0
+
+
+def _out_of_fold(tables: list[FeatureTable], args: argparse.Namespace) -> dict[str, Predictor]:
+    from services.trainer.compare import out_of_fold_models
+
+    config = recipe_config(args)
+    with tqdm(total=args.folds, desc="folds", unit="fold", file=sys.stderr) as bar:
+        try:
+            return dict(out_of_fold_models(tables, config, args.folds, bar.update))
+        except ValueError as error:
+            raise SystemExit(f"rlimpact: {error}") from None
 
 
 def header_points(table: FeatureTable, stats: list[PlayerStats]) -> np.ndarray:

@@ -15,12 +15,11 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
 from services.featurizer.features import FeatureTable
-from services.scorer.score import PlayerScore, TouchCredit, team_score_probability
+from services.scorer.score import PlayerScore, Predictor, TouchCredit, team_score_probability
 
 EPSILON = 1e-7
 EVENTS = ("score", "concede")
@@ -31,12 +30,6 @@ CALIBRATION_BINS = 10
 CALIBRATION_FILE = "calibration.png"
 IMPACT_FILE = "impact.png"
 TEAM_COLOURS = ("tab:blue", "tab:orange")
-
-
-class Predictor(Protocol):
-    def predict(self, features: np.ndarray) -> np.ndarray:
-        """[N, F] float32 -> [N, 2] (P(score), P(concede)) per feature row."""
-        ...
 
 
 def binary_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
