@@ -60,13 +60,19 @@ def register(commands: argparse._SubParsersAction) -> None:
 def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
     from services.parser.header import player_stats_of_file
     from services.scorer.score import live_minutes, score_replay
-    from services.trainer.train import scoped_tables
+    from services.trainer.evaluate import (
+        TeamForecasts,
+        bootstrap_auc_intervals,
+        roc_auc,
+        team_forecasts,
+    )
     from services.trainer.validity import MIN_LIVE_MINUTES, match_parts, validity_plot
+    from shared import scope
 
     paths = args.paths or [settings.replays_dir / "corpus", settings.replays_dir / "more"]
     featurized = featurize_replays(paths, settings)
     tables = [t for _, t in featurized]
-    in_scope = {t.replay_id for t in scoped_tables(tables)[0]}
+    in_scope = {t.replay_id for t in tables if scope.in_scope(t.map_name, t.game_mode)}
     if args.folds:
         model_name = f"the recipe retrained per fold ({args.folds} folds, out-of-fold forecasts)"
         models = _out_of_fold(tables, args)
@@ -74,22 +80,33 @@ def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
         model = load_impact_model(args.model, settings)
         model_name = f"model {model.version}"
         models = dict.fromkeys(in_scope, model)
-    halves, quarters = [], []
+    halves, quarters, forecast_parts = [], [], []
     for path, table in tqdm(featurized, desc="score", unit="replay", file=sys.stderr):
         if table.replay_id not in in_scope or live_minutes(table) < MIN_LIVE_MINUTES:
             continue
         scored = score_replay(table, models[table.replay_id])
+        forecast_parts.append(team_forecasts(table, scored.p_score))
         points = {SCORE_POINTS: header_points(table, player_stats_of_file(path))}
         halves.append(match_parts(table, scored.p_score, scored.credits, 2, points))
         quarters.append(match_parts(table, scored.p_score, scored.credits, SEGMENTS, points))
     if len(halves) < 3:
         raise SystemExit("rlimpact: need at least 3 Soccar replays on standard arenas to validate")
     validation = validate_matches(halves, quarters, args.rounds)
+    forecast = TeamForecasts.concat(forecast_parts)
+    (auc_interval,) = bootstrap_auc_intervals(
+        forecast.scored, {"model": forecast.p_score}, forecast.replay, args.rounds
+    ).values()
     summary = {
         "model": model_name,
         "paths": [str(p) for p in paths],
         "matches": len(halves),
         "rounds": args.rounds,
+        "p_score_roc_auc": {
+            "value": roc_auc(forecast.scored, forecast.p_score),
+            "low": auc_interval.low,
+            "high": auc_interval.high,
+            "rows": len(forecast.scored),
+        },
         **validation.as_json(),
     }
     sources = ", ".join(str(p) for p in paths)
@@ -201,11 +218,16 @@ def _estimate(entry: dict[str, float]) -> str:
 
 def format_summary(summary: dict) -> str:
     """The printed report of :func:`validate_matches`' summary."""
+    from services.trainer.validity import Prediction
+
     reliability = summary["split_half_reliability"]
     sizes = reliability["by_team_size"]
     pooled = reliability["pooled_standardised"]
     any_rating = next(iter(pooled.values()))
+    auc = summary["p_score_roc_auc"]
     lines = [
+        f"the forecast: P(score within 10 s) ROC AUC {auc['value']:.3f} "
+        f"[{auc['low']:.3f}, {auc['high']:.3f}] over {auc['rows']} (live frame, team) rows",
         "",
         "split-half reliability: Pearson r of a player's rating per live minute in the first "
         "half of a match against the second (players on the pitch in both halves); 95 % "
@@ -231,8 +253,7 @@ def format_summary(summary: dict) -> str:
         f"later parts; {summary['matches']} matches, each from both sides",
     ]
     predictions = summary["predictive_validity"]
-    headers = [f"parts <{p['earlier_parts']} of {p['parts']}" for p in predictions]
-    headers[0] = "first half -> second"
+    headers = [Prediction(p["earlier_parts"], p["parts"], {}, {}).label for p in predictions]
     lines.append(f"  {'edge in':<16} " + " ".join(f"{h:<26}" for h in headers))
     for metric in predictions[0]["spearman"]:
         cells = [_estimate(p["spearman"][metric]) for p in predictions]

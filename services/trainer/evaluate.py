@@ -147,8 +147,14 @@ class TeamForecasts:
 def table_forecasts(table: FeatureTable, probabilities: np.ndarray) -> TeamForecasts:
     """``probabilities`` [T, P, 2] per row -> forecasts for each team that has players (all
     rows from replay number 0)."""
+    return team_forecasts(table, team_score_probability(table, probabilities))
+
+
+def team_forecasts(table: FeatureTable, p_score: np.ndarray) -> TeamForecasts:
+    """Each team's P(score) [T, 2] (:func:`team_score_probability`) -> the forecasts of its
+    live frames for each team that has players (all rows from replay number 0)."""
     live = table.live
-    p_team = team_score_probability(table, probabilities)[live]  # [L, 2]
+    p_team = p_score[live]  # [L, 2]
     teams = np.array([p.team for p in table.players])
     parts = []
     for team in (0, 1):

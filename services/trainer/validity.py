@@ -436,6 +436,13 @@ class Prediction:
     spearman: dict[str, Estimate]  # metric -> rank correlation with the later goal difference
     versus: dict[str, Estimate]  # "impact - <metric>"
 
+    @property
+    def label(self) -> str:
+        """'first 1/4 -> the rest': which parts forecast which."""
+        if (self.split, self.n_parts) == (1, 2):
+            return "first half -> second"
+        return f"first {self.split}/{self.n_parts} -> the rest"
+
 
 def predictive_validity(
     matches: Sequence[MatchParts],
@@ -482,10 +489,7 @@ def validity_plot(
     panels = [
         ("split-half r (standardised per team size)", reliability.pooled),
         ("across-match r (recurring players)", across),
-        *(
-            (f"Spearman: parts <{p.split} of {p.n_parts} -> later goal diff.", p.spearman)
-            for p in predictions
-        ),
+        *((f"Spearman: {p.label} goal difference", p.spearman) for p in predictions),
     ]
     figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), squeeze=False)
     for ax, (label, estimates) in zip(axes[0], panels, strict=True):

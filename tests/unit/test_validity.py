@@ -281,6 +281,9 @@ def test_validate_command_writes_json_and_png(tmp_path, good_replays):
     tables = [featurize(parse_replay_file(r.path, r.sha256)) for r in chosen]
     usable = [t for t in tables if in_scope(t.map_name, t.game_mode) and live_minutes(t) >= 2]
     assert summary["matches"] == len(usable) >= 3
+    auc = summary["p_score_roc_auc"]
+    assert 0.5 < auc["value"] < 1 and auc["low"] <= auc["value"] <= auc["high"]
+    assert auc["rows"] == 2 * sum(int(t.live.sum()) for t in usable)
     pooled = summary["split_half_reliability"]["pooled_standardised"]
     assert set(pooled) == {"impact", "offence", "defence", "touches"}
     halves, *quarters = summary["predictive_validity"]
