@@ -7,8 +7,6 @@ import csv
 import io
 import json
 import re
-import subprocess
-import tempfile
 from collections.abc import Iterator
 
 import numpy as np
@@ -18,6 +16,7 @@ from PIL import Image
 from services.cli.offline import CSV_COLUMNS, PLAYER_FIELDS, REPLAY_FIELDS
 from services.parser.parse import parse_replay_file
 from shared.settings import REPO_ROOT
+from tests.support.chromium import headless_chromium
 from tests.unit.test_cli import _cli
 
 BLUE, ORANGE = (31, 119, 180), (255, 127, 14)
@@ -71,24 +70,8 @@ def test_score_json_reports_a_rejected_file(tmp_path, standard_replay):
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    subprocess.run(["bash", str(REPO_ROOT / "deploy" / "browser.sh")], check=True)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for argument in (
-        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-        "--no-first-run", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--window-size=1100,1400",
-        f"--user-data-dir={tempfile.mkdtemp(prefix='rlimpact-chromium-')}",
-    ):  # fmt: skip
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-    try:
+    with headless_chromium("1100,1400") as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def _near(image: Image.Image, colour: tuple[int, int, int], tolerance: int = 40) -> int:
