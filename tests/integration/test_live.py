@@ -12,7 +12,6 @@ import math
 import os
 import subprocess
 import sys
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from shared.frames import PLAYER_FIELD, ParsedReplay
 from shared.kafka import ensure_topics
 from shared.settings import REPO_ROOT
 from tests.integration.conftest import Stack, events_on, wait_for
+from tests.support.chromium import headless_chromium
 from tests.support.prometheus import matching, scrape, total
 
 pytestmark = pytest.mark.integration
@@ -148,32 +148,8 @@ async def _final_score(live: LiveTopics, match_id: str) -> LiveScore:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    subprocess.run(["bash", str(REPO_ROOT / "deploy" / "browser.sh")], check=True)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    profile = tempfile.mkdtemp(prefix="rlimpact-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1280,1000",
-        f"--user-data-dir={profile}",
-    ):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-    try:
+    with headless_chromium() as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 @dataclass(frozen=True)
