@@ -117,12 +117,13 @@ class MatchState:
     touch_counts: dict[str, int] = field(default_factory=dict)
     started_at: float | None = None  # receipt time of the first frame (when no game time)
     last_seen: float = 0.0
-    # Where the state stands in its input: the live.frames partition of the match and the
-    # offset of the last record it reflects (-1: none); whether it changed since the last
-    # snapshot of it (see services/live/changelog.py).
+    # Where the state stands in its input: the live.frames partition of the match, the offset
+    # of the last record it reflects, and of the first one since its last snapshot (-1: none);
+    # when the next snapshot is due (see services/live/changelog.py).
     partition: int = -1
     offset: int = -1
-    changed: bool = False
+    unsaved_from: int = -1
+    snapshot_due: float = 0.0
 
     @property
     def layout(self) -> tuple[int, ...]:
@@ -399,7 +400,8 @@ class LiveScorer:
                 state = MatchState(frame.match_id)
                 self.matches[frame.match_id] = state
             state.last_seen, state.partition, state.offset = now, partition, offset
-            state.changed = True
+            if state.unsaved_from < 0:
+                state.unsaved_from = offset
             if frame.status == "ended":
                 ended.append(state)
                 state.latest = frame
@@ -428,7 +430,8 @@ class LiveScorer:
         for state in self.matches.values():
             if state.pending or (state.stream and state.stream.dirty_from < state.stream.n_frames):
                 state.restart(state.players)
-                state.changed = True
+                if state.unsaved_from < 0:
+                    state.unsaved_from = state.offset
 
     def forget_idle(self, now: float, idle_seconds: float) -> int:
         for state in [s for s in self.matches.values() if now - s.last_seen > idle_seconds]:

@@ -1,8 +1,9 @@
 """Score streams for browsers and overlays: Server-Sent Events, a JSON snapshot, the live page.
 
-The streams are fed from Kafka (``scores.live`` and ``scores.emitted``, read from their end
-by a consumer outside any group), so every instance of the live service shows every match,
-whichever instance scored it. They come in batches at most 50 ms apart.
+The streams are fed from Kafka (``scores.live`` and ``scores.emitted``, read by a consumer
+outside any group), so every instance of the live service shows every match, whichever
+instance scored it. They come in batches at most 50 ms apart. A (re)started instance begins
+``scores.live`` a few seconds back, so that the page shows the matches in progress at once.
 
 - ``GET /``: the live page (each player's impact, updating while the match plays).
 - ``GET /scores/stream[?match=ID]``: ``text/event-stream``; ``event: live`` carries a
@@ -15,11 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from importlib import resources
 
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from shared import metrics
 from shared.events import (
@@ -37,6 +39,7 @@ CLIENT_QUEUE = 256  # updates buffered per client; a slower client loses the old
 HEARTBEAT_SECONDS = 15.0
 HUB_BATCH_MS = 50
 HUB_FETCH_MIN_BYTES = 1 << 20
+HUB_LOOK_BACK_SECONDS = 5.0  # at start: long enough to find every match in progress
 PAGE = "live.html"
 
 
@@ -81,10 +84,9 @@ class ScoreHub:
 
 
 async def feed_hub(hub: ScoreHub, settings: Settings, stop: asyncio.Event) -> None:
-    """Publish everything that appears on scores.live and scores.emitted from now on."""
+    """Publish everything that appears on scores.live (from a few seconds back) and
+    scores.emitted (from now on)."""
     consumer = AIOKafkaConsumer(
-        SCORES_LIVE.name,
-        SCORES_EMITTED.name,
         bootstrap_servers=settings.kafka_bootstrap,
         group_id=None,
         auto_offset_reset="latest",
@@ -95,6 +97,7 @@ async def feed_hub(hub: ScoreHub, settings: Settings, stop: asyncio.Event) -> No
     )
     await consumer.start()
     try:
+        await _start_recent(consumer)
         while not stop.is_set():
             batches = await consumer.getmany(timeout_ms=500, max_records=500)
             for records in batches.values():
@@ -103,6 +106,23 @@ async def feed_hub(hub: ScoreHub, settings: Settings, stop: asyncio.Event) -> No
                         hub.publish(event)
     finally:
         await consumer.stop()
+
+
+async def _start_recent(consumer: AIOKafkaConsumer) -> None:
+    await consumer.topics()  # the partitions' metadata
+    partitions = {
+        topic: [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        for topic in (SCORES_LIVE.name, SCORES_EMITTED.name)
+    }
+    consumer.assign([tp for tps in partitions.values() for tp in tps])
+    since = int((time.time() - HUB_LOOK_BACK_SECONDS) * 1000)
+    found = await consumer.offsets_for_times({tp: since for tp in partitions[SCORES_LIVE.name]})
+    for tp, at in found.items():
+        if at is not None:
+            consumer.seek(tp, at.offset)
+        else:  # nothing as recent
+            await consumer.seek_to_end(tp)
+    await consumer.seek_to_end(*partitions[SCORES_EMITTED.name])
 
 
 def _stream_event(topic: str, raw: bytes) -> StreamEvent | None:
