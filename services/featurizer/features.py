@@ -232,9 +232,13 @@ def live_frames(
     return live
 
 
-def game_context(parsed: ParsedReplay, carry: StreamCarry | None = None) -> GameContext:
+def game_context(
+    parsed: ParsedReplay, carry: StreamCarry | None = None, dt: float | None = None
+) -> GameContext:
+    """``dt``: the frame step to use (a stream's tail takes its whole window's)."""
     n_frames, n_players = parsed.n_frames, len(parsed.players)
-    dt = _frame_step(parsed.time)
+    if dt is None:
+        dt = _frame_step(parsed.time)
     live = live_frames(parsed.time, parsed.ball, parsed.goals, carry, dt)
     touched = np.zeros((n_frames, n_players), dtype=bool)
     touches = np.asarray(parsed.touches, dtype=np.int64).reshape(-1, 2)
@@ -575,7 +579,9 @@ class StreamFeaturizer:
     It keeps the last ``KEEP_SECONDS`` of frames and, in a :class:`StreamCarry`, what the
     dropped ones tell (the segment's start, the latest touch). A kickoff is recognised once the
     ball has moved for ``RESUME_SECONDS``: the frames since then turn live, and their rows are
-    out of date again (``dirty_from``).
+    out of date again (``dirty_from``). The game context is kept running: a push recomputes
+    it only from the first frame a kickoff recognised now could revise (the same values as
+    recomputing the whole window: every frame before goes on from its state).
     """
 
     def __init__(self, stream_id: str, players: list[PlayerInfo], team_size: int) -> None:
@@ -619,10 +625,67 @@ class StreamFeaturizer:
         self.touches = np.concatenate([self.touches, touches])
         self.goals.extend(goals)
         before = self.context.live if self.context is not None else np.zeros(0, dtype=bool)
-        self.context = game_context(self.parsed(), self.carry)
+        self._refresh_context(n)
         self.frames_per_second = self.context.frames_per_second
         revised = np.flatnonzero(before != self.context.live[:n])
         self.dirty_from = min(self.dirty_from, n, int(revised[0]) if revised.size else n)
+
+    def _refresh_context(self, n_before: int) -> None:
+        """The context of the window after a push of frames from ``n_before`` on: only its
+        tail recomputed, from the state of the frame before it, where the window's frame
+        step is unchanged (else all of it)."""
+        old, dt = self.context, _frame_step(self.time)
+        needed = max(1, round(RESUME_SECONDS / max(dt, 1e-3)))
+        k = n_before - needed - 2  # frames before k keep their live flag (see settled())
+        if old is None or k < 1 or dt != _frame_step(self.time[:n_before]):
+            self.context = game_context(self.parsed(), self.carry)
+            return
+        time = self.time
+        first_changed = self.carry is None or bool(old.live[0] != self.carry.live)
+        began_here = first_changed or old.segment_start[k - 1] > 0
+        assert began_here or self.carry is not None
+        carry = StreamCarry(
+            time=float(time[k - 1]),
+            live=bool(old.live[k - 1]),
+            segment_time=float(time[old.segment_start[k - 1]])
+            if began_here
+            else self.carry.segment_time,  # type: ignore[union-attr]
+            last_toucher=int(old.last_toucher[k - 1]),
+            last_touch_time=float(old.last_touch_time[k - 1]),
+        )
+        touches = self.touches[self.touches[:, 0] >= k] - np.array([k, 0])
+        tail_replay = replace(
+            self.parsed(),
+            time=time[k:],
+            seconds_remaining=self.seconds_remaining[k:],
+            ball=self.ball[k:],
+            cars=self.cars[k:],
+            touches=touches,
+        )
+        tail = game_context(tail_replay, carry, dt)
+        changed = np.maximum.accumulate(
+            np.concatenate(([tail.live[0] != carry.live], tail.live[1:] != tail.live[:-1]))
+        )
+
+        def joined(name: str) -> np.ndarray:
+            return np.concatenate((getattr(old, name)[:k], getattr(tail, name)))
+
+        self.context = GameContext(
+            live=joined("live"),
+            touched=joined("touched"),
+            last_toucher=joined("last_toucher"),
+            since_touch=joined("since_touch"),
+            since_kickoff=joined("since_kickoff"),
+            segment_start=np.concatenate(
+                (
+                    old.segment_start[:k],
+                    np.where(changed, tail.segment_start + k, old.segment_start[k - 1]),
+                )
+            ),
+            frames_per_second=_frames_per_second(dt, self.n_frames),
+            goals_for=joined("goals_for"),
+            last_touch_time=joined("last_touch_time"),
+        )
 
     def parsed(self) -> ParsedReplay:
         return ParsedReplay(

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from shared import metrics
 from shared.events import (
@@ -40,6 +40,7 @@ HEARTBEAT_SECONDS = 15.0
 HUB_BATCH_MS = 50
 HUB_FETCH_MIN_BYTES = 1 << 20
 HUB_LOOK_BACK_SECONDS = 5.0  # at start: long enough to find every match in progress
+HUB_ASSIGN_SECONDS = 10.0
 PAGE = "live.html"
 
 
@@ -87,6 +88,8 @@ async def feed_hub(hub: ScoreHub, settings: Settings, stop: asyncio.Event) -> No
     """Publish everything that appears on scores.live (from a few seconds back) and
     scores.emitted (from now on)."""
     consumer = AIOKafkaConsumer(
+        SCORES_LIVE.name,
+        SCORES_EMITTED.name,
         bootstrap_servers=settings.kafka_bootstrap,
         group_id=None,
         auto_offset_reset="latest",
@@ -109,20 +112,17 @@ async def feed_hub(hub: ScoreHub, settings: Settings, stop: asyncio.Event) -> No
 
 
 async def _start_recent(consumer: AIOKafkaConsumer) -> None:
-    await consumer.topics()  # the partitions' metadata
-    partitions = {
-        topic: [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        for topic in (SCORES_LIVE.name, SCORES_EMITTED.name)
-    }
-    consumer.assign([tp for tps in partitions.values() for tp in tps])
+    """Move to ``HUB_LOOK_BACK_SECONDS`` back on scores.live, once the partitions are known."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + HUB_ASSIGN_SECONDS
+    while not consumer.assignment() and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    live = [tp for tp in consumer.assignment() if tp.topic == SCORES_LIVE.name]
     since = int((time.time() - HUB_LOOK_BACK_SECONDS) * 1000)
-    found = await consumer.offsets_for_times({tp: since for tp in partitions[SCORES_LIVE.name]})
+    found = await consumer.offsets_for_times({tp: since for tp in live})
     for tp, at in found.items():
-        if at is not None:
+        if at is not None:  # else nothing as recent: stay at the end
             consumer.seek(tp, at.offset)
-        else:  # nothing as recent
-            await consumer.seek_to_end(tp)
-    await consumer.seek_to_end(*partitions[SCORES_EMITTED.name])
 
 
 def _stream_event(topic: str, raw: bytes) -> StreamEvent | None:

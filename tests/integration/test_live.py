@@ -39,6 +39,7 @@ from shared.events import (
     InvalidEvent,
     LiveFrame,
     LiveScore,
+    utcnow,
 )
 from shared.frames import PLAYER_FIELD, ParsedReplay
 from shared.kafka import ensure_topics
@@ -389,7 +390,7 @@ async def _gauge_is(port: int, name: str, value: float) -> bool:
 
 # ---------------------------------------------------------------- fault tolerance
 
-RESUME_SECONDS = 30.0  # the bound the tests allow; the log says how long it took
+RESUME_SECONDS = 60.0  # the bound the tests allow (a loaded machine); they print how long
 
 
 def _live_env(stack: Stack, instance: int) -> dict[str, str]:
@@ -486,7 +487,7 @@ async def test_a_live_service_killed_mid_match_goes_on_from_the_same_totals(
 
         standing = await wait_for(well_under_way, 90, "the match to be well under way")
         _kill(stack.processes["live"])
-        killed_at = asyncio.get_running_loop().time()
+        killed_at, killed_wall = asyncio.get_running_loop().time(), utcnow()
         _start_live(stack, 0)
         shown = standing.players[0].n_frames
         await wait_for(
@@ -507,12 +508,10 @@ async def test_a_live_service_killed_mid_match_goes_on_from_the_same_totals(
     frames = live.frames_of(match_id)
     _assert_same_totals(final, _undisturbed(frames, await _model_in_use(stack, final)))
     assert {p.n_frames for p in final.players} == {len(frames) - 1}  # all but match_ended
-    replayed = total(
-        scrape(stack.settings.metrics_port("live")),
-        "rlimpact_live_frames_skipped_total",
-        reason="replayed",
-    )
-    assert replayed > 0, "the restarted service read frames it had again, and skipped them"
+    # The frames since the last snapshot were scored before the kill and again after it (from
+    # the committed offset), and still count once in the totals.
+    again = [u for u in live.scores_of(match_id) if u.emitted_at > killed_wall]
+    assert any(t < killed_wall for u in again for t in u.frames_received_at)
 
 
 def _keys_on_every_partition(prefix: str) -> list[str]:
@@ -581,13 +580,13 @@ async def test_a_second_live_instance_joining_mid_match_changes_no_totals(
         joined.set()
         sent = await player
         finals = {m: await _final_score(live, m) for m in matches}
+        moved = total(scrape(port), "rlimpact_events_in_total", topic=LIVE_FRAMES.name)
     finally:
         player.cancel()
         if (process := stack.processes.pop("live-1", None)) is not None:
             process.terminate()
             process.wait(timeout=30)
 
-    moved = total(scrape(port), "rlimpact_events_in_total", topic=LIVE_FRAMES.name)
     assert moved > 0, "no match moved to the second instance"
     model = await _model_in_use(stack, finals[matches[0]])
     for match_id, final in finals.items():
