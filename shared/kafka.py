@@ -99,10 +99,15 @@ class EventProducer:
 async def event_producer(
     settings: Settings, service: str, *, low_latency: bool = False
 ) -> AsyncIterator[EventProducer]:
-    """``low_latency`` (the live path): the leader's ack only and no batching delay, for
-    frames and live scores that are superseded 30 times a second anyway."""
+    """``low_latency`` (the live path): the leader's ack only, for frames and live scores that
+    are superseded 30 times a second anyway, and what arrives within ``live_linger_ms`` sent
+    together (fewer requests for the producer and the broker at many matches)."""
     if low_latency:
-        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks=1, linger_ms=0)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            acks=1,
+            linger_ms=settings.live_linger_ms,
+        )
     else:
         producer = AIOKafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True
