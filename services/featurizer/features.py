@@ -599,6 +599,7 @@ class StreamFeaturizer:
         self.first = 0  # stream index of the buffer's frame 0
         self.dirty_from = 0  # buffer index of the first frame whose row is out of date
         self.frames_per_second = _frames_per_second(_frame_step(self.time), self.n_frames)
+        self._step: float | None = None  # the frame step the context was computed with
 
     @property
     def n_frames(self) -> int:
@@ -637,9 +638,10 @@ class StreamFeaturizer:
         old, dt = self.context, _frame_step(self.time)
         needed = max(1, round(RESUME_SECONDS / max(dt, 1e-3)))
         k = n_before - needed - 2  # frames before k keep their live flag (see settled())
-        if old is None or k < 1 or dt != _frame_step(self.time[:n_before]):
-            self.context = game_context(self.parsed(), self.carry)
+        if old is None or k < 1 or dt != self._step:
+            self.reset_context()
             return
+        self._step = dt
         time = self.time
         first_changed = self.carry is None or bool(old.live[0] != self.carry.live)
         began_here = first_changed or old.segment_start[k - 1] > 0
@@ -687,6 +689,12 @@ class StreamFeaturizer:
             last_touch_time=joined("last_touch_time"),
         )
 
+    def reset_context(self) -> None:
+        """The context of the whole window, computed afresh."""
+        self._step = _frame_step(self.time)
+        self.context = game_context(self.parsed(), self.carry, self._step)
+        self.frames_per_second = self.context.frames_per_second
+
     def parsed(self) -> ParsedReplay:
         return ParsedReplay(
             replay_id=self.stream_id,
@@ -725,8 +733,7 @@ class StreamFeaturizer:
         self.time, self.seconds_remaining = self.time[cut:], self.seconds_remaining[cut:]
         self.ball, self.cars = self.ball[cut:], self.cars[cut:]
         self.touches = self.touches[self.touches[:, 0] >= cut] - np.array([cut, 0])
-        self.context = game_context(self.parsed(), self.carry)
-        self.frames_per_second = self.context.frames_per_second
+        self.reset_context()
         self.first += cut
         self.dirty_from -= cut
 
