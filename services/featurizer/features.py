@@ -11,6 +11,7 @@ impact is credited there.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -669,15 +670,8 @@ class StreamFeaturizer:
             np.concatenate(([tail.live[0] != carry.live], tail.live[1:] != tail.live[:-1]))
         )
 
-        def joined(name: str) -> np.ndarray:
-            return np.concatenate((getattr(old, name)[:k], getattr(tail, name)))
-
-        self.context = GameContext(
-            live=joined("live"),
-            touched=joined("touched"),
-            last_toucher=joined("last_toucher"),
-            since_touch=joined("since_touch"),
-            since_kickoff=joined("since_kickoff"),
+        self.context = _concatenated(
+            lambda name: [getattr(old, name)[:k], getattr(tail, name)],
             segment_start=np.concatenate(
                 (
                     old.segment_start[:k],
@@ -685,8 +679,6 @@ class StreamFeaturizer:
                 )
             ),
             frames_per_second=_frames_per_second(dt, self.n_frames),
-            goals_for=joined("goals_for"),
-            last_touch_time=joined("last_touch_time"),
         )
 
     def reset_context(self) -> None:
@@ -770,9 +762,6 @@ def _joined(streams: list[StreamFeaturizer]) -> tuple[ParsedReplay, GameContext,
     assert all(c is not None for c in contexts)
     offsets = np.cumsum([0] + [s.n_frames for s in streams])
 
-    def cat(name: str) -> np.ndarray:
-        return np.concatenate([getattr(c, name) for c in contexts])
-
     first = streams[0]
     parsed = replace(
         first.parsed(),
@@ -781,20 +770,31 @@ def _joined(streams: list[StreamFeaturizer]) -> tuple[ParsedReplay, GameContext,
         ball=np.concatenate([s.ball for s in streams]),
         cars=np.concatenate([s.cars for s in streams]),
     )
-    context = GameContext(
-        live=cat("live"),
-        touched=cat("touched"),
-        last_toucher=cat("last_toucher"),
-        since_touch=cat("since_touch"),
-        since_kickoff=cat("since_kickoff"),
+    context = _concatenated(
+        lambda name: [getattr(c, name) for c in contexts],
         segment_start=np.concatenate(
             [c.segment_start + o for c, o in zip(contexts, offsets, strict=False)]  # type: ignore[union-attr]
         ),
         frames_per_second=first.frames_per_second,
-        goals_for=cat("goals_for"),
-        last_touch_time=cat("last_touch_time"),
     )
     rows = np.concatenate(
         [np.arange(s.dirty_from, s.n_frames) + o for s, o in zip(streams, offsets, strict=False)]
     )
     return parsed, context, rows
+
+
+_PER_FRAME_CONTEXT = (
+    "live", "touched", "last_toucher", "since_touch", "since_kickoff", "goals_for",
+    "last_touch_time",
+)  # fmt: skip
+
+
+def _concatenated(
+    pieces: Callable[[str], list[np.ndarray]], segment_start: np.ndarray, frames_per_second: float
+) -> GameContext:
+    """A context of frames end to end: each per-frame field from ``pieces(name)``."""
+    return GameContext(
+        **{name: np.concatenate(pieces(name)) for name in _PER_FRAME_CONTEXT},
+        segment_start=segment_start,
+        frames_per_second=frames_per_second,
+    )
