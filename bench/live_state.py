@@ -1,9 +1,8 @@
-"""The live scorer's CPU per frame, in-process (no Kafka), variants side by side in one run:
+"""The live scorer's CPU per frame, in-process (no Kafka), with and without the state
+snapshots, side by side in one run:
 
-- ``whole window``: every push recomputes the stream's game context over its whole window
-  (the code before the running context);
-- ``running``: the running game context (the tail only);
-- ``running + snapshots``: the same, plus each match's snapshot encoded every
+- ``scoring``: the live scorer alone;
+- ``scoring + snapshots``: the same, plus each match's snapshot encoded every
   ``--snapshot-seconds`` of game time, as the live service sends them to ``live.state``.
 
     .venv/bin/python bench/live_state.py [--matches 50] [--per-poll 5] [--rounds 3]
@@ -28,7 +27,6 @@ from pathlib import Path
 
 from services.bridge.simulator import PlaybackOptions, sos_messages
 from services.bridge.sos import SosSession
-from services.featurizer.features import StreamFeaturizer
 from services.live import snapshot
 from services.live.state import LiveScorer, ScoringModel
 from services.parser.parse import parse_replay_file
@@ -52,8 +50,8 @@ def feed(replay: Path, seconds: float) -> list[LiveFrame]:
 
 
 class Variant:
-    def __init__(self, name: str, whole_window: bool, snapshot_every: int | None) -> None:
-        self.name, self.whole_window, self.snapshot_every = name, whole_window, snapshot_every
+    def __init__(self, name: str, snapshot_every: int | None) -> None:
+        self.name, self.snapshot_every = name, snapshot_every
         self.per_frame_us: list[float] = []
 
 
@@ -67,18 +65,12 @@ def play(
     """Score ``frames`` of every match (after the warm-up frames, not timed) with a fresh
     scorer; record the CPU time per frame of the timed part."""
     scorer, offsets = LiveScorer(horizon_seconds=10.0), [0] * len(matches)
-    refresh = StreamFeaturizer._refresh_context
-    if variant.whole_window:
-        StreamFeaturizer._refresh_context = lambda self, n: self.reset_context()  # type: ignore[method-assign]
-    try:
-        for i in range(WARMUP_FRAMES):
-            _poll(scorer, matches, model, per_poll, i, offsets, None)
-        started, scored = time.process_time(), 0
-        for i in frames:
-            scored += _poll(scorer, matches, model, per_poll, i, offsets, variant.snapshot_every)
-        variant.per_frame_us.append((time.process_time() - started) / scored * 1e6)
-    finally:
-        StreamFeaturizer._refresh_context = refresh  # type: ignore[method-assign]
+    for i in range(WARMUP_FRAMES):
+        _poll(scorer, matches, model, per_poll, i, offsets, None)
+    started, scored = time.process_time(), 0
+    for i in frames:
+        scored += _poll(scorer, matches, model, per_poll, i, offsets, variant.snapshot_every)
+    variant.per_frame_us.append((time.process_time() - started) / scored * 1e6)
 
 
 def _poll(
@@ -121,9 +113,8 @@ def main() -> None:
     ]
     every = max(1, round(args.snapshot_seconds * RATE))
     variants = [
-        Variant("whole window", whole_window=True, snapshot_every=None),
-        Variant("running", whole_window=False, snapshot_every=None),
-        Variant("running + snapshots", whole_window=False, snapshot_every=every),
+        Variant("scoring", snapshot_every=None),
+        Variant("scoring + snapshots", snapshot_every=every),
     ]
     timed = range(WARMUP_FRAMES, WARMUP_FRAMES + args.frames)
     print(

@@ -11,7 +11,6 @@ impact is credited there.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -233,13 +232,9 @@ def live_frames(
     return live
 
 
-def game_context(
-    parsed: ParsedReplay, carry: StreamCarry | None = None, dt: float | None = None
-) -> GameContext:
-    """``dt``: the frame step to use (a stream's tail takes its whole window's)."""
+def game_context(parsed: ParsedReplay, carry: StreamCarry | None = None) -> GameContext:
     n_frames, n_players = parsed.n_frames, len(parsed.players)
-    if dt is None:
-        dt = _frame_step(parsed.time)
+    dt = _frame_step(parsed.time)
     live = live_frames(parsed.time, parsed.ball, parsed.goals, carry, dt)
     touched = np.zeros((n_frames, n_players), dtype=bool)
     touches = np.asarray(parsed.touches, dtype=np.int64).reshape(-1, 2)
@@ -580,9 +575,7 @@ class StreamFeaturizer:
     It keeps the last ``KEEP_SECONDS`` of frames and, in a :class:`StreamCarry`, what the
     dropped ones tell (the segment's start, the latest touch). A kickoff is recognised once the
     ball has moved for ``RESUME_SECONDS``: the frames since then turn live, and their rows are
-    out of date again (``dirty_from``). The game context is kept running: a push recomputes
-    it only from the first frame a kickoff recognised now could revise (the same values as
-    recomputing the whole window: every frame before goes on from its state).
+    out of date again (``dirty_from``).
     """
 
     def __init__(self, stream_id: str, players: list[PlayerInfo], team_size: int) -> None:
@@ -600,7 +593,6 @@ class StreamFeaturizer:
         self.first = 0  # stream index of the buffer's frame 0
         self.dirty_from = 0  # buffer index of the first frame whose row is out of date
         self.frames_per_second = _frames_per_second(_frame_step(self.time), self.n_frames)
-        self._step: float | None = None  # the frame step the context was computed with
 
     @property
     def n_frames(self) -> int:
@@ -627,65 +619,10 @@ class StreamFeaturizer:
         self.touches = np.concatenate([self.touches, touches])
         self.goals.extend(goals)
         before = self.context.live if self.context is not None else np.zeros(0, dtype=bool)
-        self._refresh_context(n)
+        self.context = game_context(self.parsed(), self.carry)
         self.frames_per_second = self.context.frames_per_second
         revised = np.flatnonzero(before != self.context.live[:n])
         self.dirty_from = min(self.dirty_from, n, int(revised[0]) if revised.size else n)
-
-    def _refresh_context(self, n_before: int) -> None:
-        """The context of the window after a push of frames from ``n_before`` on: only its
-        tail recomputed, from the state of the frame before it, where the window's frame
-        step is unchanged (else all of it)."""
-        old, dt = self.context, _frame_step(self.time)
-        needed = max(1, round(RESUME_SECONDS / max(dt, 1e-3)))
-        k = n_before - needed - 2  # frames before k keep their live flag (see settled())
-        if old is None or k < 1 or dt != self._step:
-            self.reset_context()
-            return
-        self._step = dt
-        time = self.time
-        first_changed = self.carry is None or bool(old.live[0] != self.carry.live)
-        began_here = first_changed or old.segment_start[k - 1] > 0
-        assert began_here or self.carry is not None
-        carry = StreamCarry(
-            time=float(time[k - 1]),
-            live=bool(old.live[k - 1]),
-            segment_time=float(time[old.segment_start[k - 1]])
-            if began_here
-            else self.carry.segment_time,  # type: ignore[union-attr]
-            last_toucher=int(old.last_toucher[k - 1]),
-            last_touch_time=float(old.last_touch_time[k - 1]),
-        )
-        touches = self.touches[self.touches[:, 0] >= k] - np.array([k, 0])
-        tail_replay = replace(
-            self.parsed(),
-            time=time[k:],
-            seconds_remaining=self.seconds_remaining[k:],
-            ball=self.ball[k:],
-            cars=self.cars[k:],
-            touches=touches,
-        )
-        tail = game_context(tail_replay, carry, dt)
-        changed = np.maximum.accumulate(
-            np.concatenate(([tail.live[0] != carry.live], tail.live[1:] != tail.live[:-1]))
-        )
-
-        self.context = _concatenated(
-            lambda name: [getattr(old, name)[:k], getattr(tail, name)],
-            segment_start=np.concatenate(
-                (
-                    old.segment_start[:k],
-                    np.where(changed, tail.segment_start + k, old.segment_start[k - 1]),
-                )
-            ),
-            frames_per_second=_frames_per_second(dt, self.n_frames),
-        )
-
-    def reset_context(self) -> None:
-        """The context of the whole window, computed afresh."""
-        self._step = _frame_step(self.time)
-        self.context = game_context(self.parsed(), self.carry, self._step)
-        self.frames_per_second = self.context.frames_per_second
 
     def parsed(self) -> ParsedReplay:
         return ParsedReplay(
@@ -725,7 +662,8 @@ class StreamFeaturizer:
         self.time, self.seconds_remaining = self.time[cut:], self.seconds_remaining[cut:]
         self.ball, self.cars = self.ball[cut:], self.cars[cut:]
         self.touches = self.touches[self.touches[:, 0] >= cut] - np.array([cut, 0])
-        self.reset_context()
+        self.context = game_context(self.parsed(), self.carry)
+        self.frames_per_second = self.context.frames_per_second
         self.first += cut
         self.dirty_from -= cut
 
@@ -762,6 +700,9 @@ def _joined(streams: list[StreamFeaturizer]) -> tuple[ParsedReplay, GameContext,
     assert all(c is not None for c in contexts)
     offsets = np.cumsum([0] + [s.n_frames for s in streams])
 
+    def cat(name: str) -> np.ndarray:
+        return np.concatenate([getattr(c, name) for c in contexts])
+
     first = streams[0]
     parsed = replace(
         first.parsed(),
@@ -770,31 +711,20 @@ def _joined(streams: list[StreamFeaturizer]) -> tuple[ParsedReplay, GameContext,
         ball=np.concatenate([s.ball for s in streams]),
         cars=np.concatenate([s.cars for s in streams]),
     )
-    context = _concatenated(
-        lambda name: [getattr(c, name) for c in contexts],
+    context = GameContext(
+        live=cat("live"),
+        touched=cat("touched"),
+        last_toucher=cat("last_toucher"),
+        since_touch=cat("since_touch"),
+        since_kickoff=cat("since_kickoff"),
         segment_start=np.concatenate(
             [c.segment_start + o for c, o in zip(contexts, offsets, strict=False)]  # type: ignore[union-attr]
         ),
         frames_per_second=first.frames_per_second,
+        goals_for=cat("goals_for"),
+        last_touch_time=cat("last_touch_time"),
     )
     rows = np.concatenate(
         [np.arange(s.dirty_from, s.n_frames) + o for s, o in zip(streams, offsets, strict=False)]
     )
     return parsed, context, rows
-
-
-_PER_FRAME_CONTEXT = (
-    "live", "touched", "last_toucher", "since_touch", "since_kickoff", "goals_for",
-    "last_touch_time",
-)  # fmt: skip
-
-
-def _concatenated(
-    pieces: Callable[[str], list[np.ndarray]], segment_start: np.ndarray, frames_per_second: float
-) -> GameContext:
-    """A context of frames end to end: each per-frame field from ``pieces(name)``."""
-    return GameContext(
-        **{name: np.concatenate(pieces(name)) for name in _PER_FRAME_CONTEXT},
-        segment_start=segment_start,
-        frames_per_second=frames_per_second,
-    )

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from services.featurizer.features import StreamCarry, StreamFeaturizer
+from services.featurizer.features import StreamCarry, StreamFeaturizer, game_context
 from services.live.state import MatchState, Row, Totals
 from shared.events import GoalInfo, LiveFrame, LivePlayer, PlayerInfo
 
@@ -144,7 +144,9 @@ def _stream(header: Any, arrays: dict[str, np.ndarray]) -> StreamFeaturizer | No
     stream.goals = [GoalInfo.model_validate(g) for g in header["goals"]]
     stream.carry = StreamCarry(**header["carry"]) if header["carry"] is not None else None
     stream.first, stream.dirty_from = header["first"], header["dirty_from"]
-    stream.reset_context()  # what push() and drop() keep, from the same arrays
+    # what push() and drop() compute from the same arrays, the same way
+    stream.context = game_context(stream.parsed(), stream.carry)
+    stream.frames_per_second = stream.context.frames_per_second
     return stream
 
 

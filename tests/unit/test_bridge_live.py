@@ -16,7 +16,6 @@ from services.featurizer.features import (
     N_FEATURES,
     StreamFeaturizer,
     featurize,
-    game_context,
     stream_rows,
 )
 from services.live import snapshot
@@ -196,38 +195,6 @@ def test_stream_features_equal_batch_features(parsed):
         assert stream.n_frames < 15 * FPS, "only the recent frames are kept"
         assert not np.isnan(rows[k]).any()
         np.testing.assert_allclose(rows[k], reference, rtol=0, atol=1e-5)
-
-
-def test_the_running_game_context_is_the_whole_windows(parsed):
-    """After every push (through kickoffs, goals and drops) the context kept running, only its
-    tail recomputed, equals the context of the whole window computed afresh, exactly."""
-    touches = np.asarray(parsed.touches, dtype=np.int64).reshape(-1, 2)
-    stream = StreamFeaturizer("m", parsed.players, parsed.team_size)
-    stop = int(np.searchsorted(parsed.time, parsed.goals[2].time)) + 5 * FPS
-    tails, a = 0, 0
-    while a < stop:
-        b = a + 1 + (a // 2) % 3  # 1 to 3 frames at a time
-        before = parsed.time[a - 1] if a else -np.inf
-        goals = [g for g in parsed.goals if before < g.time <= parsed.time[b - 1]]
-        chunk = touches[(touches[:, 0] >= a) & (touches[:, 0] < b)] - np.array([a, 0])
-        n = stream.n_frames
-        stream.push(
-            *(x[a:b] for x in (parsed.time, parsed.seconds_remaining)),
-            parsed.ball[a:b],
-            parsed.cars[a:b],
-            chunk,
-            goals,
-        )
-        fresh = game_context(stream.parsed(), stream.carry)
-        running = stream.context
-        assert running is not None
-        for name in fresh.__dataclass_fields__:
-            np.testing.assert_array_equal(getattr(running, name), getattr(fresh, name), name)
-        tails += n > 2 * FPS
-        stream_rows([stream])
-        stream.drop(stream.n_frames)
-        a = b
-    assert tails > 100 and stream.first > 0
 
 
 def test_goals_and_touches_reach_the_stream_from_the_feed(parsed):
