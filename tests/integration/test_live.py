@@ -43,7 +43,7 @@ from shared.events import (
 )
 from shared.frames import PLAYER_FIELD, ParsedReplay
 from shared.kafka import ensure_topics
-from shared.settings import REPO_ROOT, SERVICE_NAMES
+from shared.settings import REPO_ROOT
 from tests.integration.conftest import Stack, events_on, wait_for
 from tests.support.prometheus import matching, scrape, total
 
@@ -394,16 +394,12 @@ RESUME_SECONDS = 60.0  # the bound the tests allow (a loaded machine); they prin
 
 
 def _live_env(stack: Stack, instance: int) -> dict[str, str]:
-    """Instance 0 is the stack's own; another takes ports of its own."""
+    """Instance 0 is the stack's own; another has its own metrics and HTTP ports, as the
+    supervisor gives them (``RLIMPACT_INSTANCE``)."""
     if instance == 0:
         return stack.env
-    base = stack.settings.metrics_base_port + 10 * instance
     http = stack.settings.live_http_port + instance
-    return {
-        **stack.env,
-        "RLIMPACT_METRICS_BASE_PORT": str(base),
-        "RLIMPACT_LIVE_HTTP_PORT": str(http),
-    }
+    return {**stack.env, "RLIMPACT_INSTANCE": str(instance), "RLIMPACT_LIVE_HTTP_PORT": str(http)}
 
 
 def _start_live(stack: Stack, instance: int) -> subprocess.Popen[bytes]:
@@ -563,8 +559,7 @@ async def test_a_second_live_instance_joining_mid_match_changes_no_totals(
         return sent
 
     player = asyncio.create_task(play())
-    second = _live_env(stack, 1)
-    port = int(second["RLIMPACT_METRICS_BASE_PORT"]) + SERVICE_NAMES.index("live")
+    port = stack.settings.metrics_port("live", instance=1)
     try:
         await asyncio.sleep(3)
         _start_live(stack, 1)
