@@ -37,7 +37,6 @@ from shared.settings import Settings
 log = logging.getLogger(__name__)
 MAX_SNAPSHOT_BYTES = 4 * 2**20
 RESTORE_POLL_MS = 500
-RESTORE_MAX_SECONDS = 120.0  # a broker that does not answer: go on with what was read
 
 
 @dataclass
@@ -268,11 +267,7 @@ async def read_latest(settings: Settings, partitions: set[int]) -> dict[int, dic
         await consumer.seek_to_beginning(*tps)
         end = await consumer.end_offsets(tps)
         remaining = {tp for tp in tps if end[tp] > 0}
-        deadline = asyncio.get_running_loop().time() + RESTORE_MAX_SECONDS
         while remaining:
-            if asyncio.get_running_loop().time() > deadline:
-                log.error("live.state not read to its end in %.0f s", RESTORE_MAX_SECONDS)
-                break
             batches = await consumer.getmany(*remaining, timeout_ms=RESTORE_POLL_MS)
             for tp, records in batches.items():
                 for record in records:
