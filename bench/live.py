@@ -130,7 +130,7 @@ def live_ready(settings: Settings) -> bool:
         for sample in samples(settings, "live")
         if sample.name == "rlimpact_consumer_lag" and sample.labels["topic"] == LIVE_FRAMES.name
     }
-    return len(partitions) == LIVE_FRAMES.partitions
+    return len(partitions) == settings.partitions(LIVE_FRAMES)
 
 
 def bridge_received(settings: Settings) -> float:

@@ -15,8 +15,8 @@ from contextlib import asynccontextmanager
 from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import IllegalStateError, TopicAlreadyExistsError
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
+from aiokafka.errors import IllegalStateError, InvalidPartitionsError, TopicAlreadyExistsError
 from aiokafka.structs import RecordMetadata
 
 from shared import metrics
@@ -39,7 +39,8 @@ HANDLER_ATTEMPTS = 3
 
 
 async def ensure_topics(settings: Settings, topics: tuple[Topic, ...] = ALL_TOPICS) -> list[str]:
-    """Create missing topics with their partitions and retention; return the names created."""
+    """Create missing topics with their partitions (``Settings.partitions``) and retention,
+    and grow existing ones that have fewer partitions; return the names created."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     try:
@@ -52,15 +53,38 @@ async def ensure_topics(settings: Settings, topics: tuple[Topic, ...] = ALL_TOPI
                     [
                         NewTopic(
                             name=topic.name,
-                            num_partitions=topic.partitions,
+                            num_partitions=settings.partitions(topic),
                             replication_factor=1,
                             topic_configs={"retention.ms": str(topic.retention_ms)},
                         )
                     ]
                 )
+        wanted = {t.name: settings.partitions(t) for t in topics if t.name in existing}
+        await _grow_partitions(admin, wanted)
         return [t.name for t in missing]
     finally:
         await admin.close()
+
+
+def partitions_to_add(wanted: dict[str, int], have: dict[str, int]) -> dict[str, int]:
+    """Topic -> partition count, for the topics that have fewer partitions than wanted."""
+    return {name: count for name, count in wanted.items() if have.get(name, count) < count}
+
+
+async def _grow_partitions(admin: AIOKafkaAdminClient, wanted: dict[str, int]) -> None:
+    if not wanted:
+        return
+    described = await admin.describe_topics(list(wanted))
+    have = {t["topic"]: len(t["partitions"]) for t in described if not t["error_code"]}
+    for name, count in partitions_to_add(wanted, have).items():
+        # A key may hash to another partition from now on: on the replay path a replay has one
+        # event (or one burst) per topic, so nothing is reordered; a live match playing through
+        # the growth moves to another partition, perhaps to another live instance.
+        log.warning("topic %s: growing from %d to %d partitions", name, have[name], count)
+        try:
+            await admin.create_partitions({name: NewPartitions(total_count=count)})
+        except InvalidPartitionsError:  # another service starting beside us grew it first
+            log.info("topic %s: already grown", name)
 
 
 class EventProducer:

@@ -5,8 +5,10 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.events import ALL_TOPICS, Topic
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,6 +47,10 @@ class Settings(BaseSettings):
         REPO_ROOT / ".rlimpact", description="Kafka/Postgres data, blobs, watch dir"
     )
     kafka_bootstrap: str = "127.0.0.1:9092"
+    # Partitions per topic name where they differ from shared/events.py, as JSON, e.g.
+    # RLIMPACT_TOPIC_PARTITIONS='{"replay.uploaded": 12}'. ensure_topics creates topics with
+    # them and grows an existing topic that has fewer (partitions are never removed).
+    topic_partitions: dict[str, int] = Field(default_factory=dict)
     pg_host: str = "127.0.0.1"
     pg_port: int = 5433
     pg_user: str = "rlimpact"
@@ -110,6 +116,20 @@ class Settings(BaseSettings):
     # Metrics: each service serves /metrics on metrics_base_port + its index in SERVICE_NAMES
     metrics_host: str = "127.0.0.1"
     metrics_base_port: int = 9181
+
+    @field_validator("topic_partitions")
+    @classmethod
+    def _known_topics_and_counts(cls, value: dict[str, int]) -> dict[str, int]:
+        known = {topic.name for topic in ALL_TOPICS}
+        if unknown := sorted(set(value) - known):
+            raise ValueError(f"unknown topics {unknown}; the topics are {sorted(known)}")
+        if low := sorted(name for name, count in value.items() if count < 1):
+            raise ValueError(f"a topic needs at least 1 partition: {low}")
+        return value
+
+    def partitions(self, topic: Topic) -> int:
+        """The partitions ``topic`` has (ensure_topics) and its consumers spread over."""
+        return self.topic_partitions.get(topic.name, topic.partitions)
 
     @property
     def pg_dsn(self) -> str:
