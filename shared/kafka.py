@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TypeVar
@@ -17,7 +18,7 @@ from typing import TypeVar
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.errors import IllegalStateError, InvalidPartitionsError, TopicAlreadyExistsError
-from aiokafka.structs import RecordMetadata
+from aiokafka.structs import RecordMetadata, TopicPartition
 
 from shared import metrics
 from shared.events import (
@@ -170,9 +171,25 @@ async def consume(
         await consumer.stop()
 
 
+# Per consumer (a service may run several): the partitions whose lag it has reported.
+_LAG_REPORTED: weakref.WeakKeyDictionary[AIOKafkaConsumer, set[TopicPartition]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 async def record_lag(consumer: AIOKafkaConsumer, service: str) -> None:
-    """Set the lag gauge of each assigned partition: its end minus the consumer's position."""
-    for tp in consumer.assignment():
+    """Set the lag gauge of each assigned partition: its end minus the consumer's position.
+
+    A partition a rebalance moved to another instance loses its series here: its lag is now
+    the other instance's to report, and a stale value would be summed with it.
+    """
+    assigned = consumer.assignment()
+    reported = _LAG_REPORTED.setdefault(consumer, set())
+    for tp in reported - assigned:
+        with contextlib.suppress(KeyError):
+            metrics.CONSUMER_LAG.remove(service, tp.topic, str(tp.partition))
+    reported &= assigned
+    for tp in assigned:
         try:
             highwater = consumer.highwater(tp)
             if highwater is None:  # nothing fetched from this partition yet
@@ -182,6 +199,7 @@ async def record_lag(consumer: AIOKafkaConsumer, service: str) -> None:
             continue
         lag = max(highwater - position, 0)
         metrics.CONSUMER_LAG.labels(service, tp.topic, str(tp.partition)).set(lag)
+        reported.add(tp)
 
 
 async def dead_letter(
