@@ -47,6 +47,8 @@ class LiveLoop:
         settings = ctx.settings
         self.scorer = LiveScorer(settings.horizon_seconds)
         self._sending: set[asyncio.Task[None]] = set()
+        # Exported from the start, at 0: a rate over the first scores needs a sample before them.
+        metrics.LIVE_LATENCY.labels(NAME)
 
     async def run(self) -> None:
         settings = self.ctx.settings

@@ -1,0 +1,296 @@
+"""Replay path throughput: N corpus replays through the running stack (watched folder ->
+ingestor -> parser -> featurizer -> scorer -> score rows in Postgres) against the offline
+in-process rate of ``rlimpact score`` on the same files, side by side in one run, for 1 and 2
+instances of each stage.
+
+    PYTHONPATH=. .venv/bin/python bench/pipeline.py [--replays 100] [--instances 1 2]
+
+Each round starts its own Kafka and Postgres (``deploy/stack.sh``, ports from
+``RLIMPACT_BENCH_PORT_OFFSET``, default 900, data in ``.rlimpact/bench-pipeline``, wiped per
+round), registers and promotes the shipped model, and starts the ingestor and K instances of
+the parser, featurizer and scorer (instance i: ``RLIMPACT_INSTANCE=i``, metrics ports a block
+higher). Once every consumer group holds all its partitions, it times the offline pass over the
+files (``cmd_score``, the ``rlimpact score`` code path, in this process: one core), then copies
+the files into the watched folder and waits for the last score row: the pipeline's rate is
+the replays scored divided by the time from the first copy to that row's ``created_at``.
+
+It also prints, per stage, the median time a replay spent from the previous stage's status to
+its own (``replay_status_history``: queueing included), the handler time per replay
+(``rlimpact_processing_seconds``) and each process's CPU time during the round. Settings are
+the defaults, unless set in the environment (e.g. ``RLIMPACT_PARSER_WORKERS``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import csv
+import io
+import os
+import shutil
+import statistics
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+from live import bench_env, cpu_seconds, samples, settings_of, start, stop
+
+from services.cli.offline import cmd_score
+from shared.events import FEATURES_READY, FRAMES_PARSED, REPLAY_UPLOADED, Topic
+from shared.settings import REPO_ROOT, SERVICE_NAMES, Settings
+
+SCALED = {"parser": REPLAY_UPLOADED, "featurizer": FRAMES_PARSED, "scorer": FEATURES_READY}
+STAGES = ("uploaded", "parsed", "featurized", "scored")
+
+
+@dataclass
+class Round:
+    instances: int
+    replays: int
+    scored: int
+    failed: int
+    offline_per_s: float
+    pipeline_per_s: float
+    stage_ms: dict[str, float]  # median per replay, from the previous status to this one
+    handler_ms: dict[str, float]  # mean handler time per event, per service
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds during the round
+
+    @property
+    def ratio(self) -> float:
+        return self.pipeline_per_s / self.offline_per_s
+
+
+def corpus_files(settings: Settings, n: int) -> list[Path]:
+    """The first ``n`` corpus replays (by name) that subtr-actor also decodes: parseable ones."""
+    with (settings.replays_dir / "MANIFEST.tsv").open() as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    files = sorted(
+        settings.replays_dir / row["file"]
+        for row in rows
+        if row["file"].startswith("corpus/") and row["subtr_actor_1.5.1_ndarray"] == "ok"
+    )
+    if len(files) < n:
+        raise SystemExit(f"bench: only {len(files)} usable corpus replays, asked for {n}")
+    return files[:n]
+
+
+def offline_rate(files: list[Path], settings: Settings) -> tuple[float, int]:
+    """Replays per second of ``rlimpact score`` over ``files`` in this process, and how many
+    it scored (the others are rejected, as the pipeline rejects them)."""
+    out = io.StringIO()
+    began = time.perf_counter()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        cmd_score(argparse.Namespace(paths=files, model=None), settings)
+    seconds = time.perf_counter() - began
+    scored = len(files) - out.getvalue().count(": rejected: ")
+    return scored / seconds, scored
+
+
+def instance_env(env: dict[str, str], instance: int) -> dict[str, str]:
+    """Instance i of a service: its own metrics ports, a block of len(SERVICE_NAMES) higher."""
+    base = int(env["RLIMPACT_METRICS_BASE_PORT"]) + len(SERVICE_NAMES) * instance
+    return {**env, "RLIMPACT_INSTANCE": str(instance), "RLIMPACT_METRICS_BASE_PORT": str(base)}
+
+
+def instance_settings(env: dict[str, str], instance: int) -> Settings:
+    return settings_of(instance_env(env, instance))
+
+
+def assigned_partitions(env: dict[str, str], service: str, topic: Topic, instances: int) -> int:
+    """Partitions of ``topic`` the instances of ``service`` hold between them (lag series)."""
+    held = {
+        sample.labels["partition"]
+        for i in range(instances)
+        for sample in samples(instance_settings(env, i), service)
+        if sample.name == "rlimpact_consumer_lag" and sample.labels["topic"] == topic.name
+    }
+    return len(held)
+
+
+def metric_total(env: dict[str, str], service: str, instances: int, name: str) -> float:
+    return sum(
+        sample.value
+        for i in range(instances)
+        for sample in samples(instance_settings(env, i), service)
+        if sample.name == name
+    )
+
+
+async def wait_until_ready(env: dict[str, str], settings: Settings, instances: int) -> None:
+    """Every consumer group holds all partitions of its topic; every scorer has the model.
+    (The lag series appear once a partition was fetched from: the round's first poll.)"""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        groups_ready = all(
+            assigned_partitions(env, service, topic, instances) == settings.partitions(topic)
+            for service, topic in SCALED.items()
+        )
+        models = [
+            sample.value
+            for i in range(instances)
+            for sample in samples(instance_settings(env, i), "scorer")
+            if sample.name == "rlimpact_active_model_id"
+        ]
+        if groups_ready and len(models) == instances and all(models):
+            return
+        await asyncio.sleep(1)
+    raise SystemExit("bench: the services did not get their partitions and model in 180 s")
+
+
+async def wait_for_scores(settings: Settings, n_files: int, timeout: float) -> tuple[int, int]:
+    """Until every file is scored or failed; (scored, failed)."""
+    conn = await asyncpg.connect(settings.pg_dsn)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            scored = await conn.fetchval("SELECT count(DISTINCT replay_id) FROM scores")
+            failed = await conn.fetchval("SELECT count(*) FROM replays WHERE status = 'failed'")
+            if scored + failed >= n_files:
+                return scored, failed
+            await asyncio.sleep(0.25)
+        raise SystemExit(f"bench: {scored} scored, {failed} failed of {n_files} after {timeout} s")
+    finally:
+        await conn.close()
+
+
+async def last_score_at(settings: Settings) -> float:
+    conn = await asyncpg.connect(settings.pg_dsn)
+    try:
+        return (await conn.fetchval("SELECT max(created_at) FROM scores")).timestamp()
+    finally:
+        await conn.close()
+
+
+STAGE_TIMES = """
+WITH first_at AS (
+    SELECT replay_id, status, min(at) AS at FROM replay_status_history GROUP BY replay_id, status
+    UNION ALL
+    SELECT replay_id, 'scored', max(created_at) FROM scores GROUP BY replay_id
+)
+SELECT replay_id, status, extract(epoch FROM at) AS at FROM first_at
+"""
+
+
+async def stage_medians(settings: Settings) -> dict[str, float]:
+    """Per stage, the median ms of a scored replay from the previous status to this one."""
+    conn = await asyncpg.connect(settings.pg_dsn)
+    try:
+        rows = await conn.fetch(STAGE_TIMES)
+    finally:
+        await conn.close()
+    at: dict[str, dict[str, float]] = {}
+    for row in rows:
+        at.setdefault(row["replay_id"], {})[row["status"]] = float(row["at"])
+    scored = [times for times in at.values() if "scored" in times and "received" in times]
+    medians = {}
+    previous = "received"
+    for stage in STAGES:
+        medians[stage] = 1e3 * statistics.median(t[stage] - t[previous] for t in scored)
+        previous = stage
+    return medians
+
+
+def handler_means(env: dict[str, str], instances: int) -> dict[str, float]:
+    means = {}
+    for service, count in (("ingestor", 1), *((s, instances) for s in SCALED)):
+        total = metric_total(env, service, count, "rlimpact_processing_seconds_sum")
+        events = metric_total(env, service, count, "rlimpact_processing_seconds_count")
+        means[service] = 1e3 * total / events if events else float("nan")
+    return means
+
+
+async def run_round(args: argparse.Namespace, files: list[Path], instances: int) -> Round:
+    offset = int(os.environ.get("RLIMPACT_BENCH_PORT_OFFSET", "900"))
+    data_dir = REPO_ROOT / ".rlimpact" / "bench-pipeline"
+    env = bench_env(offset, data_dir)
+    settings = settings_of(env)
+    stack = ["bash", str(REPO_ROOT / "deploy" / "stack.sh")]
+    subprocess.run([*stack, "stop"], env=env, check=False, capture_output=True)
+    shutil.rmtree(data_dir, ignore_errors=True)
+    logs = data_dir / "logs"
+    logs.mkdir(parents=True)
+    subprocess.run([*stack, "start"], env=env, check=True, stdout=subprocess.DEVNULL)
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        model = str(settings.default_model_dir / "impact.onnx")
+        register = ("models", "register", model, "--promote")
+        if start("services.cli", env, logs / "register.log", *register).wait(timeout=300):
+            raise SystemExit(f"bench: model registration failed: see {logs}/register.log")
+        processes["ingestor"] = start("services.ingestor", env, logs / "ingestor.log")
+        for service in SCALED:
+            for i in range(instances):
+                name = f"{service}-{i}"
+                processes[name] = start(f"services.{service}", instance_env(env, i), logs / name)
+        await wait_until_ready(env, settings, instances)
+
+        offline_per_s, parseable = offline_rate(files, settings)
+        cpu_before = {name: cpu_seconds(p.pid) for name, p in processes.items()}
+        cpu_before["broker"] = cpu_seconds(broker_pid(data_dir))
+        began = time.time()
+        settings.inbox_dir.mkdir(parents=True, exist_ok=True)
+        for path in files:
+            shutil.copy(path, settings.inbox_dir / path.name)
+        scored, failed = await wait_for_scores(settings, len(files), args.timeout)
+        seconds = await last_score_at(settings) - began
+        cpu = {name: cpu_seconds(p.pid) - cpu_before[name] for name, p in processes.items()}
+        cpu["broker"] = cpu_seconds(broker_pid(data_dir)) - cpu_before["broker"]
+        if scored != parseable:
+            print(f"bench: the pipeline scored {scored} replays, the offline pass {parseable}")
+        return Round(
+            instances=instances,
+            replays=len(files),
+            scored=scored,
+            failed=failed,
+            offline_per_s=offline_per_s,
+            pipeline_per_s=scored / seconds,
+            stage_ms=await stage_medians(settings),
+            handler_ms=handler_means(env, instances),
+            cpu=cpu,
+        )
+    finally:
+        for process in processes.values():
+            stop(process)
+        subprocess.run([*stack, "stop"], env=env, check=False, stdout=subprocess.DEVNULL)
+
+
+def broker_pid(data_dir: Path) -> int:
+    return int((data_dir / "kafka" / "kafka.pid").read_text().strip())
+
+
+def print_round(r: Round) -> None:
+    print(
+        f"{r.instances:>9}  {r.replays:>7}  {r.scored:>6}  {r.failed:>6}  "
+        f"{r.offline_per_s:>9.2f}  {r.pipeline_per_s:>10.2f}  {r.ratio:>5.2f}x"
+    )
+    stages = ", ".join(f"{stage} {ms:.0f}" for stage, ms in r.stage_ms.items())
+    print(f"           median ms from the previous status: {stages}")
+    handlers = ", ".join(f"{service} {ms:.0f}" for service, ms in r.handler_ms.items())
+    print(f"           handler ms per event: {handlers}")
+    cpu = ", ".join(f"{name} {seconds:.1f}" for name, seconds in r.cpu.items())
+    print(f"           CPU s during the round: {cpu}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--replays", type=int, default=100, help="corpus files per round")
+    parser.add_argument("--instances", type=int, nargs="+", default=[1, 2], help="per stage")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds per round")
+    args = parser.parse_args()
+    settings = Settings()
+    files = corpus_files(settings, args.replays)
+    size = sum(path.stat().st_size for path in files) / 2**20
+    print(
+        f"replay path: {len(files)} corpus replays ({size:.0f} MB), {os.cpu_count()} CPUs, "
+        f"parser workers {settings.parser_workers} per instance; offline = `rlimpact score` "
+        "in one process, timed just before each round's pipeline pass"
+    )
+    print("instances  replays  scored  failed  offline/s  pipeline/s  ratio")
+    for instances in args.instances:
+        print_round(asyncio.run(run_round(args, files, instances)))
+
+
+if __name__ == "__main__":
+    main()
