@@ -223,7 +223,8 @@ async def run_round(args: argparse.Namespace, files: list[Path], instances: int)
         for service in SCALED:
             for i in range(instances):
                 name = f"{service}-{i}"
-                processes[name] = start(f"services.{service}", instance_env(env, i), logs / name)
+                log = logs / f"{name}.log"
+                processes[name] = start(f"services.{service}", instance_env(env, i), log)
         await wait_until_ready(env, settings, instances)
 
         offline_per_s, parseable = offline_rate(files, settings)
