@@ -31,12 +31,13 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
-from live import bench_env, cpu_seconds, samples, settings_of, start, stop
+from live import bench_env, samples, settings_of, start, stop
 
 from services.cli.offline import cmd_score
 from shared.events import FEATURES_READY, FRAMES_PARSED, REPLAY_UPLOADED, Topic
@@ -52,7 +53,7 @@ class Round:
     replays: int
     scored: int
     failed: int
-    offline_per_s: float
+    offline: Offline
     pipeline_per_s: float
     stage_ms: dict[str, float]  # median per replay, from the previous status to this one
     handler_ms: dict[str, float]  # mean handler time per event, per service
@@ -60,7 +61,12 @@ class Round:
 
     @property
     def ratio(self) -> float:
-        return self.pipeline_per_s / self.offline_per_s
+        return self.pipeline_per_s / self.offline.per_s
+
+    def cpu_ms_per_replay(self) -> tuple[float, float]:
+        """Offline and pipeline (all its processes, Kafka and Postgres included)."""
+        offline = 1e3 * self.offline.cpu_seconds / self.offline.scored
+        return offline, 1e3 * sum(self.cpu.values()) / self.scored
 
 
 def corpus_files(settings: Settings, n: int) -> list[Path]:
@@ -77,16 +83,22 @@ def corpus_files(settings: Settings, n: int) -> list[Path]:
     return files[:n]
 
 
-def offline_rate(files: list[Path], settings: Settings) -> tuple[float, int]:
-    """Replays per second of ``rlimpact score`` over ``files`` in this process, and how many
-    it scored (the others are rejected, as the pipeline rejects them)."""
+@dataclass(frozen=True)
+class Offline:
+    per_s: float
+    scored: int  # the others are rejected, as the pipeline rejects them
+    cpu_seconds: float
+
+
+def offline_rate(files: list[Path], settings: Settings) -> Offline:
+    """``rlimpact score`` over ``files`` in this process: replays per second, CPU time."""
     out = io.StringIO()
-    began = time.perf_counter()
+    began, cpu_began = time.perf_counter(), time.process_time()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
         cmd_score(argparse.Namespace(paths=files, model=None), settings)
-    seconds = time.perf_counter() - began
+    seconds, cpu = time.perf_counter() - began, time.process_time() - cpu_began
     scored = len(files) - out.getvalue().count(": rejected: ")
-    return scored / seconds, scored
+    return Offline(scored / seconds, scored, cpu)
 
 
 def instance_env(env: dict[str, str], instance: int) -> dict[str, str]:
@@ -169,6 +181,8 @@ WITH first_at AS (
     SELECT replay_id, status, min(at) AS at FROM replay_status_history GROUP BY replay_id, status
     UNION ALL
     SELECT replay_id, 'scored', max(created_at) FROM scores GROUP BY replay_id
+    UNION ALL
+    SELECT id, 'received', created_at FROM replays
 )
 SELECT replay_id, status, extract(epoch FROM at) AS at FROM first_at
 """
@@ -227,25 +241,24 @@ async def run_round(args: argparse.Namespace, files: list[Path], instances: int)
                 processes[name] = start(f"services.{service}", instance_env(env, i), log)
         await wait_until_ready(env, settings, instances)
 
-        offline_per_s, parseable = offline_rate(files, settings)
-        cpu_before = {name: cpu_seconds(p.pid) for name, p in processes.items()}
-        cpu_before["broker"] = cpu_seconds(broker_pid(data_dir))
+        offline = offline_rate(files, settings)
+        pids = {name: p.pid for name, p in processes.items()} | server_pids(data_dir)
+        cpu_before = {name: tree_cpu_seconds(pid) for name, pid in pids.items()}
         began = time.time()
         settings.inbox_dir.mkdir(parents=True, exist_ok=True)
         for path in files:
             shutil.copy(path, settings.inbox_dir / path.name)
         scored, failed = await wait_for_scores(settings, len(files), args.timeout)
         seconds = await last_score_at(settings) - began
-        cpu = {name: cpu_seconds(p.pid) - cpu_before[name] for name, p in processes.items()}
-        cpu["broker"] = cpu_seconds(broker_pid(data_dir)) - cpu_before["broker"]
-        if scored != parseable:
-            print(f"bench: the pipeline scored {scored} replays, the offline pass {parseable}")
+        cpu = {name: tree_cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
+        if scored != offline.scored:
+            print(f"bench: the pipeline scored {scored} replays, the offline pass {offline.scored}")
         return Round(
             instances=instances,
             replays=len(files),
             scored=scored,
             failed=failed,
-            offline_per_s=offline_per_s,
+            offline=offline,
             pipeline_per_s=scored / seconds,
             stage_ms=await stage_medians(settings),
             handler_ms=handler_means(env, instances),
@@ -257,21 +270,45 @@ async def run_round(args: argparse.Namespace, files: list[Path], instances: int)
         subprocess.run([*stack, "stop"], env=env, check=False, stdout=subprocess.DEVNULL)
 
 
-def broker_pid(data_dir: Path) -> int:
-    return int((data_dir / "kafka" / "kafka.pid").read_text().strip())
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its descendants so far, exited ones included once reaped (the
+    parser's worker processes do the parsing)."""
+    stats = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            stats[int(stat.parent.name)] = (int(fields[1]), sum(map(int, fields[11:15])))
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [child for child, (ppid, _) in stats.items() if ppid == parent]
+        tree.update(children)
+        frontier.extend(children)
+    return sum(stats[p][1] for p in tree if p in stats) / os.sysconf("SC_CLK_TCK")
+
+
+def server_pids(data_dir: Path) -> dict[str, int]:
+    """The Kafka broker's and the Postgres postmaster's pids, as deploy/stack.sh recorded them."""
+    postmaster = data_dir / "postgres" / "data" / "postmaster.pid"
+    return {
+        "kafka": int((data_dir / "kafka" / "kafka.pid").read_text().strip()),
+        "postgres": int(postmaster.read_text().splitlines()[0]),
+    }
 
 
 def print_round(r: Round) -> None:
     print(
         f"{r.instances:>9}  {r.replays:>7}  {r.scored:>6}  {r.failed:>6}  "
-        f"{r.offline_per_s:>9.2f}  {r.pipeline_per_s:>10.2f}  {r.ratio:>5.2f}x"
+        f"{r.offline.per_s:>9.2f}  {r.pipeline_per_s:>10.2f}  {r.ratio:>5.2f}x"
     )
     stages = ", ".join(f"{stage} {ms:.0f}" for stage, ms in r.stage_ms.items())
     print(f"           median ms from the previous status: {stages}")
     handlers = ", ".join(f"{service} {ms:.0f}" for service, ms in r.handler_ms.items())
     print(f"           handler ms per event: {handlers}")
     cpu = ", ".join(f"{name} {seconds:.1f}" for name, seconds in r.cpu.items())
-    print(f"           CPU s during the round: {cpu}", flush=True)
+    offline, pipeline = r.cpu_ms_per_replay()
+    print(f"           CPU s during the round: {cpu}")
+    print(f"           CPU ms per replay: offline {offline:.0f}, pipeline {pipeline:.0f}")
 
 
 def main() -> None:
@@ -291,6 +328,7 @@ def main() -> None:
     print("instances  replays  scored  failed  offline/s  pipeline/s  ratio")
     for instances in args.instances:
         print_round(asyncio.run(run_round(args, files, instances)))
+        sys.stdout.flush()
 
 
 if __name__ == "__main__":
