@@ -109,21 +109,7 @@ cmd_start() {
         --web.listen-address="127.0.0.1:$PORT" >"$LOG_FILE" 2>&1 </dev/null) &
     pid=$!
     echo "$pid" >"$PID_FILE"
-    local deadline=$((SECONDS + START_TIMEOUT))
-    while ((SECONDS < deadline)); do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            show_log_tail "$LOG_FILE"
-            rm -f "$PID_FILE"
-            die "Prometheus exited during startup (see $LOG_FILE)"
-        fi
-        if curl -fsS -o /dev/null "http://127.0.0.1:$PORT/-/ready" 2>/dev/null; then
-            log "ready (pid $pid, http://127.0.0.1:$PORT, log $LOG_FILE)"
-            return 0
-        fi
-        sleep 0.5
-    done
-    show_log_tail "$LOG_FILE"
-    die "Prometheus did not become ready within ${START_TIMEOUT}s (pid $pid; 'deploy/prometheus.sh stop' kills it)"
+    wait_ready "$pid" "http://127.0.0.1:$PORT/-/ready" "$LOG_FILE" Prometheus
 }
 
 cmd_stop() {
@@ -131,13 +117,7 @@ cmd_stop() {
 }
 
 cmd_status() {
-    local pid
-    if pid="$(running_pid)"; then
-        log "running (pid $pid, http://127.0.0.1:$PORT)"
-        return 0
-    fi
-    log "not running"
-    return 1
+    status_server "http://127.0.0.1:$PORT"
 }
 
 dispatch "install config start stop status" "$@"
