@@ -9,7 +9,9 @@ Each round starts its own Kafka and Postgres (``deploy/stack.sh``, ports from
 ``RLIMPACT_BENCH_PORT_OFFSET``, default 900, data in ``.rlimpact/bench-pipeline``, wiped per
 round), registers and promotes the shipped model, and starts the ingestor and K instances of
 the parser, featurizer and scorer (instance i: ``RLIMPACT_INSTANCE=i``, metrics ports a block
-higher). Once every consumer group holds all its partitions, it times the offline pass over the
+higher). Once every consumer group holds all its partitions, ``--warmup`` other corpus replays
+go through (a fresh broker's JVM spends its first minute compiling its hot paths; each
+service's first calls load libraries and the model), then it times the offline pass over the
 files (``cmd_score``, the ``rlimpact score`` code path, in this process: one core), then copies
 the files into the watched folder and waits for the last score row: the pipeline's rate is
 the replays scored divided by the time from the first copy to that row's ``created_at``.
@@ -152,20 +154,38 @@ async def wait_until_ready(env: dict[str, str], settings: Settings, instances: i
     raise SystemExit("bench: the services did not get their partitions and model in 180 s")
 
 
-async def wait_for_scores(settings: Settings, n_files: int, timeout: float) -> tuple[int, int]:
-    """Until every file is scored or failed; (scored, failed)."""
+COUNTS = """
+SELECT count(DISTINCT s.replay_id) FILTER (WHERE s.replay_id IS NOT NULL) AS scored,
+       count(DISTINCT r.id) FILTER (WHERE r.status = 'failed') AS failed
+FROM replays r LEFT JOIN scores s ON s.replay_id = r.id
+WHERE r.created_at >= to_timestamp($1)
+"""
+
+
+async def wait_for_scores(
+    settings: Settings, n_files: int, since: float, timeout: float
+) -> tuple[int, int]:
+    """Until the ``n_files`` replays received since ``since`` are scored or failed."""
     conn = await asyncpg.connect(settings.pg_dsn)
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            scored = await conn.fetchval("SELECT count(DISTINCT replay_id) FROM scores")
-            failed = await conn.fetchval("SELECT count(*) FROM replays WHERE status = 'failed'")
+            scored, failed = await conn.fetchrow(COUNTS, since)
             if scored + failed >= n_files:
                 return scored, failed
             await asyncio.sleep(0.25)
         raise SystemExit(f"bench: {scored} scored, {failed} failed of {n_files} after {timeout} s")
     finally:
         await conn.close()
+
+
+async def drop_and_wait(settings: Settings, files: list[Path], timeout: float) -> tuple[int, int]:
+    """Copy ``files`` into the watched folder; (scored, failed) once all are done."""
+    since = time.time()
+    settings.inbox_dir.mkdir(parents=True, exist_ok=True)
+    for path in files:
+        shutil.copy(path, settings.inbox_dir / path.name)
+    return await wait_for_scores(settings, len(files), since, timeout)
 
 
 async def last_score_at(settings: Settings) -> float:
@@ -188,8 +208,9 @@ SELECT replay_id, status, extract(epoch FROM at) AS at FROM first_at
 """
 
 
-async def stage_medians(settings: Settings) -> dict[str, float]:
-    """Per stage, the median ms of a scored replay from the previous status to this one."""
+async def stage_medians(settings: Settings, since: float) -> dict[str, float]:
+    """Per stage, the median ms of a scored replay (received since ``since``) from the
+    previous status to this one."""
     conn = await asyncpg.connect(settings.pg_dsn)
     try:
         rows = await conn.fetch(STAGE_TIMES)
@@ -198,7 +219,7 @@ async def stage_medians(settings: Settings) -> dict[str, float]:
     at: dict[str, dict[str, float]] = {}
     for row in rows:
         at.setdefault(row["replay_id"], {})[row["status"]] = float(row["at"])
-    scored = [times for times in at.values() if "scored" in times and "received" in times]
+    scored = [t for t in at.values() if "scored" in t and t.get("received", 0) >= since]
     medians = {}
     previous = "received"
     for stage in STAGES:
@@ -207,16 +228,31 @@ async def stage_medians(settings: Settings) -> dict[str, float]:
     return medians
 
 
-def handler_means(env: dict[str, str], instances: int) -> dict[str, float]:
+def handler_totals(env: dict[str, str], instances: int) -> dict[str, tuple[float, float]]:
+    """Per service, seconds in handlers and events handled so far, over its instances."""
+    return {
+        service: tuple(
+            metric_total(env, service, count, f"rlimpact_processing_seconds_{part}")
+            for part in ("sum", "count")
+        )
+        for service, count in ((s, instances) for s in SCALED)
+    }
+
+
+def handler_means(
+    before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]
+) -> dict[str, float]:
+    """Mean ms per event handled between the two totals."""
     means = {}
-    for service, count in (("ingestor", 1), *((s, instances) for s in SCALED)):
-        total = metric_total(env, service, count, "rlimpact_processing_seconds_sum")
-        events = metric_total(env, service, count, "rlimpact_processing_seconds_count")
-        means[service] = 1e3 * total / events if events else float("nan")
+    for service, (seconds, events) in after.items():
+        seconds, events = seconds - before[service][0], events - before[service][1]
+        means[service] = 1e3 * seconds / events if events else float("nan")
     return means
 
 
-async def run_round(args: argparse.Namespace, files: list[Path], instances: int) -> Round:
+async def run_round(
+    args: argparse.Namespace, files: list[Path], warmup: list[Path], instances: int
+) -> Round:
     offset = int(os.environ.get("RLIMPACT_BENCH_PORT_OFFSET", "900"))
     data_dir = REPO_ROOT / ".rlimpact" / "bench-pipeline"
     env = bench_env(offset, data_dir)
@@ -241,14 +277,14 @@ async def run_round(args: argparse.Namespace, files: list[Path], instances: int)
                 processes[name] = start(f"services.{service}", instance_env(env, i), log)
         await wait_until_ready(env, settings, instances)
 
+        if warmup:  # the broker's JVM compiles its hot paths, each service's first calls
+            await drop_and_wait(settings, warmup, args.timeout)
         offline = offline_rate(files, settings)
         pids = {name: p.pid for name, p in processes.items()} | server_pids(data_dir)
         cpu_before = {name: tree_cpu_seconds(pid) for name, pid in pids.items()}
+        handlers_before = handler_totals(env, instances)
         began = time.time()
-        settings.inbox_dir.mkdir(parents=True, exist_ok=True)
-        for path in files:
-            shutil.copy(path, settings.inbox_dir / path.name)
-        scored, failed = await wait_for_scores(settings, len(files), args.timeout)
+        scored, failed = await drop_and_wait(settings, files, args.timeout)
         seconds = await last_score_at(settings) - began
         cpu = {name: tree_cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
         if scored != offline.scored:
@@ -260,8 +296,8 @@ async def run_round(args: argparse.Namespace, files: list[Path], instances: int)
             failed=failed,
             offline=offline,
             pipeline_per_s=scored / seconds,
-            stage_ms=await stage_medians(settings),
-            handler_ms=handler_means(env, instances),
+            stage_ms=await stage_medians(settings, began),
+            handler_ms=handler_means(handlers_before, handler_totals(env, instances)),
             cpu=cpu,
         )
     finally:
@@ -315,19 +351,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--replays", type=int, default=100, help="corpus files per round")
     parser.add_argument("--instances", type=int, nargs="+", default=[1, 2], help="per stage")
-    parser.add_argument("--timeout", type=float, default=900, help="seconds per round")
+    parser.add_argument(
+        "--warmup", type=int, default=20, help="other corpus replays through the stack first"
+    )
+    parser.add_argument("--timeout", type=float, default=900, help="seconds per pass")
     args = parser.parse_args()
     settings = Settings()
-    files = corpus_files(settings, args.replays)
+    usable = corpus_files(settings, args.replays + args.warmup)
+    files, warmup = usable[: args.replays], usable[args.replays :]
     size = sum(path.stat().st_size for path in files) / 2**20
     print(
         f"replay path: {len(files)} corpus replays ({size:.0f} MB), {os.cpu_count()} CPUs, "
-        f"parser workers {settings.parser_workers} per instance; offline = `rlimpact score` "
-        "in one process, timed just before each round's pipeline pass"
+        f"parser workers {settings.parser_workers} per instance; each round on a fresh stack, "
+        f"warmed by {len(warmup)} other replays; offline = `rlimpact score` in one process, "
+        "timed just before the round's pipeline pass"
     )
     print("instances  replays  scored  failed  offline/s  pipeline/s  ratio")
     for instances in args.instances:
-        print_round(asyncio.run(run_round(args, files, instances)))
+        print_round(asyncio.run(run_round(args, files, warmup, instances)))
         sys.stdout.flush()
 
 
