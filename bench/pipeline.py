@@ -60,6 +60,7 @@ class Round:
     stage_ms: dict[str, float]  # median per replay, from the previous status to this one
     handler_ms: dict[str, float]  # mean handler time per event, per service
     cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds during the round
+    idle_cpu: dict[str, float] = field(default_factory=dict)  # % of a core, idle stack
 
     @property
     def ratio(self) -> float:
@@ -87,9 +88,13 @@ def corpus_files(settings: Settings, n: int) -> list[Path]:
 
 @dataclass(frozen=True)
 class Offline:
-    per_s: float
+    seconds: float
     scored: int  # the others are rejected, as the pipeline rejects them
     cpu_seconds: float
+
+    @property
+    def per_s(self) -> float:
+        return self.scored / self.seconds
 
 
 def offline_rate(files: list[Path], settings: Settings) -> Offline:
@@ -100,7 +105,7 @@ def offline_rate(files: list[Path], settings: Settings) -> Offline:
         cmd_score(argparse.Namespace(paths=files, model=None), settings)
     seconds, cpu = time.perf_counter() - began, time.process_time() - cpu_began
     scored = len(files) - out.getvalue().count(": rejected: ")
-    return Offline(scored / seconds, scored, cpu)
+    return Offline(seconds, scored, cpu)
 
 
 def instance_env(env: dict[str, str], instance: int) -> dict[str, str]:
@@ -279,9 +284,13 @@ async def run_round(
 
         if warmup:  # the broker's JVM compiles its hot paths, each service's first calls
             await drop_and_wait(settings, warmup, args.timeout)
-        offline = offline_rate(files, settings)
         pids = {name: p.pid for name, p in processes.items()} | server_pids(data_dir)
+        cpu_idle = {name: tree_cpu_seconds(pid) for name, pid in pids.items()}
+        offline = offline_rate(files, settings)
         cpu_before = {name: tree_cpu_seconds(pid) for name, pid in pids.items()}
+        idle_share = {  # while the offline pass ran: what the stack costs doing nothing
+            name: 100 * (cpu_before[name] - cpu_idle[name]) / offline.seconds for name in pids
+        }
         handlers_before = handler_totals(env, instances)
         began = time.time()
         scored, failed = await drop_and_wait(settings, files, args.timeout)
@@ -299,6 +308,7 @@ async def run_round(
             stage_ms=await stage_medians(settings, began),
             handler_ms=handler_means(handlers_before, handler_totals(env, instances)),
             cpu=cpu,
+            idle_cpu=idle_share,
         )
     finally:
         for process in processes.values():
@@ -344,6 +354,8 @@ def print_round(r: Round) -> None:
     cpu = ", ".join(f"{name} {seconds:.1f}" for name, seconds in r.cpu.items())
     offline, pipeline = r.cpu_ms_per_replay()
     print(f"           CPU s during the round: {cpu}")
+    idle = ", ".join(f"{name} {share:.1f}" for name, share in r.idle_cpu.items())
+    print(f"           CPU of the idle stack (during the offline pass), % of a core: {idle}")
     print(f"           CPU ms per replay: offline {offline:.0f}, pipeline {pipeline:.0f}")
 
 

@@ -83,6 +83,7 @@ scrape_configs:
     honor_labels: true
     file_sd_configs:
       - files: ["$TARGETS_FILE"]
+        refresh_interval: ${SCRAPE_SECONDS}s  # besides the file watch, which may miss a change
 EOF
 }
 

@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaConsumer
 
 from shared.events import Event, Topic, decode
 from shared.settings import REPO_ROOT, SERVICE_NAMES, Settings
-from tests.support.prometheus import PrometheusAPI, write_scrape_targets
+from tests.support.prometheus import PrometheusAPI, one_instance_each, write_scrape_targets
 
 T = TypeVar("T")
 E = TypeVar("E", bound=Event)
@@ -137,7 +137,7 @@ def stack() -> Iterator[Stack]:
 def prometheus(stack: Stack) -> Iterator[PrometheusAPI]:
     """Debian's Prometheus (deploy/prometheus.sh) scraping every service of the stack each
     second, with the alert rules; its data under the stack's data dir; stopped by its pid."""
-    write_scrape_targets(stack.settings)
+    write_scrape_targets(stack.settings, one_instance_each(stack.settings))
     _deploy("prometheus.sh", "start", stack.env)
     try:
         yield PrometheusAPI(int(stack.env["RLIMPACT_PROMETHEUS_PORT"]))

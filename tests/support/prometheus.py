@@ -77,19 +77,32 @@ def dashboard_queries() -> list[PanelQuery]:
 # ---------------------------------------------------------------- a running Prometheus
 
 
-def write_scrape_targets(settings: Settings) -> Path:
-    """The file_sd file deploy/prometheus.sh points Prometheus at, for one instance of every
-    service on its known port (the supervisor writes it for the instances it runs)."""
-    targets = [
-        {
-            "targets": [f"{settings.metrics_host}:{settings.metrics_port(name)}"],
-            "labels": {"service": name, "rlimpact_instance": "0"},
-        }
-        for name in SERVICE_NAMES
-    ]
+@dataclass(frozen=True)
+class ScrapeTarget:
+    service: str
+    instance: int
+    settings: Settings  # the instance's own settings: its metrics port
+
+    def entry(self) -> dict[str, Any]:
+        """Its entry in a file_sd file."""
+        address = f"{self.settings.metrics_host}:{self.settings.metrics_port(self.service)}"
+        labels = {"service": self.service, "rlimpact_instance": str(self.instance)}
+        return {"targets": [address], "labels": labels}
+
+
+def one_instance_each(settings: Settings) -> list[ScrapeTarget]:
+    return [ScrapeTarget(name, 0, settings) for name in SERVICE_NAMES]
+
+
+def write_scrape_targets(settings: Settings, targets: list[ScrapeTarget]) -> Path:
+    """The file_sd file deploy/prometheus.sh points Prometheus at (the supervisor writes it
+    for the instances it runs); written whole, then renamed, as Prometheus may read it any
+    time."""
     path = settings.data_dir / "run" / "prometheus-targets.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(targets, indent=2))
+    partial = path.with_suffix(".tmp")
+    partial.write_text(json.dumps([target.entry() for target in targets], indent=2))
+    partial.replace(path)
     return path
 
 

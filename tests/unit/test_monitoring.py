@@ -116,7 +116,8 @@ def test_the_local_prometheus_config_discovers_targets_from_the_run_dir(tmp_path
     config = yaml.safe_load((tmp_path / "prometheus" / "prometheus.yml").read_text())
     [job] = config["scrape_configs"]
     assert job["honor_labels"] is True
-    assert job["file_sd_configs"] == [{"files": [str(tmp_path / "run/prometheus-targets.json")]}]
+    [discovery] = job["file_sd_configs"]
+    assert discovery["files"] == [str(tmp_path / "run/prometheus-targets.json")]
     assert config["rule_files"] == [str(ALERT_RULES)]
 
 
