@@ -8,8 +8,8 @@ instances of each stage.
 Each round starts its own Kafka and Postgres (``deploy/stack.sh``, ports from
 ``RLIMPACT_BENCH_PORT_OFFSET``, default 900, data in ``.rlimpact/bench-pipeline``, wiped per
 round), registers and promotes the shipped model, and starts the ingestor and K instances of
-the parser, featurizer and scorer (instance i: ``RLIMPACT_INSTANCE=i``, metrics ports a block
-higher). Once every consumer group holds all its partitions, ``--warmup`` other corpus replays
+the parser, featurizer and scorer (instance i: ``RLIMPACT_INSTANCE=i``, its own metrics
+port). Once every consumer group holds all its partitions, ``--warmup`` other corpus replays
 go through (a fresh broker's JVM spends its first minute compiling its hot paths; each
 service's first calls load libraries and the model), then it times the offline pass over the
 files (``cmd_score``, the ``rlimpact score`` code path, in this process: one core), then copies
@@ -43,7 +43,7 @@ from live import bench_env, samples, settings_of, start, stop
 
 from services.cli.offline import cmd_score
 from shared.events import FEATURES_READY, FRAMES_PARSED, REPLAY_UPLOADED, Topic
-from shared.settings import REPO_ROOT, SERVICE_NAMES, Settings
+from shared.settings import REPO_ROOT, Settings
 
 SCALED = {"parser": REPLAY_UPLOADED, "featurizer": FRAMES_PARSED, "scorer": FEATURES_READY}
 STAGES = ("uploaded", "parsed", "featurized", "scored")
@@ -109,9 +109,8 @@ def offline_rate(files: list[Path], settings: Settings) -> Offline:
 
 
 def instance_env(env: dict[str, str], instance: int) -> dict[str, str]:
-    """Instance i of a service: its own metrics ports, a block of len(SERVICE_NAMES) higher."""
-    base = int(env["RLIMPACT_METRICS_BASE_PORT"]) + len(SERVICE_NAMES) * instance
-    return {**env, "RLIMPACT_INSTANCE": str(instance), "RLIMPACT_METRICS_BASE_PORT": str(base)}
+    """Instance i of a service (its own metrics port: ``Settings.metrics_port``)."""
+    return {**env, "RLIMPACT_INSTANCE": str(instance)}
 
 
 def instance_settings(env: dict[str, str], instance: int) -> Settings:

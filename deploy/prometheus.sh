@@ -10,7 +10,7 @@
 #
 # The targets come from a file_sd file, $RLIMPACT_DATA_DIR/run/prometheus-targets.json, which
 # whoever runs the services keeps up to date (one entry per instance: its /metrics host:port and
-# the labels service and rlimpact_instance); Prometheus re-reads it when it changes.
+# the labels service and replica); Prometheus re-reads it when it changes.
 #
 # Environment (defaults in brackets):
 #   RLIMPACT_DATA_DIR                   [<repo root>/.rlimpact]  data in $RLIMPACT_DATA_DIR/prometheus

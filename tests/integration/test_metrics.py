@@ -25,6 +25,7 @@ import aiohttp
 import asyncpg
 import pytest
 
+from services.cli.supervisor import Instance
 from shared.events import (
     FEATURES_READY,
     FRAMES_PARSED,
@@ -37,7 +38,6 @@ from tests.integration.conftest import Stack, wait_for
 from tests.support.prometheus import (
     PrometheusAPI,
     Sample,
-    ScrapeTarget,
     alert_rules,
     dashboard_queries,
     matching,
@@ -273,19 +273,10 @@ async def test_prometheus_evaluates_every_alert_rule_and_none_fires(prometheus: 
 async def test_a_second_instance_is_scraped_and_takes_its_share_of_the_partitions(
     stack: Stack, prometheus: PrometheusAPI
 ):
-    """A second parser (instance 1, metrics ports a block higher) joins: Prometheus finds it in
+    """A second parser (instance 1, its own metrics port) joins: Prometheus finds it in
     the targets file, and the two instances' lag series cover each partition exactly once (the
     first drops the series of the partitions it gave up)."""
-    base = stack.settings.metrics_base_port + len(SERVICE_NAMES)
-    env = {
-        **stack.env,
-        "RLIMPACT_INSTANCE": "1",
-        "RLIMPACT_METRICS_BASE_PORT": str(base),
-        "RLIMPACT_PARSER_WORKERS": "1",
-    }
-    second = ScrapeTarget(
-        "parser", 1, stack.settings.model_copy(update={"metrics_base_port": base, "instance": 1})
-    )
+    env = {**stack.env, "RLIMPACT_INSTANCE": "1", "RLIMPACT_PARSER_WORKERS": "1"}
     parser = subprocess.Popen(
         [sys.executable, "-m", "services.parser"],
         env=env,
@@ -293,25 +284,25 @@ async def test_a_second_instance_is_scraped_and_takes_its_share_of_the_partition
         stdout=(stack.data_dir / "logs" / "parser-1.log").open("wb"),
         stderr=subprocess.STDOUT,
     )
-    write_scrape_targets(stack.settings, [*one_instance_each(stack.settings), second])
+    write_scrape_targets(stack.settings, [*one_instance_each(), Instance("parser", 1)])
     lag = f'rlimpact_consumer_lag{{service="parser", topic="{REPLAY_UPLOADED.name}"}}'
     partitions = stack.settings.partitions(REPLAY_UPLOADED)
 
     async def shared_out() -> bool:
         series = prometheus.query(lag)
-        instances = {s["metric"]["rlimpact_instance"] for s in series}
+        instances = {s["metric"]["replica"] for s in series}
         held = [s["metric"]["partition"] for s in series]
         return instances == {"0", "1"} and sorted(held) == sorted(map(str, range(partitions)))
 
     try:
         await wait_for(shared_out, 120, "both parsers' lag series, one per partition")
         up = prometheus.query('up{service="parser"}')
-        assert {(s["metric"]["rlimpact_instance"], s["value"][1]) for s in up} == {
+        assert {(s["metric"]["replica"], s["value"][1]) for s in up} == {
             ("0", "1"),
             ("1", "1"),
         }
     finally:
         parser.terminate()
         parser.wait(timeout=30)
-        write_scrape_targets(stack.settings, one_instance_each(stack.settings))
+        write_scrape_targets(stack.settings, one_instance_each())
     assert stack.processes["parser"].poll() is None

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from services.cli.supervisor import TARGETS_FILE, Instance, prometheus_targets, write_atomically
 from shared.settings import REPO_ROOT, SERVICE_NAMES, Settings
 
 
@@ -77,32 +78,16 @@ def dashboard_queries() -> list[PanelQuery]:
 # ---------------------------------------------------------------- a running Prometheus
 
 
-@dataclass(frozen=True)
-class ScrapeTarget:
-    service: str
-    instance: int
-    settings: Settings  # the instance's own settings: its metrics port
-
-    def entry(self) -> dict[str, Any]:
-        """Its entry in a file_sd file."""
-        address = f"{self.settings.metrics_host}:{self.settings.metrics_port(self.service)}"
-        labels = {"service": self.service, "rlimpact_instance": str(self.instance)}
-        return {"targets": [address], "labels": labels}
+def one_instance_each() -> list[Instance]:
+    return [Instance(name, 0) for name in SERVICE_NAMES]
 
 
-def one_instance_each(settings: Settings) -> list[ScrapeTarget]:
-    return [ScrapeTarget(name, 0, settings) for name in SERVICE_NAMES]
-
-
-def write_scrape_targets(settings: Settings, targets: list[ScrapeTarget]) -> Path:
-    """The file_sd file deploy/prometheus.sh points Prometheus at (the supervisor writes it
-    for the instances it runs); written whole, then renamed, as Prometheus may read it any
-    time."""
-    path = settings.data_dir / "run" / "prometheus-targets.json"
+def write_scrape_targets(settings: Settings, instances: list[Instance]) -> Path:
+    """The file_sd file deploy/prometheus.sh points Prometheus at, as the supervisor writes it
+    for the instances it runs (the test stack runs the services without one)."""
+    path = settings.run_dir / TARGETS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".tmp")
-    partial.write_text(json.dumps([target.entry() for target in targets], indent=2))
-    partial.replace(path)
+    write_atomically(path, json.dumps(prometheus_targets(settings, instances), indent=1) + "\n")
     return path
 
 
