@@ -8,9 +8,9 @@
 #   config   write the configuration (below) and check it with promtool
 #   start    config, then start in the background on 127.0.0.1 and wait until it is ready
 #
-# The targets come from a file_sd file, $RLIMPACT_DATA_DIR/run/prometheus-targets.json, which
-# whoever runs the services keeps up to date (one entry per instance: its /metrics host:port and
-# the labels service and replica); Prometheus re-reads it when it changes.
+# The targets come from a file_sd file, $RLIMPACT_DATA_DIR/run/prometheus-targets.json, which the
+# supervisor (`rlimpact up` / `rlimpact supervise`) keeps up to date: one entry per instance, its
+# /metrics host:port and the labels service and replica. Prometheus re-reads it when it changes.
 #
 # Environment (defaults in brackets):
 #   RLIMPACT_DATA_DIR                   [<repo root>/.rlimpact]  data in $RLIMPACT_DATA_DIR/prometheus
