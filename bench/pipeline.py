@@ -39,11 +39,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
-from live import bench_env, samples, settings_of, start, stop
+from live import STACK, broker_pid, fresh_stack, samples, settings_of, start, stop
 
 from services.cli.offline import cmd_score
 from shared.events import FEATURES_READY, FRAMES_PARSED, REPLAY_UPLOADED, Topic
-from shared.settings import REPO_ROOT, Settings
+from shared.settings import Settings
 
 SCALED = {"parser": REPLAY_UPLOADED, "featurizer": FRAMES_PARSED, "scorer": FEATURES_READY}
 STAGES = ("uploaded", "parsed", "featurized", "scored")
@@ -257,16 +257,8 @@ def handler_means(
 async def run_round(
     args: argparse.Namespace, files: list[Path], warmup: list[Path], instances: int
 ) -> Round:
-    offset = int(os.environ.get("RLIMPACT_BENCH_PORT_OFFSET", "900"))
-    data_dir = REPO_ROOT / ".rlimpact" / "bench-pipeline"
-    env = bench_env(offset, data_dir)
-    settings = settings_of(env)
-    stack = ["bash", str(REPO_ROOT / "deploy" / "stack.sh")]
-    subprocess.run([*stack, "stop"], env=env, check=False, capture_output=True)
-    shutil.rmtree(data_dir, ignore_errors=True)
-    logs = data_dir / "logs"
-    logs.mkdir(parents=True)
-    subprocess.run([*stack, "start"], env=env, check=True, stdout=subprocess.DEVNULL)
+    env, settings, logs = fresh_stack("bench-pipeline", 900)
+    data_dir = settings.data_dir
     processes: dict[str, subprocess.Popen[bytes]] = {}
     try:
         model = str(settings.default_model_dir / "impact.onnx")
@@ -312,7 +304,7 @@ async def run_round(
     finally:
         for process in processes.values():
             stop(process)
-        subprocess.run([*stack, "stop"], env=env, check=False, stdout=subprocess.DEVNULL)
+        subprocess.run([*STACK, "stop"], env=env, check=False, stdout=subprocess.DEVNULL)
 
 
 def tree_cpu_seconds(pid: int) -> float:
@@ -336,7 +328,7 @@ def server_pids(data_dir: Path) -> dict[str, int]:
     """The Kafka broker's and the Postgres postmaster's pids, as deploy/stack.sh recorded them."""
     postmaster = data_dir / "postgres" / "data" / "postmaster.pid"
     return {
-        "kafka": int((data_dir / "kafka" / "kafka.pid").read_text().strip()),
+        "kafka": broker_pid(data_dir),
         "postgres": int(postmaster.read_text().splitlines()[0]),
     }
 
