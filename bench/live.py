@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -130,7 +131,7 @@ def live_ready(settings: Settings) -> bool:
         for sample in samples(settings, "live")
         if sample.name == "rlimpact_consumer_lag" and sample.labels["topic"] == LIVE_FRAMES.name
     }
-    return len(partitions) == LIVE_FRAMES.partitions
+    return len(partitions) == settings.partitions(LIVE_FRAMES)
 
 
 def bridge_received(settings: Settings) -> float:
@@ -237,18 +238,25 @@ def frames_seen(batches) -> bool:
     return any(batches.values())
 
 
-async def run(args) -> list[Round]:
-    offset = int(os.environ.get("RLIMPACT_BENCH_PORT_OFFSET", "800"))
-    data_dir = REPO_ROOT / ".rlimpact" / "bench-live"
+STACK = ["bash", str(REPO_ROOT / "deploy" / "stack.sh")]
+
+
+def fresh_stack(name: str, default_offset: int) -> tuple[dict[str, str], Settings, Path]:
+    """A bench's own Kafka and Postgres on an empty data dir, ``.rlimpact/<name>`` (ports from
+    ``RLIMPACT_BENCH_PORT_OFFSET``, else ``default_offset``): its env, settings and log dir."""
+    offset = int(os.environ.get("RLIMPACT_BENCH_PORT_OFFSET", str(default_offset)))
+    data_dir = REPO_ROOT / ".rlimpact" / name
     env = bench_env(offset, data_dir)
-    settings = settings_of(env)
-    stack = ["bash", str(REPO_ROOT / "deploy" / "stack.sh")]
-    subprocess.run([*stack, "stop"], env=env, check=False, capture_output=True)
-    if data_dir.exists():
-        subprocess.run(["rm", "-rf", str(data_dir)], check=True)
+    subprocess.run([*STACK, "stop"], env=env, check=False, capture_output=True)
+    shutil.rmtree(data_dir, ignore_errors=True)
     logs = data_dir / "logs"
     logs.mkdir(parents=True)
-    subprocess.run([*stack, "start"], env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([*STACK, "start"], env=env, check=True, stdout=subprocess.DEVNULL)
+    return env, settings_of(env), logs
+
+
+async def run(args) -> list[Round]:
+    env, settings, logs = fresh_stack("bench-live", 800)
     live = start("services.live", env, logs / "live.log")
     try:
         deadline = time.monotonic() + 120
@@ -256,7 +264,7 @@ async def run(args) -> list[Round]:
             if time.monotonic() > deadline or live.poll() is not None:
                 raise SystemExit(f"bench: the live service did not start: see {logs}/live.log")
             await asyncio.sleep(0.5)
-        resident = {"live service": live.pid, "broker": broker_pid(data_dir)}
+        resident = {"live service": live.pid, "broker": broker_pid(settings.data_dir)}
         game = (settings, env, logs, args.replay)
         if args.stack_warmup > 0:
             n = args.stack_warmup_matches
@@ -270,7 +278,7 @@ async def run(args) -> list[Round]:
         return rounds
     finally:
         stop(live)
-        subprocess.run([*stack, "stop"], env=env, check=False, stdout=subprocess.DEVNULL)
+        subprocess.run([*STACK, "stop"], env=env, check=False, stdout=subprocess.DEVNULL)
 
 
 def broker_pid(data_dir: Path) -> int:

@@ -1,5 +1,5 @@
 # Shared by the deploy scripts that run a server in the background (kafka.sh, minio.sh,
-# postgres.sh); sourced, not run. Each script sets NAME (its log prefix) before sourcing.
+# postgres.sh, prometheus.sh); sourced, not run. Each script sets NAME (its log prefix) before sourcing.
 #   PID_FILE, PID_MARKER: running_pid, stop_server. STOP_SECONDS [60]: stop_server.
 
 log() { echo "$NAME: $*"; }
@@ -43,6 +43,38 @@ stop_server() {
     fi
     rm -f "$PID_FILE"
     log "stopped"
+}
+
+# wait_ready PID URL LOG WHAT: until URL answers (ready) or PID exits or START_TIMEOUT [60] s
+# pass; on failure shows the log's tail, removes PID_FILE (if PID exited) and dies.
+wait_ready() {
+    local pid="$1" url="$2" log_file="$3" what="$4"
+    local deadline=$((SECONDS + ${START_TIMEOUT:-60}))
+    while ((SECONDS < deadline)); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            show_log_tail "$log_file"
+            rm -f "$PID_FILE"
+            die "$what exited during startup (see $log_file)"
+        fi
+        if curl -fsS -o /dev/null "$url" 2>/dev/null; then
+            log "ready (pid $pid, log $log_file)"
+            return 0
+        fi
+        sleep 0.5
+    done
+    show_log_tail "$log_file"
+    die "$what did not become ready within ${START_TIMEOUT:-60}s (pid $pid; '$0 stop' kills it)"
+}
+
+# status_server WHERE: "running (pid, WHERE)" and 0, or "not running" and 1.
+status_server() {
+    local pid
+    if pid="$(running_pid)"; then
+        log "running (pid $pid, $1)"
+        return 0
+    fi
+    log "not running"
+    return 1
 }
 
 # Shows the last lines of a server's log on stderr (after a failed start).

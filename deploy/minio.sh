@@ -95,21 +95,7 @@ cmd_start() {
         >"$LOG_FILE" 2>&1 </dev/null) &
     pid=$!
     echo "$pid" >"$PID_FILE"
-    local deadline=$((SECONDS + START_TIMEOUT))
-    while ((SECONDS < deadline)); do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            show_log_tail "$LOG_FILE"
-            rm -f "$PID_FILE"
-            die "MinIO exited during startup (see $LOG_FILE)"
-        fi
-        if curl -fsS -o /dev/null "$ENDPOINT/minio/health/ready" 2>/dev/null; then
-            log "ready (pid $pid, $ENDPOINT, log $LOG_FILE)"
-            return 0
-        fi
-        sleep 0.5
-    done
-    show_log_tail "$LOG_FILE"
-    die "MinIO did not become ready within ${START_TIMEOUT}s (pid $pid; 'deploy/minio.sh stop' kills it)"
+    wait_ready "$pid" "$ENDPOINT/minio/health/ready" "$LOG_FILE" MinIO
 }
 
 cmd_stop() {
@@ -117,13 +103,7 @@ cmd_stop() {
 }
 
 cmd_status() {
-    local pid
-    if pid="$(running_pid)"; then
-        log "running (pid $pid, $ENDPOINT)"
-        return 0
-    fi
-    log "not running"
-    return 1
+    status_server "$ENDPOINT"
 }
 
 dispatch "install start stop status" "$@"

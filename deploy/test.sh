@@ -7,6 +7,8 @@ cd "$REPO_ROOT"
 bash deploy/setup.sh trainer,dev
 # MinIO for the bucket-source test: built once from the Go module proxy into .rlimpact/bin.
 bash deploy/minio.sh install
+# Debian's Prometheus and promtool: the alert rules' unit tests and the monitoring integration test.
+bash deploy/prometheus.sh install
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/python -m pytest -q "$@"

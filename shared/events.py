@@ -19,26 +19,48 @@ HOUR_MS = 3_600_000
 
 @dataclass(frozen=True)
 class Topic:
+    """A topic and its defaults; ``Settings.partitions`` gives the count in use (overrides in
+    ``RLIMPACT_TOPIC_PARTITIONS``)."""
+
     name: str
     partitions: int
     retention_ms: int
     compacted: bool = False  # keep the latest record per key (and drop what is older too)
+    partitions_of: str | None = None  # always as many partitions as this other topic
 
 
-REPLAY_UPLOADED = Topic("replay.uploaded", partitions=2, retention_ms=14 * 24 * HOUR_MS)
-FRAMES_PARSED = Topic("frames.parsed", partitions=2, retention_ms=7 * 24 * HOUR_MS)
-FEATURES_READY = Topic("features.ready", partitions=2, retention_ms=7 * 24 * HOUR_MS)
-SCORES_EMITTED = Topic("scores.emitted", partitions=2, retention_ms=30 * 24 * HOUR_MS)
+# The replay and live paths have partitions to spare: a consumer group spreads over at most as
+# many instances of a stage as its topic has partitions, and 6 splits evenly over 1, 2, 3 and 6.
+SCALE_OUT_PARTITIONS = 6
+REPLAY_UPLOADED = Topic(
+    "replay.uploaded", partitions=SCALE_OUT_PARTITIONS, retention_ms=14 * 24 * HOUR_MS
+)
+FRAMES_PARSED = Topic(
+    "frames.parsed", partitions=SCALE_OUT_PARTITIONS, retention_ms=7 * 24 * HOUR_MS
+)
+FEATURES_READY = Topic(
+    "features.ready", partitions=SCALE_OUT_PARTITIONS, retention_ms=7 * 24 * HOUR_MS
+)
+SCORES_EMITTED = Topic(
+    "scores.emitted", partitions=SCALE_OUT_PARTITIONS, retention_ms=30 * 24 * HOUR_MS
+)
 REPLAY_FAILED = Topic("replay.failed", partitions=1, retention_ms=30 * 24 * HOUR_MS)
 TRAIN_REQUESTED = Topic("train.requested", partitions=1, retention_ms=7 * 24 * HOUR_MS)
 MODEL_PROMOTED = Topic("model.promoted", partitions=1, retention_ms=30 * 24 * HOUR_MS)
 EVENTS_INVALID = Topic("events.invalid", partitions=1, retention_ms=30 * 24 * HOUR_MS)
 REPLAY_SUBMITTED = Topic("replay.submitted", partitions=1, retention_ms=14 * 24 * HOUR_MS)
-LIVE_FRAMES = Topic("live.frames", partitions=6, retention_ms=6 * HOUR_MS)
-SCORES_LIVE = Topic("scores.live", partitions=6, retention_ms=24 * HOUR_MS)
+LIVE_FRAMES = Topic("live.frames", partitions=SCALE_OUT_PARTITIONS, retention_ms=6 * HOUR_MS)
+SCORES_LIVE = Topic("scores.live", partitions=SCALE_OUT_PARTITIONS, retention_ms=24 * HOUR_MS)
 # The live service's per-match state, keyed by match id, on the partition of its live.frames
-# (services/live/changelog.py): as many partitions, and kept as long.
-LIVE_STATE = Topic("live.state", LIVE_FRAMES.partitions, LIVE_FRAMES.retention_ms, compacted=True)
+# (services/live/changelog.py): as many partitions (an override of live.frames applies to it
+# too), and kept as long.
+LIVE_STATE = Topic(
+    "live.state",
+    LIVE_FRAMES.partitions,
+    LIVE_FRAMES.retention_ms,
+    compacted=True,
+    partitions_of=LIVE_FRAMES.name,
+)
 
 ALL_TOPICS: tuple[Topic, ...] = (
     REPLAY_UPLOADED,

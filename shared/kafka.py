@@ -10,14 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import IllegalStateError, TopicAlreadyExistsError
-from aiokafka.structs import RecordMetadata
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
+from aiokafka.errors import IllegalStateError, InvalidPartitionsError, TopicAlreadyExistsError
+from aiokafka.structs import RecordMetadata, TopicPartition
 
 from shared import metrics
 from shared.events import (
@@ -48,7 +49,8 @@ COMPACTED_CONFIGS = {
 
 
 async def ensure_topics(settings: Settings, topics: tuple[Topic, ...] = ALL_TOPICS) -> list[str]:
-    """Create missing topics with their partitions and retention; return the names created."""
+    """Create missing topics with their partitions (``Settings.partitions``) and retention,
+    and grow existing ones that have fewer partitions; return the names created."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     try:
@@ -61,7 +63,7 @@ async def ensure_topics(settings: Settings, topics: tuple[Topic, ...] = ALL_TOPI
                     [
                         NewTopic(
                             name=topic.name,
-                            num_partitions=topic.partitions,
+                            num_partitions=settings.partitions(topic),
                             replication_factor=1,
                             topic_configs={
                                 "retention.ms": str(topic.retention_ms),
@@ -70,9 +72,32 @@ async def ensure_topics(settings: Settings, topics: tuple[Topic, ...] = ALL_TOPI
                         )
                     ]
                 )
+        wanted = {t.name: settings.partitions(t) for t in topics if t.name in existing}
+        await _grow_partitions(admin, wanted)
         return [t.name for t in missing]
     finally:
         await admin.close()
+
+
+def partitions_to_add(wanted: dict[str, int], have: dict[str, int]) -> dict[str, int]:
+    """Topic -> partition count, for the topics that have fewer partitions than wanted."""
+    return {name: count for name, count in wanted.items() if have.get(name, count) < count}
+
+
+async def _grow_partitions(admin: AIOKafkaAdminClient, wanted: dict[str, int]) -> None:
+    if not wanted:
+        return
+    described = await admin.describe_topics(list(wanted))
+    have = {t["topic"]: len(t["partitions"]) for t in described if not t["error_code"]}
+    for name, count in partitions_to_add(wanted, have).items():
+        # A key may hash to another partition from now on: on the replay path a replay has one
+        # event (or one burst) per topic, so nothing is reordered; a live match playing through
+        # the growth moves to another partition, perhaps to another live instance.
+        log.warning("topic %s: growing from %d to %d partitions", name, have[name], count)
+        try:
+            await admin.create_partitions({name: NewPartitions(total_count=count)})
+        except InvalidPartitionsError:  # another service starting beside us grew it first
+            log.info("topic %s: already grown", name)
 
 
 class EventProducer:
@@ -163,9 +188,25 @@ async def consume(
         await consumer.stop()
 
 
+# Per consumer (a service may run several): the partitions whose lag it has reported.
+_LAG_REPORTED: weakref.WeakKeyDictionary[AIOKafkaConsumer, set[TopicPartition]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 async def record_lag(consumer: AIOKafkaConsumer, service: str) -> None:
-    """Set the lag gauge of each assigned partition: its end minus the consumer's position."""
-    for tp in consumer.assignment():
+    """Set the lag gauge of each assigned partition: its end minus the consumer's position.
+
+    A partition a rebalance moved to another instance loses its series here: its lag is now
+    the other instance's to report, and a stale value would be summed with it.
+    """
+    assigned = consumer.assignment()
+    reported = _LAG_REPORTED.setdefault(consumer, set())
+    for tp in reported - assigned:
+        with contextlib.suppress(KeyError):
+            metrics.CONSUMER_LAG.remove(service, tp.topic, str(tp.partition))
+    reported &= assigned
+    for tp in assigned:
         try:
             highwater = consumer.highwater(tp)
             if highwater is None:  # nothing fetched from this partition yet
@@ -175,6 +216,7 @@ async def record_lag(consumer: AIOKafkaConsumer, service: str) -> None:
             continue
         lag = max(highwater - position, 0)
         metrics.CONSUMER_LAG.labels(service, tp.topic, str(tp.partition)).set(lag)
+        reported.add(tp)
 
 
 async def dead_letter(

@@ -6,8 +6,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.events import ALL_TOPICS, Topic
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,6 +48,10 @@ class Settings(BaseSettings):
         REPO_ROOT / ".rlimpact", description="Kafka/Postgres data, blobs, watch dir"
     )
     kafka_bootstrap: str = "127.0.0.1:9092"
+    # Partitions per topic name where they differ from shared/events.py, as JSON, e.g.
+    # RLIMPACT_TOPIC_PARTITIONS='{"replay.uploaded": 12}'. ensure_topics creates topics with
+    # them and grows an existing topic that has fewer (partitions are never removed).
+    topic_partitions: dict[str, int] = Field(default_factory=dict)
     pg_host: str = "127.0.0.1"
     pg_port: int = 5433
     pg_user: str = "rlimpact"
@@ -139,6 +145,20 @@ class Settings(BaseSettings):
     supervisor_backoff_max_seconds: float = Field(30.0, gt=0)
     supervisor_healthy_seconds: float = Field(60.0, ge=0)
     supervisor_stop_grace_seconds: float = Field(15.0, ge=0)
+
+    @field_validator("topic_partitions")
+    @classmethod
+    def _known_topics_and_counts(cls, value: dict[str, int]) -> dict[str, int]:
+        known = {topic.name for topic in ALL_TOPICS if topic.partitions_of is None}
+        if unknown := sorted(set(value) - known):
+            raise ValueError(f"unknown topics {unknown}; the topics are {sorted(known)}")
+        if low := sorted(name for name, count in value.items() if count < 1):
+            raise ValueError(f"a topic needs at least 1 partition: {low}")
+        return value
+
+    def partitions(self, topic: Topic) -> int:
+        """The partitions ``topic`` has (ensure_topics) and its consumers spread over."""
+        return self.topic_partitions.get(topic.partitions_of or topic.name, topic.partitions)
 
     @property
     def pg_dsn(self) -> str:

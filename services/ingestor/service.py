@@ -39,7 +39,7 @@ from services.ingestor.ingest import (
     upload_event,
 )
 from services.ingestor.s3 import Bucket, BucketUnavailable, ObjectInfo, parse_s3_uri
-from shared import db
+from shared import db, metrics
 from shared.events import REPLAY_SUBMITTED, REPLAY_UPLOADED, ReplaySubmitted, ReplayUploaded
 from shared.kafka import consume
 from shared.recovery import ReplayState, plan_redrive, reconcile_forever, redrive
@@ -121,7 +121,7 @@ async def ingest_file(
     if known:
         return await known_content(event, rows[0] if rows else None, store, ctx, source)
     await publish(event, ctx)
-    FILES.labels(source, "new").inc()
+    count_file(source, "new")
     log.info("ingested %s as %s", shown(event.filename), event.replay_id[:12])
     return IngestResult("new", event.replay_id, event=event)
 
@@ -138,11 +138,11 @@ async def known_content(
         state = ReplayState.from_row(row)
         plan = plan_redrive(state, ctx.settings.reconcile_after_seconds)
         if plan.topic is not None and await redrive(ctx, store, state, plan):
-            FILES.labels(source, "resumed").inc()
+            count_file(source, "resumed")
             log.info("known content %s: resumed (%s)", event.replay_id[:12], plan.why)
             return IngestResult("resumed", event.replay_id, event=event)
     DUPLICATES.inc()
-    FILES.labels(source, "duplicate").inc()
+    count_file(source, "duplicate")
     log.info("duplicate content %s (%s): skipped", event.replay_id[:12], event.filename)
     return IngestResult("duplicate", event.replay_id, event=event)
 
@@ -157,10 +157,17 @@ async def ingest_path(
 
 async def reject(ctx: ServiceContext, uri: str, reason: str, source: str) -> IngestResult:
     """Dead-letter a file refused at ingest (``replay.failed``, stage ``ingest``)."""
-    FILES.labels(source, "rejected").inc()
+    count_file(source, "rejected")
     replay_id = rejection_id(uri)
     await ctx.fail_replay(replay_id, "ingest", reason, "IngestRejected", uri)
     return IngestResult("rejected", replay_id, reason)
+
+
+def count_file(source: str, outcome: Outcome) -> None:
+    """A file dealt with; also one in of the ingestor's events (as ``files:<source>``), against
+    which its errors are measured (the HighErrorRate alert)."""
+    FILES.labels(source, outcome).inc()
+    metrics.EVENTS_IN.labels(NAME, f"files:{source}").inc()
 
 
 async def publish(event: ReplayUploaded, ctx: ServiceContext) -> None:

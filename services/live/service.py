@@ -54,6 +54,8 @@ class LiveLoop:
         self.state = StateLog(settings, self.scorer, NAME)
         self.lock = asyncio.Lock()  # a batch and a rebalance do not interleave
         self._sending: set[asyncio.Task[None]] = set()
+        # Exported from the start, at 0: a rate over the first scores needs a sample before them.
+        metrics.LIVE_LATENCY.labels(NAME)
 
     async def run(self) -> None:
         settings = self.ctx.settings

@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaConsumer
 
 from shared.events import Event, Topic, decode
 from shared.settings import REPO_ROOT, SERVICE_NAMES, Settings
+from tests.support.prometheus import PrometheusAPI, one_instance_each, write_scrape_targets
 
 T = TypeVar("T")
 E = TypeVar("E", bound=Event)
@@ -45,6 +46,9 @@ TEST_PORTS = {
     "RLIMPACT_BRIDGE_PLUGIN_TOKEN": "integration-test-token",
     "RLIMPACT_BRIDGE_RECONNECT_MAX_SECONDS": "1",
     "RLIMPACT_LIVE_HTTP_PORT": str(19172 + PORT_OFFSET),
+    # Prometheus (deploy/prometheus.sh), started by the tests that need it.
+    "RLIMPACT_PROMETHEUS_PORT": str(19590 + PORT_OFFSET),
+    "RLIMPACT_PROMETHEUS_SCRAPE_SECONDS": "1",
 }
 
 
@@ -70,9 +74,8 @@ class Stack:
         )
 
 
-def _stack_script(command: str, env: dict[str, str], check: bool = True) -> None:
-    script = REPO_ROOT / "deploy" / "stack.sh"
-    subprocess.run(["bash", str(script), command], env=env, check=check)
+def _deploy(script: str, command: str, env: dict[str, str], check: bool = True) -> None:
+    subprocess.run(["bash", str(REPO_ROOT / "deploy" / script), command], env=env, check=check)
 
 
 @pytest.fixture(scope="session")
@@ -97,7 +100,8 @@ def stack() -> Iterator[Stack]:
         "PYTHONUNBUFFERED": "1",
     }
     if data_dir.exists():  # left over from an interrupted run
-        _stack_script("stop", env, check=False)
+        _deploy("prometheus.sh", "stop", env, check=False)
+        _deploy("stack.sh", "stop", env, check=False)
         shutil.rmtree(data_dir)
     data_dir.mkdir(parents=True)
     settings = Settings.model_validate(
@@ -110,7 +114,7 @@ def stack() -> Iterator[Stack]:
     (data_dir / "logs").mkdir()
     processes: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        _stack_script("start", env)
+        _deploy("stack.sh", "start", env)
         for name in SERVICE_NAMES:
             processes[name] = subprocess.Popen(
                 [sys.executable, "-m", f"services.{name}"],
@@ -128,7 +132,19 @@ def stack() -> Iterator[Stack]:
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 process.kill()
-        _stack_script("stop", env, check=False)
+        _deploy("stack.sh", "stop", env, check=False)
+
+
+@pytest.fixture(scope="session")
+def prometheus(stack: Stack) -> Iterator[PrometheusAPI]:
+    """Debian's Prometheus (deploy/prometheus.sh) scraping every service of the stack each
+    second, with the alert rules; its data under the stack's data dir; stopped by its pid."""
+    write_scrape_targets(stack.settings, one_instance_each())
+    _deploy("prometheus.sh", "start", stack.env)
+    try:
+        yield PrometheusAPI(int(stack.env["RLIMPACT_PROMETHEUS_PORT"]))
+    finally:
+        _deploy("prometheus.sh", "stop", stack.env, check=False)
 
 
 @asynccontextmanager

@@ -92,7 +92,7 @@ async def _live_service_ready(stack: Stack) -> None:
         except OSError:
             return False
         lag = matching(samples, "rlimpact_consumer_lag", service="live", topic=LIVE_FRAMES.name)
-        return len(lag) == LIVE_FRAMES.partitions
+        return len(lag) == stack.settings.partitions(LIVE_FRAMES)
 
     await wait_for(ready, 120, "the live service to be assigned live.frames")
     port = stack.settings.metrics_port("live")

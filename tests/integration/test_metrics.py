@@ -1,4 +1,6 @@
-"""Every service's /metrics during the integration run: the key series exist and move.
+"""Every service's /metrics during the integration run: the key series exist and move; and
+Debian's Prometheus, scraping every instance of every service, has every Grafana panel's series
+and evaluates every alert rule.
 
 Runs after the other integration tests (tests/integration/conftest.py orders it last), then
 drives the pipeline and a live match once more itself, scraping every service before, during
@@ -8,15 +10,22 @@ and after, so it also stands alone.
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import os
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from urllib.parse import urlparse
 
+import aiohttp
 import asyncpg
 import pytest
 
+from services.cli.supervisor import Instance
 from shared.events import (
     FEATURES_READY,
     FRAMES_PARSED,
@@ -26,7 +35,17 @@ from shared.events import (
 )
 from shared.settings import REPO_ROOT, SERVICE_NAMES
 from tests.integration.conftest import Stack, wait_for
-from tests.support.prometheus import Sample, matching, scrape, total
+from tests.support.prometheus import (
+    PrometheusAPI,
+    Sample,
+    alert_rules,
+    dashboard_queries,
+    matching,
+    one_instance_each,
+    scrape,
+    total,
+    write_scrape_targets,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -54,8 +73,10 @@ async def _active_model(stack: Stack) -> int | None:
 
 
 async def test_every_service_exports_the_key_series_and_they_move(
-    stack: Stack, good_replays, bad_replays
+    stack: Stack, prometheus: PrometheusAPI, good_replays, bad_replays
 ):
+    """(Prometheus scrapes meanwhile, for the tests below.)"""
+
     async def all_answer() -> dict[str, list[Sample]] | None:
         try:
             return scrape_all(stack)
@@ -80,8 +101,13 @@ async def test_every_service_exports_the_key_series_and_they_move(
             PIPELINE_TIMEOUT,
             "two replays featurized",
         )
-        train = stack.cli("train")
+        # The trainer takes the request in (its series move) but may find too few Soccar
+        # replays among two; the shipped model makes sure the scorer has one.
+        train = stack.cli("train", "--promote", "never")
         assert train.returncode == 0, train.stderr
+        model = stack.settings.default_model_dir / "impact.onnx"
+        registered = stack.cli("models", "register", str(model), "--promote")
+        assert registered.returncode == 0, registered.stderr
     await wait_for(
         lambda: _moved(stack, "scorer", "rlimpact_events_in_total", before, 2),
         PIPELINE_TIMEOUT,
@@ -99,15 +125,17 @@ async def test_every_service_exports_the_key_series_and_they_move(
         stdout=subprocess.DEVNULL,
     )
     try:
-        await wait_for(
-            lambda: _moved(stack, "live", "rlimpact_live_latency_seconds_count", before, 30),
-            120,
-            "live scores",
-        )
-        during = scrape_all(stack)
+        async with _score_stream_client(stack):
+            await wait_for(
+                lambda: _moved(stack, "live", "rlimpact_live_latency_seconds_count", before, 30),
+                120,
+                "live scores",
+            )
+            during = scrape_all(stack)
     finally:
         simulator.terminate()
         simulator.wait(timeout=20)
+    await _plugin_match_ended_twice(stack)
     await asyncio.sleep(1)
     after = scrape_all(stack)
 
@@ -127,7 +155,7 @@ async def test_every_service_exports_the_key_series_and_they_move(
     # Processing time and consumer lag, per consuming service and partition.
     for name, topic in INPUT_TOPICS.items():
         lag = matching(after[name], "rlimpact_consumer_lag", service=name, topic=topic.name)
-        assert len(lag) == topic.partitions, f"{name}: lag of {len(lag)} partitions"
+        assert len(lag) == stack.settings.partitions(topic), f"{name}: lag of {len(lag)} partitions"
         processed = total(after[name], "rlimpact_processing_seconds_count", service=name)
         assert processed > 0, f"{name}: no processing time recorded"
     for name in ("parser", "featurizer", "scorer", "live"):
@@ -148,13 +176,133 @@ async def test_every_service_exports_the_key_series_and_they_move(
     assert matching(after["live"], "rlimpact_active_model_id", service="live")
     assert total(during["live"], "rlimpact_live_matches") >= 1
     assert total(during["bridge"], "rlimpact_bridge_feed_connected") == 1
+    assert total(during["live"], "rlimpact_stream_clients") >= 1
+    skipped = matching(after["bridge"], "rlimpact_live_frames_skipped_total", reason="match_ended")
+    assert total(skipped, "rlimpact_live_frames_skipped_total") >= 1
     assert total(after["bridge"], "rlimpact_bridge_feed_connected") == 0
     for name in SERVICE_NAMES:
         assert stack.processes[name].poll() is None, f"{name} died:\n{stack.log(name)[-3000:]}"
 
 
+@asynccontextmanager
+async def _score_stream_client(stack: Stack) -> AsyncIterator[None]:
+    """An overlay on the live page's score stream (the stream-clients gauge), for a while."""
+    url = f"http://127.0.0.1:{stack.settings.live_http_port}/scores/stream"
+    async with aiohttp.ClientSession() as http, http.get(url) as response:
+        assert response.status == 200
+        yield
+
+
+async def _plugin_match_ended_twice(stack: Stack) -> None:
+    """A custom plugin ends a match twice: the bridge skips the second message."""
+    url = f"ws://127.0.0.1:{stack.settings.bridge_plugin_port}/plugin"
+    headers = {"Authorization": f"Bearer {stack.env['RLIMPACT_BRIDGE_PLUGIN_TOKEN']}"}
+    ended = json.dumps({"type": "match_ended", "match_id": f"metrics-{os.getpid()}"})
+    series = "rlimpact_live_frames_skipped_total"
+    before = {"bridge": scrape(stack.settings.metrics_port("bridge"))}
+    async with aiohttp.ClientSession() as http, http.ws_connect(url, headers=headers) as ws:
+        await ws.send_str(ended)
+        await ws.send_str(ended)
+    await wait_for(
+        lambda: _moved(stack, "bridge", series, before, 1, reason="match_ended"),
+        30,
+        "the bridge to skip the second match_ended",
+    )
+
+
 async def _moved(
-    stack: Stack, service: str, series: str, before: dict[str, list[Sample]], by: float
+    stack: Stack,
+    service: str,
+    series: str,
+    before: dict[str, list[Sample]],
+    by: float,
+    **labels: str,
 ) -> bool:
     now = scrape(stack.settings.metrics_port(service))
-    return total(now, series) - total(before[service], series) >= by
+    return total(now, series, **labels) - total(before[service], series, **labels) >= by
+
+
+def _has_a_value(result: list[dict]) -> bool:
+    return any(not math.isnan(float(sample["value"][1])) for sample in result)
+
+
+async def test_every_dashboard_panel_query_returns_series(prometheus: PrometheusAPI):
+    """Right after the traffic above, within the panels' rate windows."""
+    queries = dashboard_queries()
+    deadline = time.monotonic() + 30
+    while True:
+        empty = [q for q in queries if not _has_a_value(prometheus.query(q.expr))]
+        if not empty or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(1)
+    assert not empty, "panels with no series:\n" + "\n".join(
+        f"  {q.panel} [{q.ref_id}]: {q.expr}" for q in empty
+    )
+
+
+async def test_prometheus_scrapes_every_instance_of_every_service(
+    stack: Stack, prometheus: PrometheusAPI
+):
+    groups = json.loads((stack.data_dir / "run" / "prometheus-targets.json").read_text())
+    expected = {(target, g["labels"]["service"]) for g in groups for target in g["targets"]}
+    assert {service for _, service in expected} == set(SERVICE_NAMES)
+
+    async def all_up() -> bool:
+        return all(t["health"] == "up" for t in prometheus.active_targets())
+
+    await wait_for(all_up, 30, "every target scraped")
+    up = prometheus.query('up{job="rlimpact"}')
+    assert {(s["metric"]["instance"], s["metric"]["service"]) for s in up} == expected
+    assert all(s["value"][1] == "1" for s in up)
+    # Each instance's own series keep the service label it exports (honor_labels).
+    for sample in prometheus.query("rlimpact_up"):
+        assert (sample["metric"]["instance"], sample["metric"]["service"]) in expected
+
+
+async def test_prometheus_evaluates_every_alert_rule_and_none_fires(prometheus: PrometheusAPI):
+    async def all_evaluated() -> list[dict] | None:
+        rules = prometheus.rules()
+        return rules if all(rule["health"] == "ok" for rule in rules) else None
+
+    rules = await wait_for(all_evaluated, 30, "every alert rule evaluated")
+    assert {rule["name"] for rule in rules} == {rule["alert"] for rule in alert_rules()}
+    firing = [(rule["name"], rule["alerts"]) for rule in rules if rule["state"] == "firing"]
+    assert not firing, firing
+
+
+async def test_a_second_instance_is_scraped_and_takes_its_share_of_the_partitions(
+    stack: Stack, prometheus: PrometheusAPI
+):
+    """A second parser (instance 1, its own metrics port) joins: Prometheus finds it in
+    the targets file, and the two instances' lag series cover each partition exactly once (the
+    first drops the series of the partitions it gave up)."""
+    env = {**stack.env, "RLIMPACT_INSTANCE": "1", "RLIMPACT_PARSER_WORKERS": "1"}
+    parser = subprocess.Popen(
+        [sys.executable, "-m", "services.parser"],
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=(stack.data_dir / "logs" / "parser-1.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    write_scrape_targets(stack.settings, [*one_instance_each(), Instance("parser", 1)])
+    lag = f'rlimpact_consumer_lag{{service="parser", topic="{REPLAY_UPLOADED.name}"}}'
+    partitions = stack.settings.partitions(REPLAY_UPLOADED)
+
+    async def shared_out() -> bool:
+        series = prometheus.query(lag)
+        instances = {s["metric"]["replica"] for s in series}
+        held = [s["metric"]["partition"] for s in series]
+        return instances == {"0", "1"} and sorted(held) == sorted(map(str, range(partitions)))
+
+    try:
+        await wait_for(shared_out, 120, "both parsers' lag series, one per partition")
+        up = prometheus.query('up{service="parser"}')
+        assert {(s["metric"]["replica"], s["value"][1]) for s in up} == {
+            ("0", "1"),
+            ("1", "1"),
+        }
+    finally:
+        parser.terminate()
+        parser.wait(timeout=30)
+        write_scrape_targets(stack.settings, one_instance_each())
+    assert stack.processes["parser"].poll() is None

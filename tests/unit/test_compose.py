@@ -32,8 +32,12 @@ def test_each_environment_variable_is_a_setting(name: str):
 def test_prometheus_scrapes_every_service_on_its_metrics_port():
     env = COMPOSE["services"]["scorer"]["environment"]
     settings = Settings(metrics_base_port=int(env["RLIMPACT_METRICS_BASE_PORT"]))
-    targets = PROMETHEUS["scrape_configs"][0]["static_configs"][0]["targets"]
-    assert targets == [f"{name}:{settings.metrics_port(name)}" for name in SERVICE_NAMES]
+    [job] = PROMETHEUS["scrape_configs"]
+    scraped = [(group["targets"], group["labels"]) for group in job["static_configs"]]
+    assert scraped == [
+        ([f"{name}:{settings.metrics_port(name)}"], {"service": name, "replica": "0"})
+        for name in SERVICE_NAMES
+    ]
 
 
 def test_infrastructure_is_in_the_stack():

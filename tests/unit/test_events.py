@@ -50,3 +50,13 @@ def test_invalid_messages_are_refused(raw: bytes):
 
 def test_topic_names_are_unique():
     assert len({t.name for t in ALL_TOPICS}) == len(ALL_TOPICS)
+
+
+def test_live_state_follows_the_partitions_of_live_frames() -> None:
+    from shared.events import LIVE_FRAMES, LIVE_STATE
+    from shared.settings import Settings
+
+    settings = Settings(topic_partitions={"live.frames": 12})
+    assert settings.partitions(LIVE_STATE) == settings.partitions(LIVE_FRAMES) == 12
+    with pytest.raises(ValueError, match="unknown topics"):
+        Settings(topic_partitions={"live.state": 3})
