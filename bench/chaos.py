@@ -83,6 +83,7 @@ async def bench(args: argparse.Namespace) -> list[Outcome]:
         batches = await plan_batches(names, stack.settings, stack.data_dir / "inputs", args.replays)
         await stack.start()
         for scenario in scenarios:
+            print(f"{scenario.name}: {len(batches[scenario.name])} replays ...", flush=True)
             outcome = await run_scenario(stack, scenario, batches[scenario.name])
             print(outcome.describe(), flush=True)
             outcomes.append(outcome)

@@ -447,7 +447,8 @@ async def committed_scores(stack: ChaosStack, ids: set[str]) -> Counter[tuple[st
         end = await consumer.end_offsets(partitions)
         deadline = time.monotonic() + KAFKA_READ_SECONDS
         while time.monotonic() < deadline:
-            if all(await consumer.position(p) >= end[p] for p in partitions):
+            positions = {p: await consumer.position(p) for p in partitions}
+            if all(positions[p] >= end[p] for p in partitions):
                 return counts
             batches = await consumer.getmany(timeout_ms=500)
             for record in (r for records in batches.values() for r in records):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import os
 import shutil
 import signal
@@ -22,6 +21,8 @@ import urllib.error
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.cli import supervisor
+from shared import process
 from shared.settings import REPO_ROOT, SERVICE_NAMES, Settings
 from tests.integration.conftest import TEST_PORTS, wait_for
 from tests.support.prometheus import scrape, total
@@ -58,15 +59,6 @@ def chaos_settings(data_dir: Path) -> Settings:
         pg_port=int(TEST_PORTS["RLIMPACT_PG_PORT"]),
         metrics_base_port=int(TEST_PORTS["RLIMPACT_METRICS_BASE_PORT"]),
     )
-
-
-def runs_module(pid: int, module: str) -> bool:
-    """The live process ``pid`` is ``python -m <module>`` (not a zombie, not a reused pid)."""
-    try:
-        args = (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return any(a == b"-m" and b == module.encode() for a, b in itertools.pairwise(args))
 
 
 def processes_of(data_dir: Path) -> list[tuple[int, str]]:
@@ -144,7 +136,7 @@ class ChaosStack:
         if pid is not None:
             os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + SUPERVISOR_STOP_SECONDS
-            while time.monotonic() < deadline and _alive(pid):
+            while time.monotonic() < deadline and process.alive(pid):
                 time.sleep(0.2)
         if self.supervisor is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -169,12 +161,10 @@ class ChaosStack:
 
     def pid(self, service: str) -> int | None:
         """The service's pid from the supervisor's pid file, if that process runs it."""
-        pid = _read_pid(self.data_dir / "run" / f"{service}.pid")
-        return pid if pid is not None and runs_module(pid, f"services.{service}") else None
+        return supervisor.service_pid(self.settings, service, service)
 
     def supervisor_pid(self) -> int | None:
-        pid = _read_pid(self.data_dir / "run" / "supervisor.pid")
-        return pid if pid is not None and runs_module(pid, "services.cli") else None
+        return supervisor.supervisor_pid(self.settings)
 
     async def down_services(self) -> list[str]:
         """The services with no live process or whose ``/metrics`` does not answer up."""
@@ -200,20 +190,4 @@ class ChaosStack:
 def kill_all(processes: list[tuple[int, str]]) -> None:
     """SIGKILL each (pid, command line) of :func:`processes_of`: the remains of a failed run."""
     for pid, _ in processes:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def _read_pid(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
+        process.signal_quietly(pid, signal.SIGKILL)
