@@ -15,6 +15,8 @@ replays in flight (good ones and a few unparseable ones) and one fault. Per run 
 - stranded: replays neither ``scored`` nor ``failed`` when the wait ended;
 - misfailed: unparseable replays not ``failed`` with the parser's reason;
 - down: services without a live process or an up ``/metrics`` afterwards;
+- crashes: restarts by the supervisor besides those of the services the run killed (services
+  that exited by themselves, say on an outage); not a check, a symptom;
 - drain s: from the end of the fault (the server started again, the killed service back)
   until every replay of the run was final; run s: from its first file to the end of checks.
 
@@ -38,7 +40,10 @@ from tests.chaos.replays import plan_batches  # noqa: E402
 from tests.chaos.scenarios import BASELINE, SCENARIOS, Outcome, run_scenario  # noqa: E402
 from tests.chaos.stack import ChaosStack, kill_all  # noqa: E402
 
-COLUMNS = ("run", "replays", "lost", "doubled", "stranded", "misfailed", "down", "drain s", "run s")
+COLUMNS = (
+    "run", "replays", "lost", "doubled", "stranded", "misfailed", "down", "crashes", "drain s",
+    "run s",
+)  # fmt: skip
 
 
 def row(outcome: Outcome) -> list[str]:
@@ -48,6 +53,7 @@ def row(outcome: Outcome) -> list[str]:
         outcome.scenario,
         str(outcome.replays),
         *(str(len(items)) for items in counts),
+        str(outcome.crashes),
         drain,
         f"{outcome.seconds:.0f}",
     ]

@@ -100,6 +100,7 @@ class Run:
     stack: ChaosStack
     probe: Probe
     batch: list[Replay]
+    kills: int = 0  # kill -9s done by the fault
 
     @property
     def ids(self) -> list[str]:
@@ -180,16 +181,18 @@ def kill_mid_stream(service: str, progress: Callable[[Run], Awaitable[int]], pas
 
     async def fault(run: Run) -> str:
         await run.wait_until(progress, f"{MID_STREAM} replays {past}")
-        return await kill_and_wait(run.stack, service)
+        return await kill_and_wait(run, service)
 
     return fault
 
 
-async def kill_and_wait(stack: ChaosStack, service: str) -> str:
+async def kill_and_wait(run: Run, service: str) -> str:
     """``kill -9`` the service; wait for the supervisor to start it again."""
+    stack = run.stack
     pid = stack.kill9(service)
     if pid is None:
         raise FaultNotInjected(f"{service} was not running")
+    run.kills += 1
     killed = time.monotonic()
 
     async def restarted() -> int | None:
@@ -229,7 +232,7 @@ def kill_after_emits(times: int = EMIT_KILLS) -> Fault:
                     raise FaultNotInjected(
                         f"{len(kills)} of {times} kills: no emit within {TRIGGER_SECONDS:g} s"
                     )
-                kills.append(await kill_and_wait(run.stack, "scorer"))
+                kills.append(await kill_and_wait(run, "scorer"))
         finally:
             await consumer.stop()
         return f"{times} kills right after an emit; last: {kills[-1]}"
@@ -278,6 +281,7 @@ class Outcome:
     stranded: list[str] = field(default_factory=list)
     misfailed: list[str] = field(default_factory=list)  # unparseable, not failed so
     down: list[str] = field(default_factory=list)
+    crashes: int = 0  # restarts by the supervisor beyond the fault's own kills (not a check)
     error: str | None = None  # the fault could not be done as planned
     drain_seconds: float | None = None  # fault over -> every replay final
     seconds: float = 0.0  # first file in -> checks done
@@ -289,6 +293,8 @@ class Outcome:
 
     def describe(self) -> str:
         lines = [f"{self.scenario}: {self.fault}" + (f"; {self.error}" if self.error else "")]
+        if self.crashes:
+            lines.append(f"  the supervisor restarted services {self.crashes} times besides")
         for label, items in (
             ("lost", self.lost),
             ("doubled", self.doubled),
@@ -305,7 +311,7 @@ async def run_scenario(stack: ChaosStack, scenario: Scenario, batch: list[Replay
     probe = Probe(stack.settings.pg_dsn)
     run = Run(stack, probe, batch)
     inbox = stack.settings.inbox_dir / scenario.name
-    started = time.monotonic()
+    started, restarts = time.monotonic(), stack.restarts()
     feeding = asyncio.create_task(feed(batch, inbox))
     outcome = Outcome(scenario.name, len(batch), fault="not done")
     try:
@@ -319,6 +325,7 @@ async def run_scenario(stack: ChaosStack, scenario: Scenario, batch: list[Replay
         if await wait_until_final(run):
             outcome.drain_seconds = time.monotonic() - fault_over
         outcome.down = await services_down(stack)
+        outcome.crashes = stack.restarts() - restarts - run.kills
         await check(run, outcome)
     finally:
         feeding.cancel()
@@ -398,7 +405,8 @@ async def check(run: Run, outcome: Outcome) -> None:
         status = row["status"] if row else "no row"
         name = replay.path.name
         if status not in FINAL:
-            outcome.stranded.append(f"{name} ({status})")
+            missing = _missing_scores(replay.sha256, players, models, rows, events)
+            outcome.stranded.append(f"{name} ({status}{f'; {missing}' if missing else ''})")
         elif not replay.parseable:
             if status != "failed" or row["status_reason"] != replay.failure:
                 outcome.misfailed.append(f"{name}: {status}, {row['status_reason']!r}")

@@ -166,6 +166,11 @@ class ChaosStack:
     def supervisor_pid(self) -> int | None:
         return supervisor.supervisor_pid(self.settings)
 
+    def restarts(self) -> int:
+        """Restarts of all services so far, by the supervisor's count (``supervisor.json``)."""
+        state = supervisor.read_state(self.settings) or {"instances": []}
+        return sum(instance["restarts"] for instance in state["instances"])
+
     async def down_services(self) -> list[str]:
         """The services with no live process or whose ``/metrics`` does not answer up."""
         return [name for name in self.services if not await self._up(name)]
