@@ -133,6 +133,10 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
             plan(args.services, args.scale)
         except ValueError as error:
             raise SystemExit(f"rlimpact: {error}") from None
+        if strays := _unsupervised(settings):
+            raise SystemExit(
+                f"rlimpact: {', '.join(strays)} run without the supervisor: 'rlimpact down' first"
+            )
         if not _start_supervisor(args, settings):
             return 1
     print("\n".join(service_lines(settings)))
@@ -179,14 +183,24 @@ def cmd_down(args: argparse.Namespace, settings: Settings) -> int:
         else:  # its children get SIGTERM when it dies (PR_SET_PDEATHSIG)
             os.kill(pid, signal.SIGKILL)
             print(f"supervisor (pid {pid}) did not stop in time: killed")
-    for _, label, service in service_pid_files(settings):  # left by an older `up`
-        if (pid := service_pid(settings, label, service)) is not None:
-            os.kill(pid, signal.SIGTERM)
-            _wait_gone(pid, settings.supervisor_stop_grace_seconds)
-            print(f"{label}: stopped")
+    for label, pid in _unsupervised(settings).items():  # left by an older `up`, say
+        os.kill(pid, signal.SIGTERM)
+        _wait_gone(pid, settings.supervisor_stop_grace_seconds)
+        print(f"{label}: stopped")
     if args.all:
         subprocess.run(["bash", str(REPO_ROOT / "deploy" / "stack.sh"), "stop"], check=True)
     return 0
+
+
+def _unsupervised(settings: Settings) -> dict[str, int]:
+    """Service instances that run, by their pid files, while no supervisor does."""
+    if supervisor_pid(settings) is not None:
+        return {}
+    found = {}
+    for _, label, service in service_pid_files(settings):
+        if (pid := service_pid(settings, label, service)) is not None:
+            found[label] = pid
+    return found
 
 
 def _wait_gone(pid: int, seconds: float) -> bool:

@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import select
 import signal
@@ -45,6 +46,7 @@ TARGETS_FILE = "prometheus-targets.json"
 # twice, and would want the same plugin port.
 SINGLE_INSTANCE = ("bridge",)
 IDLE_WAKE_SECONDS = 1.0
+logger = logging.getLogger(SUPERVISOR)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -77,6 +79,9 @@ def cmd_supervise(args: argparse.Namespace, settings: Settings) -> int:
         instances = plan(args.services, args.scale)
     except ValueError as error:
         raise SystemExit(f"rlimpact: {error}") from None
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s supervisor %(levelname)s: %(message)s"
+    )
     return Supervisor(settings, instances).run()
 
 
@@ -287,7 +292,7 @@ class Supervisor:
     settings: Settings
     instances: list[Instance]
     command: Callable[[Instance], list[str]] = service_command
-    log: Callable[[str], None] = field(default=lambda line: print(line, flush=True))
+    log: Callable[[str], None] = logger.info
     children: list[Child] = field(default_factory=list)
     stopping: int | None = None  # the signal that asked to stop
 
@@ -309,12 +314,16 @@ class Supervisor:
             self.children = [self._child(instance) for instance in self.instances]
             with self._signals() as wake:
                 self.log(f"supervising {', '.join(i.label for i in self.instances)}")
-                while self.stopping is None:
-                    self._start_due(time.monotonic())
-                    self._wait(wake)
-                    self._reap()
-                self.log(f"stopping on {signal.Signals(self.stopping).name}")
-                self._stop_children()
+                try:
+                    while self.stopping is None:
+                        self._start_due(time.monotonic())
+                        self._wait(wake)
+                        self._reap()
+                finally:  # on a signal, or on an error of the supervisor's own
+                    why = signal.Signals(self.stopping).name if self.stopping else "an error"
+                    self.log(f"stopping on {why}")
+                    self.stopping = self.stopping or signal.SIGTERM
+                    self._stop_children()
             self._remove_pid_files()
         self.log("stopped")
         return 0

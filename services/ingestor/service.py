@@ -59,6 +59,28 @@ class IngestResult:
     event: ReplayUploaded | None = None
 
 
+class ErrorLog:
+    """Logs a failure with its traceback the first time its kind is seen, in one line after."""
+
+    MAX_REMEMBERED = 1000
+
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+
+    def report(self, what: str, error: Exception, retry_seconds: float) -> None:
+        kind = f"{type(error).__name__}: {error}"
+        if len(self._seen) >= self.MAX_REMEMBERED:
+            self._seen.clear()
+        log.error(
+            "%s (%s); retrying in %.1f s",
+            what,
+            kind,
+            retry_seconds,
+            exc_info=error if kind not in self._seen else None,
+        )
+        self._seen.add(kind)
+
+
 # ---------------------------------------------------------------- one file, any source
 
 
@@ -206,9 +228,13 @@ async def _fetch_and_ingest(
         )
 
 
-async def poll_bucket(bucket: Bucket, store: BlobStore, ctx: ServiceContext) -> list[IngestResult]:
-    """Ingest every object version under the prefix not yet in ``ingest_objects``."""
-    prefix = ctx.settings.s3_prefix
+async def poll_bucket(
+    bucket: Bucket, store: BlobStore, ctx: ServiceContext, errors: ErrorLog | None = None
+) -> list[IngestResult]:
+    """Ingest every object version under the prefix not yet in ``ingest_objects``; an object
+    that fails for another reason than a refusal is left for the next listing."""
+    prefix, poll = ctx.settings.s3_prefix, ctx.settings.s3_poll_seconds
+    errors = errors or ErrorLog()
     results: list[IngestResult] = []
     start_after: str | None = None
     while not ctx.stop.is_set():
@@ -220,7 +246,14 @@ async def poll_bucket(bucket: Bucket, store: BlobStore, ctx: ServiceContext) -> 
         for item in page:
             if (bucket.uri(item.key), item.etag) in seen or ctx.stop.is_set():
                 continue
-            if (result := await ingest_object(bucket, item, store, ctx, "s3")) is not None:
+            try:
+                result = await ingest_object(bucket, item, store, ctx, "s3")
+            except BucketUnavailable:
+                raise
+            except Exception as error:  # unrecorded, so the next listing offers it again
+                errors.report(f"could not ingest {shown(bucket.uri(item.key))}", error, poll)
+                continue
+            if result is not None:
                 results.append(result)
         if len(page) < LISTING_PAGE:
             break
@@ -233,14 +266,17 @@ async def watch_bucket(bucket: Bucket, store: BlobStore, ctx: ServiceContext) ->
         "watching %s every %.1fs", bucket.uri(ctx.settings.s3_prefix), ctx.settings.s3_poll_seconds
     )
     last_error = ""
+    errors = ErrorLog()
     while not ctx.stop.is_set():
         try:
-            await poll_bucket(bucket, store, ctx)
+            await poll_bucket(bucket, store, ctx, errors)
             last_error = ""
         except BucketUnavailable as error:
             if str(error) != last_error:  # once per outage, not once per poll
                 log.error("%s; retrying every %.1fs", error, ctx.settings.s3_poll_seconds)
             last_error = str(error)
+        except Exception as error:  # the listing's bookkeeping (Postgres down, say)
+            errors.report("could not list the bucket", error, ctx.settings.s3_poll_seconds)
         await _sleep(ctx, ctx.settings.s3_poll_seconds)
 
 
@@ -309,13 +345,25 @@ class Submissions:
 
 
 async def watch_folder(store: BlobStore, ctx: ServiceContext) -> None:
-    inbox = ctx.settings.inbox_dir
+    """Ingest what lands in the watched folder. No file can stop the loop: an unfit one is
+    dead-lettered once (per path, size and mtime), and one whose ingest fails otherwise (a
+    dependency down, say) is tried again later, while the others go on."""
+    inbox = ctx.settings.inbox_dir.absolute()
     inbox.mkdir(parents=True, exist_ok=True)
     watcher = FolderWatcher(inbox)
+    errors = ErrorLog()
     log.info("watching %s", inbox)
     while not ctx.stop.is_set():
-        for path in watcher.poll():
-            await ingest_file(path, store, ctx, source="watch", uri=path.as_uri(), within=inbox)
+        for path in await asyncio.to_thread(watcher.poll):
+            if ctx.stop.is_set():
+                break
+            try:
+                await ingest_file(path, store, ctx, source="watch", uri=path.as_uri(), within=inbox)
+            except Exception as error:
+                delay = watcher.retry_later(path)
+                errors.report(f"could not ingest {shown(str(path))}", error, delay)
+            else:
+                watcher.succeeded(path)
         await _sleep(ctx, ctx.settings.watch_interval_seconds)
 
 

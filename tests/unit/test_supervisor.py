@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from services.cli.stack import service_lines
 from services.cli.supervisor import (
     Child,
     Instance,
@@ -165,6 +166,26 @@ def test_a_pid_file_counts_only_while_its_process_is_that_service(tmp_path: Path
     assert live_pid(tmp_path, "nothing", _is_parser) is None
 
 
+def test_status_without_a_supervisor_tells_running_services_from_stale_pid_files(tmp_path):
+    settings = Settings(data_dir=tmp_path)
+    settings.run_dir.mkdir()
+    fake = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", "-m", "services.parser"]
+    )
+    try:
+        pid_file(settings.run_dir, "parser-1").write_text(f"{fake.pid}\n")
+        pid_file(settings.run_dir, "scorer").write_text(f"{fake.pid}\n")  # not a scorer
+        pid_file(settings.run_dir, "supervisor").write_text(f"{fake.pid}\n")  # nor this
+        assert service_lines(settings) == [
+            "supervisor: not running",
+            f"  parser-1      up, pid {fake.pid} (not supervised)",
+            f"  scorer        down (stale pid file: pid {fake.pid})",
+        ]
+    finally:
+        fake.kill()
+        fake.wait()
+
+
 def test_the_supervisor_is_recognised_by_its_arguments():
     assert is_supervisor(["/usr/bin/python3", "-m", "services.cli", "supervise", "--scale", "x"])
     assert is_supervisor(["/repo/.venv/bin/python", "/repo/.venv/bin/rlimpact", "supervise"])
@@ -189,12 +210,12 @@ time.sleep(300)
 """
 
 DRIVER = """
-import sys
-from pathlib import Path
+import logging, sys
 from services.cli.supervisor import Instance, Supervisor
 from shared.settings import Settings
 
 data_dir, fake, out = sys.argv[1:4]
+logging.basicConfig(level=logging.INFO)
 settings = Settings(
     data_dir=data_dir,
     supervisor_backoff_initial_seconds=0.2,
@@ -309,7 +330,7 @@ def test_a_second_supervisor_on_the_same_data_dir_refuses_to_start(supervised):
         text=True,
         timeout=60,
     )
-    assert second.returncode == 1 and "already runs" in second.stdout
+    assert second.returncode == 1 and "already runs" in second.stderr
     assert first.pid("supervisor") == first.popen.pid  # its pid file is left alone
 
 
