@@ -11,7 +11,7 @@ tests/chaos``, a step of its own in ``deploy/test.sh``. The scenarios are in
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 
@@ -26,8 +26,8 @@ pytestmark = pytest.mark.chaos
 
 @dataclass
 class Chaos:
-    stack: ChaosStack
-    batches: dict[str, list[Replay]]
+    stack: ChaosStack = field(repr=False)
+    batches: dict[str, list[Replay]] = field(repr=False)
 
 
 @pytest.fixture(scope="module")
