@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -56,6 +57,18 @@ class Settings(BaseSettings):
     watch_dir: Path | None = None
     replays_dir: Path = REPO_ROOT.parent / "shared" / "replays"
     default_model_dir: Path = REPO_ROOT / "models" / "default"
+
+    # The blob store behind the events' claim checks (shared/storage.py): a local folder
+    # (blob_dir), or an S3-compatible bucket (s3_endpoint and credentials below; blob_bucket,
+    # default s3_bucket) under blob_prefix, so that services on several machines share no disk.
+    blob_store: Literal["file", "s3"] = "file"
+    blob_bucket: str | None = None
+    blob_prefix: str = "blobs/"
+
+    # Recovery (shared/recovery.py): the ingestor re-drives replays neither scored nor failed
+    # whose status has not moved for reconcile_after_seconds, at start-up and every interval.
+    reconcile_interval_seconds: float = Field(60.0, gt=0)
+    reconcile_after_seconds: float = Field(120.0, ge=0)
 
     # Processing
     fps: float = Field(10.0, gt=0, description="frames per second the parser samples at")

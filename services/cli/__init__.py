@@ -16,12 +16,24 @@ from services.cli import (
     live,
     models,
     offline,
+    retry,
     stack,
     supervisor,
 )
 from shared.settings import get_settings
 
-COMMAND_MODULES = (stack, supervisor, ingest, offline, collect, labels, live, models, analysis)
+COMMAND_MODULES = (
+    stack,
+    supervisor,
+    ingest,
+    retry,
+    offline,
+    collect,
+    labels,
+    live,
+    models,
+    analysis,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

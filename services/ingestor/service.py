@@ -5,8 +5,12 @@
 - ``replay.submitted`` events that point at a file (``rlimpact upload`` or any producer).
 
 Every file goes through :func:`ingest_file`: the limits of ``ingest.py``, then hash, blob store,
-``replays`` row (a known hash is a duplicate) and the event. Bucket objects and submitted files
+``replays`` row and the event. A known hash is a duplicate, unless its replay is stranded
+(neither scored nor failed, its status unchanged for ``RLIMPACT_RECONCILE_AFTER_SECONDS``): it is
+resumed from the stage it reached (``shared/recovery.py``). Bucket objects and submitted files
 are recorded in ``ingest_objects`` after that, so a restart neither repeats nor misses one.
+
+The ingestor also runs the reconciler (:func:`shared.recovery.reconcile_forever`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
 
+import asyncpg
 from prometheus_client import Counter
 
 from services.ingestor.ingest import (
@@ -37,8 +42,9 @@ from services.ingestor.s3 import Bucket, BucketUnavailable, ObjectInfo, parse_s3
 from shared import db
 from shared.events import REPLAY_SUBMITTED, REPLAY_UPLOADED, ReplaySubmitted, ReplayUploaded
 from shared.kafka import consume
+from shared.recovery import ReplayState, plan_redrive, reconcile_forever, redrive
 from shared.service import ServiceContext, run_service
-from shared.storage import BlobStore, uri_to_path
+from shared.storage import BlobStore, open_blob_store, uri_to_path
 
 NAME = "ingestor"
 log = logging.getLogger(NAME)
@@ -48,7 +54,7 @@ FILES = Counter(
 )
 LISTING_PAGE = 1000
 
-Outcome = Literal["new", "duplicate", "rejected"]
+Outcome = Literal["new", "duplicate", "rejected", "resumed"]
 
 
 @dataclass(frozen=True)
@@ -110,15 +116,35 @@ async def ingest_file(
     except IngestRejected as rejected:
         return await reject(ctx, uri, rejected.reason, source)
     async with ctx.pool.acquire() as conn:
-        if not await db.insert_replay(conn, event):
-            DUPLICATES.inc()
-            FILES.labels(source, "duplicate").inc()
-            log.info("duplicate content %s (%s): skipped", event.replay_id[:12], event.filename)
-            return IngestResult("duplicate", event.replay_id, event=event)
+        known = not await db.insert_replay(conn, event)
+        rows = await db.replay_states(conn, [event.replay_id]) if known else []
+    if known:
+        return await known_content(event, rows[0] if rows else None, store, ctx, source)
     await publish(event, ctx)
     FILES.labels(source, "new").inc()
     log.info("ingested %s as %s", shown(event.filename), event.replay_id[:12])
     return IngestResult("new", event.replay_id, event=event)
+
+
+async def known_content(
+    event: ReplayUploaded,
+    row: asyncpg.Record | None,
+    store: BlobStore,
+    ctx: ServiceContext,
+    source: str,
+) -> IngestResult:
+    """A file whose content is known: resumed if its replay is stranded, else a duplicate."""
+    if row is not None:
+        state = ReplayState.from_row(row)
+        plan = plan_redrive(state, ctx.settings.reconcile_after_seconds)
+        if plan.topic is not None and await redrive(ctx, store, state, plan):
+            FILES.labels(source, "resumed").inc()
+            log.info("known content %s: resumed (%s)", event.replay_id[:12], plan.why)
+            return IngestResult("resumed", event.replay_id, event=event)
+    DUPLICATES.inc()
+    FILES.labels(source, "duplicate").inc()
+    log.info("duplicate content %s (%s): skipped", event.replay_id[:12], event.filename)
+    return IngestResult("duplicate", event.replay_id, event=event)
 
 
 async def ingest_path(
@@ -373,12 +399,13 @@ async def _sleep(ctx: ServiceContext, seconds: float) -> None:
 
 
 async def run(ctx: ServiceContext) -> None:
-    store = BlobStore(ctx.settings.blob_dir)
+    store = open_blob_store(ctx.settings)
     if recovered := await republish_unannounced(ctx):
         log.info("announced %d replays left unannounced by an earlier run", recovered)
     bucket = Bucket(ctx.settings) if ctx.settings.s3_bucket else None
     submissions = Submissions(ctx, store, bucket)
     async with asyncio.TaskGroup() as tasks:
+        tasks.create_task(reconcile_forever(ctx, store))
         tasks.create_task(watch_folder(store, ctx))
         if bucket is not None:
             tasks.create_task(watch_bucket(bucket, store, ctx))

@@ -29,7 +29,7 @@ from services.ingestor.ingest import (
 from services.ingestor.s3 import parse_s3_uri, s3_uri
 from shared.events import ReplaySubmitted, decode, encode
 from shared.settings import Settings
-from shared.storage import BlobStore, uri_to_path
+from shared.storage import FileBlobStore, uri_to_path
 
 
 def test_watcher_yields_a_file_once_it_stops_changing(tmp_path: Path):
@@ -48,7 +48,7 @@ def test_watcher_yields_a_file_once_it_stops_changing(tmp_path: Path):
 
 
 def test_same_content_under_two_names_is_one_blob(tmp_path: Path, standard_replay):
-    store = BlobStore(tmp_path / "blobs")
+    store = FileBlobStore(tmp_path / "blobs")
     content = standard_replay.path.read_bytes()
     first, second = tmp_path / "a.replay", tmp_path / "b.replay"
     first.write_bytes(content)
@@ -73,14 +73,14 @@ def test_same_content_under_two_names_is_one_blob(tmp_path: Path, standard_repla
 def test_unfit_files_are_rejected_with_a_reason(tmp_path: Path, content: bytes, reason: str):
     path = tmp_path / "x.replay"
     path.write_bytes(content)
-    store = BlobStore(tmp_path / "blobs")
+    store = FileBlobStore(tmp_path / "blobs")
     with pytest.raises(IngestRejected, match=reason):
         upload_event(path, store, max_bytes=100, source="test")
     assert not (tmp_path / "blobs").exists(), "nothing is stored for a rejected file"
 
 
 def test_a_hostile_file_name_is_rejected_before_anything_is_stored(tmp_path, standard_replay):
-    store = BlobStore(tmp_path / "blobs")
+    store = FileBlobStore(tmp_path / "blobs")
     with pytest.raises(IngestRejected, match="path segment"):
         upload_event(standard_replay.path, store, 10**9, "test", filename="../../etc/x.replay")
     assert not (tmp_path / "blobs").exists()
@@ -254,7 +254,7 @@ def _offered(watcher: FolderWatcher) -> list[Path]:
     return watcher.poll()
 
 
-def _refused(path: Path, store: BlobStore, reason: str, max_bytes: int = 10**9) -> None:
+def _refused(path: Path, store: FileBlobStore, reason: str, max_bytes: int = 10**9) -> None:
     with pytest.raises(IngestRejected, match=reason):
         upload_event(path, store, max_bytes, "test")
 
@@ -273,7 +273,7 @@ def test_a_name_that_is_not_utf8_is_offered_and_refused(inbox: Path, tmp_path, s
     watcher = FolderWatcher(inbox)
     [path] = _offered(watcher)
     assert os.fsencode(path) == raw and "\udcff" in path.name  # surrogate-escaped by scandir
-    store = BlobStore(tmp_path / "blobs")
+    store = FileBlobStore(tmp_path / "blobs")
     _refused(path, store, "is not valid UTF-8")
     assert "'bad-\\udcff\\udcfe.replay'" in shown(path.name)  # escaped in the reason
     path.as_uri()  # the dead letter's URI can be made from it
@@ -287,7 +287,7 @@ def test_a_symlink_loop_is_offered_and_refused(inbox: Path, tmp_path: Path):
     assert _offered(FolderWatcher(inbox)) == [
         inbox / n for n in ("a.replay", "b.replay", "loop.replay")
     ]
-    store = BlobStore(tmp_path / "blobs")
+    store = FileBlobStore(tmp_path / "blobs")
     for name in ("loop.replay", "a.replay"):
         with pytest.raises(IngestRejected, match="symbolic link loop"):
             resolve_inside(inbox, inbox / name)
@@ -309,14 +309,16 @@ def test_links_out_of_the_folder_and_to_nothing_are_refused(inbox: Path, tmp_pat
     assert len(_offered(FolderWatcher(inbox))) == 2
     with pytest.raises(IngestRejected, match="leads outside"):
         resolve_inside(inbox, inbox / "out.replay")
-    _refused(inbox / "nothing.replay", BlobStore(tmp_path / "blobs"), "symbolic link to nothing")
+    _refused(
+        inbox / "nothing.replay", FileBlobStore(tmp_path / "blobs"), "symbolic link to nothing"
+    )
 
 
 @pytest.mark.timeout(60)
 def test_a_fifo_is_refused_without_blocking(inbox: Path, tmp_path: Path):
     os.mkfifo(inbox / "pipe.replay")  # opening it for reading in blocking mode would hang
     assert _offered(FolderWatcher(inbox)) == [inbox / "pipe.replay"]
-    _refused(inbox / "pipe.replay", BlobStore(tmp_path / "blobs"), "is a FIFO, not a file")
+    _refused(inbox / "pipe.replay", FileBlobStore(tmp_path / "blobs"), "is a FIFO, not a file")
     with pytest.raises(IngestRejected, match="is a FIFO"):
         check_file(inbox / "pipe.replay", 100)
 
@@ -328,7 +330,7 @@ def test_a_folder_named_like_a_replay_is_refused_and_walked(inbox: Path, tmp_pat
         inbox / "x.replay",
         inbox / "x.replay" / "inner.replay",
     ]
-    _refused(inbox / "x.replay", BlobStore(tmp_path / "blobs"), "is a folder, not a file")
+    _refused(inbox / "x.replay", FileBlobStore(tmp_path / "blobs"), "is a folder, not a file")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file whatever its mode")
@@ -336,7 +338,7 @@ def test_an_unreadable_file_is_refused(inbox: Path, tmp_path: Path):
     path = inbox / "locked.replay"
     path.write_bytes(b"x")
     path.chmod(0)
-    _refused(path, BlobStore(tmp_path / "blobs"), "cannot be opened: Permission denied")
+    _refused(path, FileBlobStore(tmp_path / "blobs"), "cannot be opened: Permission denied")
 
 
 def test_a_file_removed_between_listing_and_reading_is_refused(inbox: Path, tmp_path: Path):
@@ -344,7 +346,7 @@ def test_a_file_removed_between_listing_and_reading_is_refused(inbox: Path, tmp_
     path.write_bytes(b"x")
     assert _offered(FolderWatcher(inbox)) == [path]
     path.unlink()
-    _refused(path, BlobStore(tmp_path / "blobs"), "vanished before it was read")
+    _refused(path, FileBlobStore(tmp_path / "blobs"), "vanished before it was read")
 
 
 @pytest.mark.parametrize("change", ["grow", "truncate", "rewrite"])
@@ -369,10 +371,10 @@ def test_a_file_that_changes_while_read_is_refused_and_nothing_stored(
         return size
 
     monkeypatch.setattr(ingest, "copy_limited", copy_then_change)
-    _refused(path, BlobStore(tmp_path / "blobs"), "changed while it was read")
+    _refused(path, FileBlobStore(tmp_path / "blobs"), "changed while it was read")
     assert not list((tmp_path / "blobs").rglob("*.replay"))
     monkeypatch.undo()
-    event = upload_event(path, BlobStore(tmp_path / "blobs"), 10**9, "test")  # once still
+    event = upload_event(path, FileBlobStore(tmp_path / "blobs"), 10**9, "test")  # once still
     assert event.replay_id == hashlib.sha256(path.read_bytes()).hexdigest()
     assert uri_to_path(event.uri).read_bytes() == path.read_bytes()
 
