@@ -24,7 +24,7 @@ from pathlib import Path
 from services.cli import supervisor
 from shared import process
 from shared.settings import REPO_ROOT, SERVICE_NAMES, Settings
-from tests.integration.conftest import TEST_PORTS, wait_for
+from tests.integration.conftest import TEST_PORTS, stack_env, wait_for
 from tests.support.prometheus import scrape, total
 
 START_SECONDS = 180.0
@@ -32,22 +32,13 @@ SUPERVISOR_STOP_SECONDS = 60.0
 
 
 def chaos_env(data_dir: Path) -> dict[str, str]:
-    """The environment of the stack and of every service it runs."""
+    """The environment of the stack and of every service it runs: the integration tests'."""
     return {
-        **os.environ,
-        **TEST_PORTS,
-        "RLIMPACT_DATA_DIR": str(data_dir),
-        "RLIMPACT_KAFKA_BOOTSTRAP": f"127.0.0.1:{TEST_PORTS['RLIMPACT_KAFKA_PORT']}",
-        "RLIMPACT_KAFKA_LIB_DIR": os.environ.get(
-            "RLIMPACT_KAFKA_LIB_DIR", str(REPO_ROOT / ".rlimpact" / "kafka-lib")
-        ),
-        "RLIMPACT_WATCH_INTERVAL_SECONDS": "0.5",
-        "RLIMPACT_MODEL_POLL_SECONDS": "0.5",
+        **stack_env(data_dir),
         # A replay stranded by a fault is re-driven within seconds, not the default minutes,
         # so that the suite stays short; the reconciler itself is what is tested.
         "RLIMPACT_RECONCILE_INTERVAL_SECONDS": "5",
         "RLIMPACT_RECONCILE_AFTER_SECONDS": "30",
-        "PYTHONUNBUFFERED": "1",
     }
 
 

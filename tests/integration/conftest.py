@@ -70,6 +70,23 @@ class Stack:
         )
 
 
+def stack_env(data_dir: Path) -> dict[str, str]:
+    """The environment of a test stack in ``data_dir``, and of every process it runs."""
+    return {
+        **os.environ,
+        **TEST_PORTS,
+        "RLIMPACT_DATA_DIR": str(data_dir),
+        "RLIMPACT_KAFKA_BOOTSTRAP": f"127.0.0.1:{TEST_PORTS['RLIMPACT_KAFKA_PORT']}",
+        # The jars are fetched once into the default data dir and shared.
+        "RLIMPACT_KAFKA_LIB_DIR": os.environ.get(
+            "RLIMPACT_KAFKA_LIB_DIR", str(REPO_ROOT / ".rlimpact" / "kafka-lib")
+        ),
+        "RLIMPACT_WATCH_INTERVAL_SECONDS": "0.5",
+        "RLIMPACT_MODEL_POLL_SECONDS": "0.5",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
 def _stack_script(command: str, env: dict[str, str], check: bool = True) -> None:
     script = REPO_ROOT / "deploy" / "stack.sh"
     subprocess.run(["bash", str(script), command], env=env, check=check)
@@ -83,19 +100,7 @@ def stack() -> Iterator[Stack]:
             "RLIMPACT_TEST_DATA_DIR", REPO_ROOT / ".rlimpact" / f"test-stack-{PORT_OFFSET}"
         )
     )
-    env = {
-        **os.environ,
-        **TEST_PORTS,
-        "RLIMPACT_DATA_DIR": str(data_dir),
-        "RLIMPACT_KAFKA_BOOTSTRAP": f"127.0.0.1:{TEST_PORTS['RLIMPACT_KAFKA_PORT']}",
-        # The jars are fetched once into the default data dir and shared.
-        "RLIMPACT_KAFKA_LIB_DIR": os.environ.get(
-            "RLIMPACT_KAFKA_LIB_DIR", str(REPO_ROOT / ".rlimpact" / "kafka-lib")
-        ),
-        "RLIMPACT_WATCH_INTERVAL_SECONDS": "0.5",
-        "RLIMPACT_MODEL_POLL_SECONDS": "0.5",
-        "PYTHONUNBUFFERED": "1",
-    }
+    env = stack_env(data_dir)
     if data_dir.exists():  # left over from an interrupted run
         _stack_script("stop", env, check=False)
         shutil.rmtree(data_dir)
