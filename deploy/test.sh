@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test command: sets up .venv, checks style, runs unit and integration tests.
+# The test command: sets up .venv, checks style, runs unit and integration tests, then the
+# chaos suite.
 # The integration tests start their own Kafka and Postgres through deploy/stack.sh.
 set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
@@ -12,3 +13,9 @@ bash deploy/prometheus.sh install
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/python -m pytest -q "$@"
+# The chaos suite (tests/chaos): its own stack under the supervisor, Postgres and Kafka stopped,
+# services killed, with replays in flight. A step of its own, after the others, when the
+# command runs everything (no arguments).
+if [[ $# -eq 0 ]]; then
+    .venv/bin/python -m pytest -q -m chaos tests/chaos
+fi

@@ -74,19 +74,9 @@ class Stack:
         )
 
 
-def _deploy(script: str, command: str, env: dict[str, str], check: bool = True) -> None:
-    subprocess.run(["bash", str(REPO_ROOT / "deploy" / script), command], env=env, check=check)
-
-
-@pytest.fixture(scope="session")
-def stack() -> Iterator[Stack]:
-    # Not in pytest's tmp dir: that is private to root, and Postgres runs as user postgres.
-    data_dir = Path(
-        os.environ.get(
-            "RLIMPACT_TEST_DATA_DIR", REPO_ROOT / ".rlimpact" / f"test-stack-{PORT_OFFSET}"
-        )
-    )
-    env = {
+def stack_env(data_dir: Path) -> dict[str, str]:
+    """The environment of a test stack in ``data_dir``, and of every process it runs."""
+    return {
         **os.environ,
         **TEST_PORTS,
         "RLIMPACT_DATA_DIR": str(data_dir),
@@ -99,6 +89,21 @@ def stack() -> Iterator[Stack]:
         "RLIMPACT_MODEL_POLL_SECONDS": "0.5",
         "PYTHONUNBUFFERED": "1",
     }
+
+
+def _deploy(script: str, command: str, env: dict[str, str], check: bool = True) -> None:
+    subprocess.run(["bash", str(REPO_ROOT / "deploy" / script), command], env=env, check=check)
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    # Not in pytest's tmp dir: that is private to root, and Postgres runs as user postgres.
+    data_dir = Path(
+        os.environ.get(
+            "RLIMPACT_TEST_DATA_DIR", REPO_ROOT / ".rlimpact" / f"test-stack-{PORT_OFFSET}"
+        )
+    )
+    env = stack_env(data_dir)
     if data_dir.exists():  # left over from an interrupted run
         _deploy("prometheus.sh", "stop", env, check=False)
         _deploy("stack.sh", "stop", env, check=False)
