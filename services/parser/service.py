@@ -20,6 +20,7 @@ from shared.events import (
     FramesParsed,
     ReplayUploaded,
 )
+from shared.frames import FRAMES_SUFFIX
 from shared.kafka import consume
 from shared.service import ServiceContext, run_service
 from shared.settings import ValidationRules
@@ -35,11 +36,11 @@ def parse_to_store(
     """Runs in a worker process: parse and validate the stored replay, write its frames file."""
     parsed = parse_valid_replay(uri_to_path(uri), replay_id, fps, rules)
     store = BlobStore(blob_dir)
-    with store.writer("frames", replay_id, ".npz") as tmp:
+    with store.writer("frames", replay_id, FRAMES_SUFFIX) as tmp:
         parsed.save(tmp)
     return FramesParsed(
         replay_id=replay_id,
-        frames_uri=store.path_for("frames", replay_id, ".npz").as_uri(),
+        frames_uri=store.path_for("frames", replay_id, FRAMES_SUFFIX).as_uri(),
         n_frames=parsed.n_frames,
         fps=fps,
         team_size=parsed.team_size,

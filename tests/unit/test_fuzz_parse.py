@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from services.parser.parse import ReplayParseError
 from services.parser.service import parse_to_store
 from services.parser.workers import WorkerPool
+from shared.frames import FRAMES_SUFFIX
 from shared.settings import ValidationRules
 from shared.storage import BlobStore
 from tests.support.replay_bytes import seal, split
@@ -114,4 +115,4 @@ def test_mutated_replays_end_in_frames_or_a_clean_rejection(originals, pool, wor
     assert sum(outcomes.values()) >= EXAMPLES
     good = originals[0]
     assert _outcome(pool, workspace, good, "afterfuzz") == "parsed", "the pool still parses"
-    assert BlobStore(workspace).path_for("frames", "afterfuzz", ".npz").exists()
+    assert BlobStore(workspace).path_for("frames", "afterfuzz", FRAMES_SUFFIX).exists()
