@@ -6,9 +6,9 @@ Parses the corpus files (``$RLIMPACT_REPLAYS_DIR/corpus``, sorted; the first N w
 once, timing the extraction, then writes and reads back every parsed replay R times in each
 candidate format: the Arrow IPC file of ``shared/frames.py`` (format 3) uncompressed, with LZ4
 and with zstd, and the deflate-compressed ``.npz`` written before (format 2). Printed per
-format: megabytes on disk and the share of the arrays' raw size, milliseconds per replay to
-write and to read (the best of the R rounds, against a noisy machine), and the write time as a
-share of the extraction's.
+format: megabytes on disk and the share of the arrays' raw size, milliseconds of CPU time per
+replay to write and to read (the best of the R rounds; CPU time, which a busy machine disturbs
+less than wall time), and the write time as a share of the extraction's.
 """
 
 from __future__ import annotations
@@ -56,25 +56,25 @@ class Measured:
 def parse_all(files: list[Path]) -> tuple[list[ParsedReplay], float]:
     """The replays that parse, and the extraction's milliseconds per replay (all files)."""
     replays = []
-    start = time.perf_counter()
+    start = time.process_time()
     for path in files:
         with contextlib.suppress(ReplayParseError):  # rejected files have no frames to store
             replays.append(parse_replay_file(path, "bench"))
-    return replays, (time.perf_counter() - start) * 1000 / len(files)
+    return replays, (time.process_time() - start) * 1000 / len(files)
 
 
 def measure(candidate: Candidate, replays: list[ParsedReplay], repeat: int, out: Path) -> Measured:
     paths = [out / f"{i}.frames" for i in range(len(replays))]
     writes, reads = [], []
     for _ in range(repeat):
-        start = time.perf_counter()
+        start = time.process_time()
         for replay, path in zip(replays, paths, strict=True):
             candidate.write(replay, path)
-        writes.append(time.perf_counter() - start)
-        start = time.perf_counter()
+        writes.append(time.process_time() - start)
+        start = time.process_time()
         for path in paths:
             ParsedReplay.load(path)
-        reads.append(time.perf_counter() - start)
+        reads.append(time.process_time() - start)
     megabytes = sum(path.stat().st_size for path in paths) / 1e6
     per_replay = 1000 / len(replays)
     return Measured(megabytes, min(writes) * per_replay, min(reads) * per_replay)
@@ -98,7 +98,7 @@ def main() -> None:
     raw = raw_megabytes(replays)
     print(
         f"{len(replays)} of {len(files)} files parse; arrays {raw:.1f} MB; extraction "
-        f"{extract_ms:.2f} ms per replay; best of {args.repeat} rounds; "
+        f"{extract_ms:.2f} CPU ms per replay; best of {args.repeat} rounds; "
         f"frames files are written with {FRAMES_COMPRESSION!r}"
     )
     columns = f"{'MB':>7} {'of raw':>7} {'write ms':>9} {'read ms':>8} {'write/extract':>14}"
