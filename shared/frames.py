@@ -112,7 +112,8 @@ class ParsedReplay:
             table = pa.ipc.open_file(pa.py_buffer(data)).read_all()
         except pa.ArrowInvalid as error:
             raise ValueError(f"{path}: not a frames file ({error})") from error
-        header = _checked_header(path, json.loads((table.schema.metadata or {})[_HEADER_KEY]))
+        metadata = table.schema.metadata or {}
+        header = _checked_header(path, metadata.get(_HEADER_KEY), FRAMES_FORMAT_VERSION)
         n_frames, n_players = table.num_rows, header["n_players"]
         return cls._from_header(
             header,
@@ -154,8 +155,12 @@ def _column(table: pa.Table, name: str, *shape: int) -> np.ndarray:
     return array.to_numpy(zero_copy_only=True).reshape(shape)
 
 
-def _checked_header(path: Path, header: dict) -> dict:
-    if header.get("format_version") not in (FRAMES_FORMAT_VERSION, _LEGACY_NPZ_VERSION):
+def _checked_header(path: Path, raw: bytes | None, version: int) -> dict:
+    """The JSON header of a frames file that must be of format ``version``."""
+    if raw is None:
+        raise ValueError(f"{path}: an Arrow file without a frames header")
+    header = json.loads(raw)
+    if header.get("format_version") != version:
         raise ValueError(f"{path}: frames format {header.get('format_version')} unsupported")
     return header
 
@@ -163,7 +168,7 @@ def _checked_header(path: Path, header: dict) -> dict:
 def _load_npz(path: Path) -> ParsedReplay:
     """A frames file of format 2: a compressed .npz with the header as a JSON byte array."""
     with np.load(path, allow_pickle=False) as data:
-        header = _checked_header(path, json.loads(data["header"].tobytes()))
+        header = _checked_header(path, data["header"].tobytes(), _LEGACY_NPZ_VERSION)
         arrays = ("time", "seconds_remaining", "ball", "cars", "touches")
         return ParsedReplay._from_header(header, **{name: data[name] for name in arrays})
 

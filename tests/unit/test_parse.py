@@ -301,6 +301,11 @@ def test_a_file_that_is_no_frames_file_is_a_value_error(tmp_path: Path):
     (tmp_path / "junk").write_bytes(b"not a frames file" * 10)
     with pytest.raises(ValueError, match="not a frames file"):
         ParsedReplay.load(tmp_path / "junk")
+    other = tmp_path / "other.arrow"
+    with pa.OSFile(str(other), "wb") as sink, pa.ipc.new_file(sink, pa.schema([])) as writer:
+        writer.write_table(pa.table({}))
+    with pytest.raises(ValueError, match="without a frames header"):
+        ParsedReplay.load(other)
 
 
 def test_decode_only_decodes_what_extract_decodes(standard_replay, standard: ParsedReplay):
