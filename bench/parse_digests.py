@@ -21,6 +21,7 @@ import json
 import subprocess
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ from services.parser.service import parse_to_store
 from services.parser.validate import parse_valid_replay
 from shared.frames import ParsedReplay
 from shared.settings import get_settings
-from shared.storage import uri_to_path
+from shared.storage import FileBlobStore, sha256_file
 
 
 def _array_digest(hasher: hashlib._Hash, name: str, array: np.ndarray) -> None:
@@ -71,16 +72,20 @@ def table_digest(table: pa.Table) -> str:
     return hasher.hexdigest()
 
 
-def replay_line(path: Path, blob_dir: Path) -> str:
+def replay_line(path: Path, store: FileBlobStore) -> str:
     settings = get_settings()
-    replay_id = "".join(c for c in path.stem if c.isalnum())  # a blob id
+    replay_id = "".join(c for c in path.stem if c.isalnum())  # the file's name, not its hash
     try:
         parsed = parse_valid_replay(path, replay_id, settings.fps, settings.validation)
     except ReplayParseError as error:
         return f"{path.name}\trejected\t{error.reason}"
     in_memory = table_digest(to_arrow(featurize(parsed, settings.horizon_seconds)))
-    event = parse_to_store(path.as_uri(), replay_id, settings.fps, blob_dir, settings.validation)
-    loaded = ParsedReplay.load(uri_to_path(event.frames_uri))
+    sha256 = sha256_file(path)
+    uri = store.put_file("replays", sha256, ".replay", path)  # as the ingestor stores it
+    event = parse_to_store(uri, sha256, settings.fps, store, settings.validation)
+    with store.local_path(event.frames_uri) as frames_path:
+        # named like the in-memory one, so that the digests differ only if the contents do
+        loaded = replace(ParsedReplay.load(frames_path), replay_id=replay_id)
     stored = table_digest(to_arrow(featurize(loaded, settings.horizon_seconds)))
     return f"{path.name}\t{frames_digest(parsed)}\t{in_memory}\t{stored}"
 
@@ -102,8 +107,9 @@ def main() -> None:
     if not files:
         parser.error(f"no corpus replays in {args.replays_dir} (set --replays-dir)")
     with tempfile.TemporaryDirectory() as blob_dir:
+        store = FileBlobStore(Path(blob_dir))
         for path in files:
-            print(replay_line(path, Path(blob_dir)), flush=True)
+            print(replay_line(path, store), flush=True)
     print(f"rlimpact score\t{score_digest(files)}")
 
 

@@ -23,6 +23,7 @@ from shared.events import GoalInfo, PlayerInfo
 
 FRAMES_FORMAT_VERSION = 3  # 2: touches; 3: Arrow IPC instead of .npz
 FRAMES_SUFFIX = ".arrow"
+LEGACY_FRAMES_SUFFIX = ".npz"  # format 2, still read
 # The Arrow IPC buffer codec of new frames files: "lz4" (LZ4 frame), "zstd" or None.
 FRAMES_COMPRESSION = "lz4"
 _LEGACY_NPZ_VERSION = 2
@@ -43,6 +44,11 @@ BALL_FIELD = {name: i for i, name in enumerate(BALL_FIELDS)}
 
 _players_adapter = TypeAdapter(list[PlayerInfo])
 _goals_adapter = TypeAdapter(list[GoalInfo])
+
+
+def frames_suffix(uri: str) -> str:
+    """The suffix of a frames blob's URI: the current one, or format 2's for older blobs."""
+    return LEGACY_FRAMES_SUFFIX if uri.endswith(LEGACY_FRAMES_SUFFIX) else FRAMES_SUFFIX
 
 
 @dataclass(frozen=True)

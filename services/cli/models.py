@@ -123,7 +123,7 @@ async def _register(settings: Settings, file: Path, promote: bool) -> int:
     from services.scorer.skill import META_KIND, SkillModel
     from shared import db
     from shared.service import service_context
-    from shared.storage import BlobStore, sha256_file
+    from shared.storage import open_blob_store, sha256_file
 
     if not file.is_file():
         raise SystemExit(f"rlimpact: no such file: {file}")
@@ -136,7 +136,7 @@ async def _register(settings: Settings, file: Path, promote: bool) -> int:
     except (ModelSchemaError, RuntimeError, ValueError) as error:
         raise SystemExit(f"rlimpact: {file} is not a usable model: {error}") from error
     sha256 = sha256_file(file)
-    uri = BlobStore(settings.blob_dir).put_file("models", sha256, ".onnx", file)
+    uri = open_blob_store(settings).put_file("models", sha256, ".onnx", file)
     async with service_context("cli", settings) as ctx, ctx.pool.acquire() as conn:
         if existing := await db.find_model(conn, loaded.version):
             raise SystemExit(
@@ -164,7 +164,9 @@ async def _rescore(settings: Settings, ref: str) -> int:
     from services.scorer.service import Scorers, load_impact, load_skill, score_replay
     from shared import db
     from shared.service import service_context
+    from shared.storage import open_blob_store
 
+    store = open_blob_store(settings)
     async with service_context("cli", settings) as ctx:
         async with ctx.pool.acquire() as conn:
             record = await _model(conn, ref)
@@ -177,7 +179,8 @@ async def _rescore(settings: Settings, ref: str) -> int:
             replays = await db.featurized_replays(conn)
             done = await db.replays_scored_with(conn, record.id)
         try:
-            scorers = Scorers(await load_impact(record), await load_skill(skill) if skill else None)
+            impact = await load_impact(record, store)
+            scorers = Scorers(impact, await load_skill(skill, store) if skill else None)
         except (OSError, RuntimeError, ValueError) as error:
             raise SystemExit(f"rlimpact: cannot load model {record.version}: {error}") from error
         todo = [row for row in replays if row["id"] not in done]

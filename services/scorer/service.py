@@ -23,7 +23,7 @@ from typing import TypeGuard, TypeVar
 
 from aiokafka import AIOKafkaConsumer
 
-from services.featurizer.dataset import read_features
+from services.featurizer.dataset import read_stored_features
 from services.scorer.score import ImpactModel, ModelSchemaError, score_table
 from services.scorer.skill import SkillModel, estimate_skill
 from shared import db, metrics
@@ -40,7 +40,7 @@ from shared.events import (
 )
 from shared.kafka import consume
 from shared.service import ServiceContext, run_service
-from shared.storage import sha256_file, uri_to_path
+from shared.storage import BlobOutsideStore, BlobStore, open_blob_store, open_checked
 
 NAME = "scorer"
 log = logging.getLogger(NAME)
@@ -67,21 +67,20 @@ class Scorers:
     skill: LoadedSkill | None = None
 
 
-async def load_impact(record: ModelRecord) -> LoadedModel:
-    path = await _checked_path(record)
-    return LoadedModel(record, await asyncio.to_thread(ImpactModel, path))
+async def load_impact(record: ModelRecord, store: BlobStore) -> LoadedModel:
+    return LoadedModel(record, await _load_checked(record, store, ImpactModel))
 
 
-async def load_skill(record: ModelRecord) -> LoadedSkill:
-    path = await _checked_path(record)
-    return LoadedSkill(record, await asyncio.to_thread(SkillModel, path))
+async def load_skill(record: ModelRecord, store: BlobStore) -> LoadedSkill:
+    return LoadedSkill(record, await _load_checked(record, store, SkillModel))
 
 
-async def _checked_path(record: ModelRecord) -> Path:
-    path = uri_to_path(record.uri)
-    if await asyncio.to_thread(sha256_file, path) != record.sha256:
-        raise ValueError(f"model {record.version} at {path} fails its checksum")
-    return path
+async def _load_checked(record: ModelRecord, store: BlobStore, model: Callable[[Path], L]) -> L:
+    def load() -> L:
+        with open_checked(store, record.uri, record.sha256) as path:
+            return model(path)
+
+    return await asyncio.to_thread(load)
 
 
 class ActiveModel:
@@ -93,6 +92,7 @@ class ActiveModel:
         self.skill: LoadedSkill | None = None
         self._checked_at = 0.0
         self._failed: set[int] = set()  # model ids that would not load: not retried
+        self.store = open_blob_store(ctx.settings)
 
     def request_refresh(self) -> None:
         """Re-read the registry before the next batch (a model was promoted)."""
@@ -128,10 +128,10 @@ class ActiveModel:
         return loaded is None or loaded.record.id != record.id
 
     async def _load(
-        self, loader: Callable[[ModelRecord], Awaitable[L]], record: ModelRecord
+        self, loader: Callable[[ModelRecord, BlobStore], Awaitable[L]], record: ModelRecord
     ) -> L | None:
         try:
-            return await loader(record)
+            return await loader(record, self.store)
         except (ModelSchemaError, OSError, RuntimeError, ValueError) as error:
             self._failed.add(record.id)
             metrics.ERRORS.labels(NAME, "model_load").inc()
@@ -183,7 +183,9 @@ async def score_replay(
     """Score one stored replay with ``scorers``, record and announce it; return the number of
     ``scores.emitted`` events sent (0 when it was scored and announced with this model before).
     """
-    table = await asyncio.to_thread(read_features, uri_to_path(features_uri))
+    table = await asyncio.to_thread(
+        read_stored_features, open_blob_store(ctx.settings), features_uri
+    )
     scores = await asyncio.to_thread(score_table, table, scorers.impact.model)
     skill = scorers.skill
     ratings = await asyncio.to_thread(estimate_skill, table, skill.model) if skill else {}
@@ -241,6 +243,11 @@ async def run(ctx: ServiceContext) -> None:
     active = ActiveModel(ctx)
 
     async def handle(event: FeaturesReady) -> None:
+        try:
+            active.store.expect(event.features_uri, "features", event.replay_id, ".parquet")
+        except BlobOutsideStore as error:
+            await ctx.refuse_event(FEATURES_READY, event, str(error))
+            return
         scorers = active.scorers  # consume() calls wait_until_ready before each batch
         await score_replay(ctx, event.replay_id, event.features_uri, scorers)
         log.info("scored %s with %s", event.replay_id[:12], scorers.impact.record.version)
