@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::f32::consts::PI;
 
-use boxcars::{Attribute, Frame, RemoteId, Replay, RigidBody, UniqueId};
+use boxcars::{Attribute, Frame, Quaternion, RemoteId, Replay, RigidBody, UniqueId};
 
 use crate::header::{self, Header};
 use crate::touches::{self, BallSample, HitTeamChange, Impulse, Nearest, NearestByTeam};
@@ -173,12 +173,13 @@ fn classify_attribute(name: &str) -> Attr {
     }
 }
 
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 struct Body {
     pos: [f32; 3],
     vel: [f32; 3],
-    /// roll, pitch, yaw (radians): rotation = Rz(yaw)·Ry(pitch)·Rx(roll).
-    rot: [f32; 3],
+    /// As replicated: turned into roll, pitch, yaw by [`Walker::rotation`] only when sampled,
+    /// since rigid bodies update several times per sample.
+    rotation: Quaternion,
     sleeping: bool,
 }
 
@@ -224,6 +225,24 @@ struct PriInfo {
     platform_id: Option<String>,
     team: Option<u8>,
     bot: bool,
+}
+
+/// PRI info by the PRI actor's serial: serials are dense, so a Vec rather than a map.
+#[derive(Default)]
+struct Pris(Vec<Option<PriInfo>>);
+
+impl Pris {
+    fn get(&self, serial: u32) -> Option<&PriInfo> {
+        self.0.get(serial as usize).and_then(Option::as_ref)
+    }
+
+    fn entry(&mut self, serial: u32) -> &mut PriInfo {
+        let at = serial as usize;
+        if at >= self.0.len() {
+            self.0.resize_with(at + 1, || None);
+        }
+        self.0[at].get_or_insert_with(PriInfo::default)
+    }
 }
 
 struct Row {
@@ -281,13 +300,15 @@ struct Walker<'r> {
     attrs: Vec<Attr>,
     actors: Vec<Option<Actor>>,
     cars: Vec<i32>,
+    /// Boost components (what `drain_boost` visits instead of every actor).
+    boosts: Vec<i32>,
     ball: Option<i32>,
     ball_spawned: bool,
     ball_state: [f32; BALL_WIDTH],
     ball_prev: Option<BallSample>,
     seconds_remaining: f32,
     next_serial: u32,
-    pris: HashMap<u32, PriInfo>,
+    pris: Pris,
     rows: Vec<Row>,
     legacy_scale: bool,
     legacy_rotation: bool,
@@ -315,13 +336,14 @@ impl<'r> Walker<'r> {
                 .collect(),
             actors: Vec::new(),
             cars: Vec::new(),
+            boosts: Vec::new(),
             ball: None,
             ball_spawned: false,
             ball_state: [0.0; BALL_WIDTH],
             ball_prev: None,
             seconds_remaining: 0.0,
             next_serial: 0,
-            pris: HashMap::new(),
+            pris: Pris::default(),
             rows: Vec::new(),
             // Before net version 5 rigid bodies are sent in whole uu (boxcars divides by 100)
             // and velocities in tenths; before 7 the rotation is a compressed (pitch, yaw, roll).
@@ -357,30 +379,34 @@ impl<'r> Walker<'r> {
             .linear_velocity
             .map(|v| [v.x * vel_scale, v.y * vel_scale, v.z * vel_scale])
             .unwrap_or([0.0; 3]);
-        let q = rb.rotation;
-        let rot = if self.legacy_rotation {
+        Body {
+            pos: [l.x * pos_scale, l.y * pos_scale, l.z * pos_scale],
+            vel,
+            rotation: rb.rotation,
+            sleeping: rb.sleeping,
+        }
+    }
+
+    /// roll, pitch, yaw (radians) of a body: rotation = Rz(yaw)·Ry(pitch)·Rx(roll).
+    fn rotation(&self, body: &Body) -> [f32; 3] {
+        let q = body.rotation;
+        if self.legacy_rotation {
             // compressed (pitch, yaw, roll) / pi; the legacy roll sign is flipped.
             let [x, y, z, w] = rpy_to_quat(-q.z * PI, q.x * PI, q.y * PI);
             quat_to_rpy(x, y, z, w)
         } else {
             quat_to_rpy(q.x, q.y, q.z, q.w)
-        };
-        Body {
-            pos: [l.x * pos_scale, l.y * pos_scale, l.z * pos_scale],
-            vel,
-            rot,
-            sleeping: rb.sleeping,
         }
     }
 
     fn pri_serial(&self, car: &Actor) -> Option<u32> {
         let pri = self.actor(car.pri?)?;
-        self.pris.contains_key(&pri.serial).then_some(pri.serial)
+        self.pris.get(pri.serial).is_some().then_some(pri.serial)
     }
 
     fn car_team(&self, car: &Actor) -> Option<(u32, u8)> {
         let serial = self.pri_serial(car)?;
-        Some((serial, self.pris[&serial].team?))
+        Some((serial, self.pris.get(serial)?.team?))
     }
 
     fn nearest_cars(&self, time: f32, ball: [f32; 3]) -> NearestByTeam {
@@ -423,6 +449,7 @@ impl<'r> Walker<'r> {
         self.next_serial += 1;
         match kind {
             Kind::Car => self.cars.push(id),
+            Kind::Component(Some(Comp::Boost)) => self.boosts.push(id),
             Kind::Ball if self.ball.is_none() => {
                 self.ball = Some(id);
                 self.ball_spawned = true;
@@ -440,8 +467,10 @@ impl<'r> Walker<'r> {
         let Some(actor) = self.actors.get_mut(id as usize).and_then(Option::take) else {
             return;
         };
-        if actor.kind == Kind::Car {
-            self.cars.retain(|&c| c != id);
+        match actor.kind {
+            Kind::Car => self.cars.retain(|&c| c != id),
+            Kind::Component(Some(Comp::Boost)) => self.boosts.retain(|&c| c != id),
+            _ => {}
         }
         if self.ball == Some(id) {
             // The ball keeps its last state in the frames until the next one spawns.
@@ -455,7 +484,7 @@ impl<'r> Walker<'r> {
         if attr == Attr::Ignore {
             return;
         }
-        let Some(kind) = self.actor(id).map(|a| a.kind) else {
+        let Some((kind, serial)) = self.actor(id).map(|a| (a.kind, a.serial)) else {
             return;
         };
         match (attr, attribute) {
@@ -465,9 +494,8 @@ impl<'r> Walker<'r> {
                     self.cars.push(id);
                 }
                 let pri = link.active.then_some(link.actor.0);
-                if let Some(pri_actor) = pri.and_then(|p| self.actor(p)) {
-                    let serial = pri_actor.serial;
-                    self.pris.entry(serial).or_default();
+                if let Some(pri_serial) = pri.and_then(|p| self.actor(p)).map(|a| a.serial) {
+                    self.pris.entry(pri_serial);
                 }
                 if let Some(car) = self.actor_mut(id) {
                     if car.kind == Kind::Other {
@@ -482,20 +510,20 @@ impl<'r> Walker<'r> {
                     _ => None,
                 };
                 if let Some(team) = team {
-                    self.pri_info(id).team = Some(team);
+                    self.pris.entry(serial).team = Some(team);
                 }
             }
             (Attr::PriName, Attribute::String(name)) => {
-                self.pri_info(id).name = Some(name.clone());
+                self.pris.entry(serial).name = Some(name.clone());
             }
             (Attr::PriUniqueId, Attribute::UniqueId(unique)) => {
                 if let Some((key, platform_id)) = unique_key(unique) {
-                    let info = self.pri_info(id);
+                    let info = self.pris.entry(serial);
                     info.key = Some(key);
                     info.platform_id = Some(platform_id);
                 }
             }
-            (Attr::PriBot, Attribute::Boolean(bot)) => self.pri_info(id).bot = *bot,
+            (Attr::PriBot, Attribute::Boolean(bot)) => self.pris.entry(serial).bot = *bot,
             (Attr::CompVehicle, Attribute::ActiveActor(link)) => self.link_component(id, link),
             (Attr::CompActive, Attribute::Byte(active)) => {
                 if let Some(comp) = self.actor_mut(id) {
@@ -511,7 +539,6 @@ impl<'r> Walker<'r> {
             }
             (Attr::TeamScore, Attribute::Int(score)) => {
                 if let Kind::Team(team) = kind {
-                    let serial = self.actor(id).map_or(0, |a| a.serial);
                     let previous = self.scores.insert(serial, *score).unwrap_or(0);
                     for _ in previous..*score {
                         self.increments.push((time, team));
@@ -544,11 +571,6 @@ impl<'r> Walker<'r> {
         }
     }
 
-    fn pri_info(&mut self, id: i32) -> &mut PriInfo {
-        let serial = self.actor(id).map_or(u32::MAX, |a| a.serial);
-        self.pris.entry(serial).or_default()
-    }
-
     fn link_component(&mut self, id: i32, link: &boxcars::ActiveActor) {
         let Some(comp) = self.actor_mut(id) else {
             return;
@@ -564,11 +586,14 @@ impl<'r> Walker<'r> {
     }
 
     fn set_boost(&mut self, id: i32, amount: u8) {
-        if let Some(comp) = self.actor_mut(id) {
-            if matches!(comp.kind, Kind::Component(_) | Kind::Other) {
-                comp.kind = Kind::Component(Some(Comp::Boost));
-            }
-            comp.boost = Some(f32::from(amount));
+        let Some(comp) = self.actor_mut(id) else {
+            return;
+        };
+        comp.boost = Some(f32::from(amount));
+        let boost = Kind::Component(Some(Comp::Boost));
+        if comp.kind != boost && matches!(comp.kind, Kind::Component(_) | Kind::Other) {
+            comp.kind = boost;
+            self.boosts.push(id);
         }
     }
 
@@ -622,8 +647,11 @@ impl<'r> Walker<'r> {
         if dt <= 0.0 {
             return;
         }
-        for actor in self.actors.iter_mut().flatten() {
-            if actor.active && actor.kind == Kind::Component(Some(Comp::Boost)) {
+        for &id in &self.boosts {
+            let Some(actor) = self.actors.get_mut(id as usize).and_then(Option::as_mut) else {
+                continue;
+            };
+            if actor.active {
                 let amount = actor.boost.unwrap_or(BOOST_DEFAULT_RAW);
                 actor.boost = Some((amount - dt * BOOST_DRAIN_RAW_PER_S).max(0.0));
             }
@@ -642,13 +670,14 @@ impl<'r> Walker<'r> {
         let jumping = [Comp::Jump, Comp::DoubleJump, Comp::Dodge]
             .into_iter()
             .any(|which| comp(which).is_some_and(|c| c.active));
+        let rot = self.rotation(body);
         [
             body.pos[0],
             body.pos[1],
             body.pos[2],
-            body.rot[0],
-            body.rot[1],
-            body.rot[2],
+            rot[0],
+            rot[1],
+            rot[2],
             body.vel[0],
             body.vel[1],
             body.vel[2],
@@ -799,19 +828,20 @@ fn player_key(serial: u32, info: &PriInfo) -> String {
 }
 
 /// Players = PRIs that drove a car, merged by identity; ordered team 0, team 1, first seen.
+/// Also returns each PRI's player index, by PRI serial (`None`: drove no car).
 fn players(
     rows: &[Row],
-    pris: &HashMap<u32, PriInfo>,
+    pris: &Pris,
     header: &Header,
-) -> Result<(Vec<Slot>, HashMap<u32, usize>), ExtractError> {
+) -> Result<(Vec<Slot>, Vec<Option<usize>>), ExtractError> {
     let mut slots: Vec<Slot> = Vec::new();
     let mut by_key: HashMap<String, usize> = HashMap::new();
-    let mut slot_of_pri: HashMap<u32, usize> = HashMap::new();
+    let mut slot_of_pri: Vec<Option<usize>> = vec![None; pris.0.len()];
     for row in rows {
-        if slot_of_pri.contains_key(&row.pri) {
+        if slot_of_pri[row.pri as usize].is_some() {
             continue;
         }
-        let info = &pris[&row.pri];
+        let info = pris.get(row.pri).expect("a row's PRI is known");
         let key = player_key(row.pri, info);
         let slot = *by_key.entry(key.clone()).or_insert_with(|| {
             slots.push(Slot {
@@ -824,11 +854,15 @@ fn players(
             });
             slots.len() - 1
         });
-        slot_of_pri.insert(row.pri, slot);
+        slot_of_pri[row.pri as usize] = Some(slot);
     }
-    // A player's team: the last team any of its PRIs was on, else the header's.
-    for (serial, &slot) in &slot_of_pri {
-        let info = &pris[serial];
+    // A player's team: that of its latest PRI (by spawn) that has one, else the header's.
+    let pri_slots = slot_of_pri
+        .iter()
+        .enumerate()
+        .filter_map(|(serial, slot)| Some((serial as u32, (*slot)?)));
+    for (serial, slot) in pri_slots {
+        let info = pris.get(serial).expect("a row's PRI is known");
         if let Some(team) = info.team {
             slots[slot].team = Some(team);
         }
@@ -859,7 +893,7 @@ fn players(
     }
     let index_of_pri = slot_of_pri
         .into_iter()
-        .map(|(pri, slot)| (pri, index_of_slot[slot]))
+        .map(|slot| slot.map(|s| index_of_slot[s]))
         .collect();
     let mut ordered: Vec<Option<Slot>> = slots.into_iter().map(Some).collect();
     let players = order
@@ -869,17 +903,23 @@ fn players(
     Ok((players, index_of_pri))
 }
 
+/// boxcars' decoding of the whole file, CRC checked, network data included: all `extract`
+/// needs from boxcars.
+pub fn decode(data: &[u8]) -> Result<Replay, ExtractError> {
+    boxcars::ParserBuilder::new(data)
+        .always_check_crc()
+        .must_parse_network_data()
+        .parse()
+        .map_err(|e| ExtractError::Decode(decode_message(&e)))
+}
+
 pub fn extract(data: &[u8], fps: f64) -> Result<Extracted, ExtractError> {
     if !(fps > 0.0 && fps <= 120.0) {
         return Err(ExtractError::Content(format!(
             "bad fps: {fps} (must be in (0, 120])"
         )));
     }
-    let replay = boxcars::ParserBuilder::new(data)
-        .always_check_crc()
-        .must_parse_network_data()
-        .parse()
-        .map_err(|e| ExtractError::Decode(decode_message(&e)))?;
+    let replay = decode(data)?;
     let header = header::read(&replay.properties);
     let frames: &[Frame] = replay
         .network_frames
@@ -912,14 +952,15 @@ pub fn extract(data: &[u8], fps: f64) -> Result<Extracted, ExtractError> {
         cell[DEMOLISHED] = 1.0;
     }
     for row in &walker.rows {
-        let at = (row.sample as usize * n_players + index_of_pri[&row.pri]) * CAR_WIDTH;
+        let player = index_of_pri[row.pri as usize].expect("a row's PRI is a player");
+        let at = (row.sample as usize * n_players + player) * CAR_WIDTH;
         cars[at..at + CAR_WIDTH].copy_from_slice(&row.values);
     }
     let t0 = walker.time[0];
     let mut touches: Vec<[i32; 2]> = touches::resolve(&walker.impulses, &walker.hits)
         .into_iter()
         .filter_map(|touch| {
-            let player = *index_of_pri.get(&touch.pri)?;
+            let player = (*index_of_pri.get(touch.pri as usize)?)?;
             let frame = ((touch.time - t0) * fps as f32).round() as i64;
             let frame = frame.clamp(0, n_frames as i64 - 1) as i32;
             Some([frame, player as i32])

@@ -1,7 +1,9 @@
-//! Python bindings: `rlimpact_native.extract(data, fps)` turns replay bytes into frames.
+//! Python bindings: `rlimpact_native.extract(data, fps)` turns replay bytes into frames;
+//! `rlimpact_native.decode_only(data)` only decodes them (what benchmarks compare against).
 //!
 //! Decoding is boxcars' (with the CRC check on); everything after that is in [`extractor`].
-//! Arrays cross into Python as little-endian bytes that numpy views without copying again.
+//! Arrays cross into Python as bytearrays of little-endian values, which numpy views (writable)
+//! without copying again.
 
 pub mod extractor;
 pub mod header;
@@ -12,7 +14,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList};
+use pyo3::types::{PyByteArray, PyDict, PyList};
 
 use crate::extractor::{ExtractError, Extracted};
 
@@ -35,18 +37,22 @@ create_exception!(
     "The file decodes but holds nothing to turn into frames."
 );
 
-fn f32_bytes<'py>(py: Python<'py>, values: &[f32]) -> Bound<'py, PyBytes> {
-    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    PyBytes::new(py, &bytes)
+/// The values' little-endian bytes, written straight into a new bytearray.
+fn le_bytearray<'py, T, const N: usize>(
+    py: Python<'py>,
+    values: &[T],
+    le_bytes: impl Fn(&T) -> [u8; N],
+) -> PyResult<Bound<'py, PyByteArray>> {
+    PyByteArray::new_with(py, values.len() * N, |buf| {
+        for (chunk, value) in buf.chunks_exact_mut(N).zip(values) {
+            chunk.copy_from_slice(&le_bytes(value));
+        }
+        Ok(())
+    })
 }
 
-fn i32_bytes<'py>(py: Python<'py>, values: &[[i32; 2]]) -> Bound<'py, PyBytes> {
-    let bytes: Vec<u8> = values
-        .iter()
-        .flatten()
-        .flat_map(|v| v.to_le_bytes())
-        .collect();
-    PyBytes::new(py, &bytes)
+fn f32_bytes<'py>(py: Python<'py>, values: &[f32]) -> PyResult<Bound<'py, PyByteArray>> {
+    le_bytearray(py, values, |v| v.to_le_bytes())
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
@@ -61,11 +67,12 @@ fn to_dict<'py>(py: Python<'py>, out: &Extracted) -> PyResult<Bound<'py, PyDict>
     let dict = PyDict::new(py);
     dict.set_item("n_frames", out.n_frames)?;
     dict.set_item("n_players", out.players.len())?;
-    dict.set_item("time", f32_bytes(py, &out.time))?;
-    dict.set_item("seconds_remaining", f32_bytes(py, &out.seconds_remaining))?;
-    dict.set_item("ball", f32_bytes(py, &out.ball))?;
-    dict.set_item("cars", f32_bytes(py, &out.cars))?;
-    dict.set_item("touches", i32_bytes(py, &out.touches))?;
+    dict.set_item("time", f32_bytes(py, &out.time)?)?;
+    dict.set_item("seconds_remaining", f32_bytes(py, &out.seconds_remaining)?)?;
+    dict.set_item("ball", f32_bytes(py, &out.ball)?)?;
+    dict.set_item("cars", f32_bytes(py, &out.cars)?)?;
+    let touches = out.touches.as_flattened();
+    dict.set_item("touches", le_bytearray(py, touches, |v| v.to_le_bytes())?)?;
     let players = PyList::empty(py);
     for p in &out.players {
         players.append((&p.name, p.team, &p.platform_id, p.is_bot))?;
@@ -84,18 +91,13 @@ fn to_dict<'py>(py: Python<'py>, out: &Extracted) -> PyResult<Bound<'py, PyDict>
     Ok(dict)
 }
 
-/// Decode a replay and resample it at `fps`.
-///
-/// Returns a dict: `n_frames`, `n_players`; little-endian bytes `time` f32[T],
-/// `seconds_remaining` f32[T], `ball` f32[T, 6], `cars` f32[T, P, 12], `touches` i32[K, 2];
-/// `players` [(name, team, platform_id, is_bot)], `goals` [(time, team, scorer, source)],
-/// `header_goals`, `team_size`, `network_frames`, `map_name` (or None), `mode_objects` [str].
-/// Raises `DecodeError` or `ContentError`.
-#[pyfunction]
-fn extract<'py>(py: Python<'py>, data: &[u8], fps: f64) -> PyResult<Bound<'py, PyDict>> {
-    let result = py.detach(|| catch_unwind(AssertUnwindSafe(|| extractor::extract(data, fps))));
-    match result {
-        Ok(Ok(out)) => to_dict(py, &out),
+/// Runs `work` without the GIL; its errors and panics become `DecodeError` or `ContentError`.
+fn without_gil<T: Send>(
+    py: Python<'_>,
+    work: impl FnOnce() -> Result<T, ExtractError> + Send,
+) -> PyResult<T> {
+    match py.detach(|| catch_unwind(AssertUnwindSafe(work))) {
+        Ok(Ok(out)) => Ok(out),
         Ok(Err(ExtractError::Decode(message))) => Err(DecodeError::new_err(message)),
         Ok(Err(ExtractError::Content(message))) => Err(ContentError::new_err(message)),
         Err(payload) => Err(DecodeError::new_err(format!(
@@ -105,10 +107,35 @@ fn extract<'py>(py: Python<'py>, data: &[u8], fps: f64) -> PyResult<Bound<'py, P
     }
 }
 
+/// Decode a replay and resample it at `fps`.
+///
+/// Returns a dict: `n_frames`, `n_players`; bytearrays of little-endian `time` f32[T],
+/// `seconds_remaining` f32[T], `ball` f32[T, 6], `cars` f32[T, P, 12], `touches` i32[K, 2];
+/// `players` [(name, team, platform_id, is_bot)], `goals` [(time, team, scorer, source)],
+/// `header_goals`, `team_size`, `network_frames`, `map_name` (or None), `mode_objects` [str].
+/// Raises `DecodeError` or `ContentError`.
+#[pyfunction]
+fn extract<'py>(py: Python<'py>, data: &[u8], fps: f64) -> PyResult<Bound<'py, PyDict>> {
+    let out = without_gil(py, || extractor::extract(data, fps))?;
+    to_dict(py, &out)
+}
+
+/// Decode a replay as `extract` does (boxcars, CRC checked, network data required) and do
+/// nothing else: the floor of `extract`'s cost, for benchmarks. Returns the number of network
+/// frames. Raises `DecodeError`.
+#[pyfunction]
+fn decode_only(py: Python<'_>, data: &[u8]) -> PyResult<usize> {
+    without_gil(py, || {
+        let replay = extractor::decode(data)?;
+        Ok(replay.network_frames.map_or(0, |n| n.frames.len()))
+    })
+}
+
 #[pymodule]
 fn rlimpact_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_function(wrap_pyfunction!(extract, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_only, m)?)?;
     m.add("ReplayError", py.get_type::<ReplayError>())?;
     m.add("DecodeError", py.get_type::<DecodeError>())?;
     m.add("ContentError", py.get_type::<ContentError>())?;

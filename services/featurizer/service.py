@@ -13,7 +13,7 @@ from services.featurizer.dataset import write_features
 from services.featurizer.features import FEATURE_SCHEMA_VERSION, featurize
 from shared import db
 from shared.events import FEATURES_READY, FRAMES_PARSED, FeaturesReady, FramesParsed
-from shared.frames import ParsedReplay
+from shared.frames import ParsedReplay, frames_suffix
 from shared.kafka import consume
 from shared.service import ServiceContext, run_service
 from shared.storage import BlobOutsideStore, BlobStore, open_blob_store
@@ -46,7 +46,8 @@ def check_frames(event: FramesParsed, store: BlobStore, status: str | None) -> s
     if status is None:
         return f"replay {event.replay_id[:12]} is not a known replay"
     try:
-        store.expect(event.frames_uri, "frames", event.replay_id, ".npz")
+        suffix = frames_suffix(event.frames_uri)  # frames files written before are still read
+        store.expect(event.frames_uri, "frames", event.replay_id, suffix)
     except BlobOutsideStore as error:
         return str(error)
     return None

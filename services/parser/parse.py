@@ -64,9 +64,11 @@ def parse_replay_bytes(data: bytes, replay_id: str, fps: float = 10.0) -> Parsed
     return _to_parsed(replay_id, fps, out)
 
 
-def _array(raw: bytes, dtype: str, *shape: int) -> np.ndarray:
-    """A writable native-endian array from the extension's little-endian bytes."""
-    return np.frombuffer(raw, dtype=dtype).reshape(shape).astype(dtype[1:])
+def _array(raw: bytearray, dtype: str, *shape: int) -> np.ndarray:
+    """A writable native-endian array of the extension's little-endian bytes (no copy on a
+    little-endian machine)."""
+    array = np.frombuffer(raw, dtype=dtype).reshape(shape)
+    return array if array.dtype.isnative else array.astype(array.dtype.newbyteorder("="))
 
 
 def _to_parsed(replay_id: str, fps: float, out: dict) -> ParsedReplay:

@@ -26,6 +26,7 @@ from shared.events import (
     FramesParsed,
     ReplayUploaded,
 )
+from shared.frames import FRAMES_SUFFIX
 from shared.kafka import consume
 from shared.service import ServiceContext, run_service
 from shared.settings import ValidationRules
@@ -84,11 +85,11 @@ def parse_to_store(
         raise ReplayParseError(f"refused: {error}") from error
     except FileNotFoundError as error:
         raise ReplayParseError(f"the stored replay is missing: {error}") from error
-    with store.writer("frames", replay_id, ".npz") as tmp:
+    with store.writer("frames", replay_id, FRAMES_SUFFIX) as tmp:
         parsed.save(tmp)
     return FramesParsed(
         replay_id=replay_id,
-        frames_uri=store.uri_for("frames", replay_id, ".npz"),
+        frames_uri=store.uri_for("frames", replay_id, FRAMES_SUFFIX),
         n_frames=parsed.n_frames,
         fps=fps,
         team_size=parsed.team_size,

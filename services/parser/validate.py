@@ -73,25 +73,32 @@ def finite_values(replay: ParsedReplay, _: ValidationRules) -> str | None:
         "ball": replay.ball,
         "cars": replay.cars,
     }
-    bad = {name: int(np.size(a) - np.isfinite(a).sum()) for name, a in arrays.items()}
+    # A finite sum means no NaN or Inf (they propagate); count only when the sum is not finite.
+    suspect = {name: a for name, a in arrays.items() if not np.isfinite(np.sum(a))}
+    bad = {name: int(np.size(a) - np.isfinite(a).sum()) for name, a in suspect.items()}
     bad = {name: n for name, n in bad.items() if n}
     if bad:
         return "non-finite values (NaN/Inf) in " + ", ".join(f"{k} ({n})" for k, n in bad.items())
     return None
 
 
-def arena_bounds(replay: ParsedReplay, rules: ValidationRules) -> str | None:
-    ball = replay.ball[:, [BALL_FIELD["x"], BALL_FIELD["y"], BALL_FIELD["z"]]]
-    present = replay.cars[:, :, PLAYER_FIELD["demolished"]] == 0
-    cars = replay.cars[present][:, [PLAYER_FIELD["x"], PLAYER_FIELD["y"], PLAYER_FIELD["z"]]]
-    positions = np.concatenate([ball, cars])
-    outside = (
-        (np.abs(positions[:, 0]) > rules.arena_half_width)
-        | (np.abs(positions[:, 1]) > rules.arena_half_length)
-        | (positions[:, 2] < rules.arena_min_z)
-        | (positions[:, 2] > rules.arena_max_z)
+def _outside_arena(rows: np.ndarray, field: dict[str, int], rules: ValidationRules) -> np.ndarray:
+    """Whether each position (``field`` names the x, y, z of the last axis) lies outside the box."""
+    z = rows[..., field["z"]]
+    return (
+        (np.abs(rows[..., field["x"]]) > rules.arena_half_width)
+        | (np.abs(rows[..., field["y"]]) > rules.arena_half_length)
+        | (z < rules.arena_min_z)
+        | (z > rules.arena_max_z)
     )
-    share = float(outside.mean()) if len(outside) else 0.0
+
+
+def arena_bounds(replay: ParsedReplay, rules: ValidationRules) -> str | None:
+    present = replay.cars[:, :, PLAYER_FIELD["demolished"]] == 0
+    outside = int(_outside_arena(replay.ball, BALL_FIELD, rules).sum())
+    outside += int((_outside_arena(replay.cars, PLAYER_FIELD, rules) & present).sum())
+    positions = replay.n_frames + int(present.sum())
+    share = outside / positions if positions else 0.0
     if share > rules.max_out_of_bounds_fraction:
         return (
             f"{share:.1%} of ball and car positions lie outside the arena box, more than "

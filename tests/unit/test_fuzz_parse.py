@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from services.parser.parse import ReplayParseError
 from services.parser.service import parse_to_store
 from services.parser.workers import WorkerPool
+from shared.frames import FRAMES_SUFFIX
 from shared.settings import ValidationRules
 from shared.storage import FileBlobStore
 from tests.support.replay_bytes import seal, split
@@ -119,4 +120,4 @@ def test_mutated_replays_end_in_frames_or_a_clean_rejection(originals, pool, wor
     assert sum(outcomes.values()) >= EXAMPLES
     good = originals[0]
     assert _outcome(pool, workspace, good) == "parsed", "the pool still parses"
-    assert workspace.path_for("frames", hashlib.sha256(good).hexdigest(), ".npz").exists()
+    assert workspace.path_for("frames", hashlib.sha256(good).hexdigest(), FRAMES_SUFFIX).exists()

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
+import rlimpact_native
 
 from services.parser.parse import (
     EXTRACTION_RULES,
@@ -17,7 +20,15 @@ from services.parser.parse import (
     parse_replay_file,
 )
 from services.parser.validate import violations
-from shared.frames import BALL_FIELD, PLAYER_FIELD, ParsedReplay
+from shared.frames import (
+    BALL_FIELD,
+    FRAMES_COMPRESSION,
+    FRAMES_FORMAT_VERSION,
+    FRAMES_SUFFIX,
+    PLAYER_FIELD,
+    ParsedReplay,
+    save_npz,
+)
 from shared.scope import in_scope
 from shared.settings import ValidationRules, get_settings
 
@@ -244,16 +255,65 @@ def test_most_goals_follow_a_touch_by_the_scoring_team(parsed):
     assert goals >= 800 and followed / goals > 0.85  # own goals are the rest
 
 
-def test_frames_file_round_trips(standard: ParsedReplay, tmp_path: Path):
-    standard.save(tmp_path / "frames.npz")
-    loaded = ParsedReplay.load(tmp_path / "frames.npz")
-    assert loaded.players == standard.players and loaded.goals == standard.goals
-    np.testing.assert_array_equal(loaded.cars, standard.cars)
-    np.testing.assert_array_equal(loaded.ball, standard.ball)
-    np.testing.assert_array_equal(loaded.touches, standard.touches)
+def _assert_same_replay(loaded: ParsedReplay, original: ParsedReplay) -> None:
+    assert loaded.players == original.players and loaded.goals == original.goals
+    assert (loaded.replay_id, loaded.fps, loaded.team_size) == (
+        original.replay_id,
+        original.fps,
+        original.team_size,
+    )
+    for name in ("time", "seconds_remaining", "ball", "cars", "touches"):
+        mine, theirs = getattr(loaded, name), getattr(original, name)
+        assert mine.dtype == theirs.dtype and mine.shape == theirs.shape, name
+        assert mine.tobytes() == theirs.tobytes(), name
     assert loaded.touches.dtype == np.int32 and len(loaded.touches) > 10
-    assert (loaded.map_name, loaded.game_mode) == (standard.map_name, standard.game_mode)
-    assert standard.map_name and standard.game_mode
+    assert (loaded.map_name, loaded.game_mode) == (original.map_name, original.game_mode)
+    assert original.map_name and original.game_mode
+
+
+@pytest.mark.parametrize("compression", [FRAMES_COMPRESSION, None, "zstd"])
+def test_frames_file_round_trips(standard: ParsedReplay, tmp_path: Path, compression):
+    path = tmp_path / f"frames{FRAMES_SUFFIX}"
+    standard.save(path, compression)
+    _assert_same_replay(ParsedReplay.load(path), standard)
+
+
+def test_frames_file_is_an_arrow_table_with_a_row_per_frame(standard: ParsedReplay, tmp_path):
+    path = tmp_path / f"frames{FRAMES_SUFFIX}"
+    standard.save(path)
+    table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+    assert table.column_names == ["time", "seconds_remaining", "ball", "cars"]
+    assert table.num_rows == standard.n_frames
+    assert table.schema.field("cars").type == pa.list_(
+        pa.float32(), len(standard.players) * len(PLAYER_FIELD)
+    )
+    header = json.loads(table.schema.metadata[b"rlimpact.frames"])
+    assert header["format_version"] == FRAMES_FORMAT_VERSION == 3
+    assert header["touches"] == standard.touches.tolist()
+
+
+def test_frames_files_of_format_2_are_still_read(standard: ParsedReplay, tmp_path: Path):
+    save_npz(standard, tmp_path / "frames.npz")
+    _assert_same_replay(ParsedReplay.load(tmp_path / "frames.npz"), standard)
+
+
+def test_a_file_that_is_no_frames_file_is_a_value_error(tmp_path: Path):
+    (tmp_path / "junk").write_bytes(b"not a frames file" * 10)
+    with pytest.raises(ValueError, match="not a frames file"):
+        ParsedReplay.load(tmp_path / "junk")
+    other = tmp_path / "other.arrow"
+    with pa.OSFile(str(other), "wb") as sink, pa.ipc.new_file(sink, pa.schema([])) as writer:
+        writer.write_table(pa.table({}))
+    with pytest.raises(ValueError, match="without a frames header"):
+        ParsedReplay.load(other)
+
+
+def test_decode_only_decodes_what_extract_decodes(standard_replay, standard: ParsedReplay):
+    data = standard_replay.path.read_bytes()
+    assert rlimpact_native.decode_only(data) == rlimpact_native.extract(data, FPS)["network_frames"]
+    for damaged in (data[: len(data) // 2], b"\x00" * 10):
+        with pytest.raises(rlimpact_native.DecodeError):
+            rlimpact_native.decode_only(damaged)
 
 
 def test_arena_and_game_mode_come_from_the_replay(corpus):

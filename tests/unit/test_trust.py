@@ -13,6 +13,7 @@ from services.featurizer.service import check_frames, featurize_to_store
 from services.parser.parse import ReplayParseError
 from services.parser.service import ContentMismatch, check_upload, parse_to_store
 from shared.events import FramesParsed, ReplayUploaded
+from shared.frames import FRAMES_SUFFIX, LEGACY_FRAMES_SUFFIX
 from shared.settings import Settings, ValidationRules
 from shared.storage import (
     BlobOutsideStore,
@@ -133,7 +134,7 @@ def test_the_parser_reads_nothing_outside_the_store(store: FileBlobStore):
     replay_id = hashlib.sha256(b"").hexdigest()
     with pytest.raises(ReplayParseError, match=r"refused:.*outside the blob store"):
         parse_to_store("file:///etc/passwd", replay_id, 10.0, store, RULES)
-    assert not list(store.root.rglob("*.npz"))
+    assert not list(store.root.rglob(f"*{FRAMES_SUFFIX}"))
 
 
 def test_bytes_that_do_not_hash_to_the_replay_id_are_refused(store: FileBlobStore, two):
@@ -142,7 +143,7 @@ def test_bytes_that_do_not_hash_to_the_replay_id_are_refused(store: FileBlobStor
     uri = store.put_file("replays", first.sha256, ".replay", second.path)
     with pytest.raises(ContentMismatch, match="not to the replay id"):
         parse_to_store(uri, first.sha256, 10.0, store, RULES)
-    assert not store.exists(store.uri_for("frames", first.sha256, ".npz"))
+    assert not store.exists(store.uri_for("frames", first.sha256, FRAMES_SUFFIX))
 
 
 def test_another_files_event_never_replaces_a_stored_replays_frames(store: FileBlobStore, two):
@@ -150,7 +151,7 @@ def test_another_files_event_never_replaces_a_stored_replays_frames(store: FileB
     uri_first = store.put_file("replays", first.sha256, ".replay", first.path)
     uri_second = store.put_file("replays", second.sha256, ".replay", second.path)
     parsed = parse_to_store(uri_first, first.sha256, 10.0, store, RULES)
-    frames = store.path_for("frames", first.sha256, ".npz")
+    frames = store.path_for("frames", first.sha256, FRAMES_SUFFIX)
     before = frames.read_bytes()
     # The forged event: the first replay's id, the second file. The service refuses it on the
     # stored URI; the worker itself refuses the bytes.
@@ -173,10 +174,12 @@ def _frames_event(replay_id: str, frames_uri: str) -> FramesParsed:
 
 def test_the_featurizer_takes_only_the_frames_stored_for_the_replay(store: FileBlobStore):
     mine, other = "aa" * 32, "bb" * 32
-    own = store.uri_for("frames", mine, ".npz")
+    own = store.uri_for("frames", mine, FRAMES_SUFFIX)
     assert check_frames(_frames_event(mine, own), store, "parsed") is None
+    legacy = store.uri_for("frames", mine, LEGACY_FRAMES_SUFFIX)  # stored before format 3
+    assert check_frames(_frames_event(mine, legacy), store, "parsed") is None
     assert "not a known replay" in (check_frames(_frames_event(mine, own), store, None) or "")
-    for uri in (store.uri_for("frames", other, ".npz"), "file:///etc/passwd"):
+    for uri in (store.uri_for("frames", other, FRAMES_SUFFIX), "file:///etc/passwd"):
         assert "not the stored frames blob" in (
             check_frames(_frames_event(mine, uri), store, "parsed") or ""
         )
@@ -187,7 +190,10 @@ def test_a_frames_file_of_another_replay_is_not_featurized_as_this_one(store: Fi
     uri = store.put_file("replays", second.sha256, ".replay", second.path)
     parsed = parse_to_store(uri, second.sha256, 10.0, store, RULES)
     misplaced = store.put_file(
-        "frames", first.sha256, ".npz", store.path_for("frames", second.sha256, ".npz")
+        "frames",
+        first.sha256,
+        FRAMES_SUFFIX,
+        store.path_for("frames", second.sha256, FRAMES_SUFFIX),
     )
     with pytest.raises(ValueError, match="frames file is replay"):
         featurize_to_store(
