@@ -1,4 +1,8 @@
-"""Process scaffolding for a service: logging, /metrics, database, topics, graceful stop."""
+"""Process scaffolding for a service: logging, /metrics, database, topics, graceful stop.
+
+Start-up waits for its dependencies: a Postgres or Kafka that is not up yet (or restarting) is
+retried with backoff (:mod:`shared.retry`), so no service exits because one is down.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +13,20 @@ import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import asyncpg
 
 from shared import db, metrics
 from shared.events import REPLAY_FAILED, ReplayFailed, Stage
-from shared.kafka import EventProducer, ensure_topics, event_producer
+from shared.kafka import EventProducer, FailReplay, ensure_topics, event_producer
+from shared.retry import RateLimit, RetryPolicy, retry_transient
 from shared.settings import Settings, get_settings
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+LIBRARY_LOG_WINDOW_SECONDS = 10.0
+LIBRARY_LOG_BURST = 5
 
 
 @dataclass
@@ -35,11 +46,16 @@ class ServiceContext:
         uri: str | None = None,
         rule: str | None = None,
     ) -> None:
-        """Dead-letter a replay: ``failed`` in Postgres and a ``replay.failed`` event."""
+        """Dead-letter a replay: ``failed`` in Postgres and a ``replay.failed`` event; both wait
+        for their dependency if it is down."""
         metrics.ERRORS.labels(self.name, error_type).inc()
         logging.getLogger(self.name).warning("failed %s: %s", replay_id[:12], reason)
-        async with self.pool.acquire() as conn:
-            await db.set_status(conn, replay_id, stage, "failed", reason)
+
+        async def record() -> None:
+            async with self.pool.acquire() as conn:
+                await db.set_status(conn, replay_id, stage, "failed", reason)
+
+        await self.retry(record, f"marking {replay_id[:12]} failed")
         await self.producer.send(
             REPLAY_FAILED,
             ReplayFailed(
@@ -50,6 +66,20 @@ class ServiceContext:
                 uri=uri,
                 rule=rule,
             ),
+        )
+
+    def replay_failer(self, stage: Stage) -> FailReplay:
+        """For :func:`shared.kafka.consume`: what marks a replay of this stage failed."""
+
+        async def fail(replay_id: str, reason: str, error_type: str) -> None:
+            await self.fail_replay(replay_id, stage, reason, error_type)
+
+        return fail
+
+    async def retry(self, operation: Callable[[], Awaitable[T]], what: str) -> T:
+        """``operation()``, waiting with backoff while a dependency is down."""
+        return await retry_transient(
+            operation, f"{self.name}: {what}", RetryPolicy.of(self.settings), log, self.stop
         )
 
 
@@ -65,23 +95,41 @@ def run_service(
     if latency_bound:
         gc.freeze()
         gc.set_threshold(20_000, 20, 20)
-    logging.basicConfig(
-        level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(name)
     settings = get_settings()
     metrics.serve(name, settings.metrics_host, settings.metrics_port(name))
     asyncio.run(_main(name, settings, body))
 
 
+def configure_logging(name: str) -> None:
+    """INFO for the services' own loggers; aiokafka's own retry chatter while the broker is
+    down (a line per reconnect attempt of every client) only as warnings, at most a few a
+    second (the services log each outage themselves)."""
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    limit = RateLimit("aiokafka", LIBRARY_LOG_WINDOW_SECONDS, LIBRARY_LOG_BURST)
+    for handler in logging.getLogger().handlers:  # a logger's own filters skip its children
+        handler.addFilter(limit)
+
+
 @asynccontextmanager
 async def service_context(name: str, settings: Settings) -> AsyncIterator[ServiceContext]:
-    """Database (migrated), topics (created) and a producer: what a service or the CLI needs."""
-    pool = await db.connect(settings)
+    """Database (migrated), topics (created) and a producer: what a service or the CLI needs.
+    Each waits, with backoff, until its dependency is up."""
+    policy = RetryPolicy.of(settings)
+    stop = asyncio.Event()
+
+    async def wait_for(operation: Callable[[], Awaitable[T]], what: str) -> T:
+        return await retry_transient(operation, f"{name}: {what}", policy, log, stop)
+
+    pool = await wait_for(lambda: db.connect(settings), "connecting to Postgres")
     try:
-        await db.migrate(pool)
-        await ensure_topics(settings)
-        async with event_producer(settings, name) as producer:
-            yield ServiceContext(name, settings, pool, producer, asyncio.Event())
+        await wait_for(lambda: db.migrate(pool), "migrating Postgres")
+        await wait_for(lambda: ensure_topics(settings), "creating the Kafka topics")
+        async with event_producer(settings, name, stop=stop) as producer:
+            yield ServiceContext(name, settings, pool, producer, stop)
     finally:
         await pool.close()
 

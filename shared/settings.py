@@ -68,6 +68,15 @@ class Settings(BaseSettings):
     watch_interval_seconds: float = 1.0
     model_poll_seconds: float = 2.0
     consumer_group_prefix: str = "rlimpact"
+    # Which instance of a service this process is (0, 1, …): the scorer's Kafka transactional
+    # id, so a restarted scorer fences the one it replaces.
+    instance: int = Field(0, ge=0)
+
+    # A dependency that is down (Postgres, Kafka, the blob store, S3) is waited for: the same
+    # work is retried with exponential backoff from retry_base_seconds, capped at
+    # retry_max_seconds and jittered, for as long as the outage lasts.
+    retry_base_seconds: float = Field(0.5, gt=0)
+    retry_max_seconds: float = Field(10.0, gt=0)
 
     # S3-compatible bucket source: the ingestor takes in new objects under s3_prefix (off while
     # s3_bucket is unset); `rlimpact upload` puts files under s3_upload_prefix. deploy/minio.sh

@@ -12,6 +12,7 @@ from shared import db
 from shared.events import FEATURES_READY, FRAMES_PARSED, FeaturesReady, FramesParsed
 from shared.frames import ParsedReplay
 from shared.kafka import consume
+from shared.retry import is_transient
 from shared.service import ServiceContext, run_service
 from shared.storage import BlobStore, uri_to_path
 
@@ -42,6 +43,8 @@ async def run(ctx: ServiceContext) -> None:
                 featurize_to_store, event, ctx.settings.horizon_seconds, ctx.settings.blob_dir
             )
         except (OSError, ValueError) as error:  # missing/corrupt frames file, bad contents
+            if is_transient(error):  # the blob store is down, not the replay bad: wait
+                raise
             reason = f"cannot featurize: {error}"
             await ctx.fail_replay(event.replay_id, "featurize", reason, type(error).__name__)
             return
@@ -53,7 +56,14 @@ async def run(ctx: ServiceContext) -> None:
         log.info("featurized %s", event.replay_id[:12])
 
     await consume(
-        ctx.settings, NAME, FRAMES_PARSED, FramesParsed, handle, ctx.producer, stop=ctx.stop
+        ctx.settings,
+        NAME,
+        FRAMES_PARSED,
+        FramesParsed,
+        handle,
+        ctx.producer,
+        stop=ctx.stop,
+        fail_replay=ctx.replay_failer("featurize"),
     )
 
 

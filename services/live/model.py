@@ -17,10 +17,10 @@ import asyncpg
 from services.live.state import ScoringModel
 from services.scorer.score import ImpactModel, ModelSchemaError
 from shared import db, metrics
+from shared.registry import DEFAULT_MODEL_FILE
 from shared.settings import Settings
 from shared.storage import sha256_file, uri_to_path
 
-DEFAULT_MODEL_FILE = "impact.onnx"
 log = logging.getLogger(__name__)
 
 
