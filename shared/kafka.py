@@ -417,9 +417,7 @@ async def committed_records_since(
         stop,
     )
     try:
-        await consumer.topics()  # fetches the metadata: the topic's partitions
-        partitions = consumer.partitions_for_topic(topic.name) or set()
-        tps = [TopicPartition(topic.name, p) for p in sorted(partitions)]
+        tps = [TopicPartition(topic.name, p) for p in range(topic.partitions)]
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)  # the last stable offsets (read_committed)
         starts = await consumer.offsets_for_times({tp: int(since.timestamp() * 1000) for tp in tps})

@@ -87,10 +87,10 @@ def is_transient(error: BaseException) -> bool:
     again later; False when it belongs to the work itself (bad data, a bug, a missing file)."""
     if isinstance(error, BaseExceptionGroup):
         return any(is_transient(inner) for inner in error.exceptions)
-    return _is_transient_itself(error)
+    return _is_transient_one(error)
 
 
-def _is_transient_itself(error: BaseException) -> bool:
+def _is_transient_one(error: BaseException) -> bool:
     if isinstance(error, asyncpg.PostgresError):
         return (error.sqlstate or "")[:2] in TRANSIENT_SQLSTATE_CLASSES
     if isinstance(error, asyncpg.InterfaceError):
@@ -99,14 +99,14 @@ def _is_transient_itself(error: BaseException) -> bool:
         return not isinstance(error, ASYNCPG_CLIENT_ERRORS)
     if isinstance(error, kafka_errors.KafkaError):
         return isinstance(error, TRANSIENT_KAFKA) or error.retriable
-    if isinstance(error, TRANSIENT_HTTP | ServerError):
+    if isinstance(error, (*TRANSIENT_HTTP, ServerError)):
         return True
     if isinstance(error, S3Error):
         return error.code in TRANSIENT_S3_CODES
     if isinstance(error, ConnectionError | TimeoutError):
         return True
     if isinstance(error, OSError):
-        return not isinstance(error, PATH_ERRORS | PermissionError) and (
+        return not isinstance(error, (*PATH_ERRORS, PermissionError)) and (
             error.errno not in PATH_ERRNOS
         )
     return False
@@ -237,33 +237,53 @@ async def retry_transient(
 
 
 class RateLimit(logging.Filter):
-    """Lets at most ``burst`` records of the loggers under ``prefix`` through per
-    ``per_seconds`` window, per logger and message template; says how many it held back when
-    the next window lets one through. Records of other loggers pass."""
+    """For the loggers under ``prefixes`` (libraries that log every reconnect attempt): at
+    most ``burst`` records per ``per_seconds`` window, per logger and message template, each
+    on one line (a traceback becomes the error's one-line description); says how many were
+    held back when the next window lets one through. Records of other loggers pass as they are.
+    """
 
     def __init__(
         self,
-        prefix: str,
+        prefixes: tuple[str, ...],
         per_seconds: float,
         burst: int,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__()
-        self.prefix, self.per_seconds, self.burst, self.clock = prefix, per_seconds, burst, clock
+        self.prefixes, self.per_seconds, self.burst, self.clock = (
+            prefixes,
+            per_seconds,
+            burst,
+            clock,
+        )
         self._windows: dict[tuple[str, object], tuple[float, int, int]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not (record.name == self.prefix or record.name.startswith(f"{self.prefix}.")):
+        if not any(record.name == p or record.name.startswith(f"{p}.") for p in self.prefixes):
             return True
         key = (record.name, record.msg)
         now = self.clock()
         start, passed, held = self._windows.get(key, (now, 0, 0))
         if now - start >= self.per_seconds:
-            if held:
-                record.msg = f"{record.msg} ({held} like it held back)"
-            start, passed, held = now, 0, 0
-        if passed < self.burst:
-            self._windows[key] = (start, passed + 1, held)
-            return True
-        self._windows[key] = (start, passed, held + 1)
-        return False
+            start, passed, note, held = now, 0, held, 0
+        else:
+            note = 0
+        if passed >= self.burst:
+            self._windows[key] = (start, passed, held + 1)
+            return False
+        self._windows[key] = (start, passed + 1, held)
+        _one_line(record, note)
+        return True
+
+
+def _one_line(record: logging.LogRecord, held_back: int) -> None:
+    extra = ""
+    if record.exc_info and record.exc_info[1] is not None:
+        extra = ": " + describe(record.exc_info[1])
+        if record.args:  # the message is %-formatted with them: keep the text as it is
+            extra = extra.replace("%", "%%")
+        record.exc_info, record.exc_text = None, None
+    if held_back:
+        extra += f" ({held_back} like it held back)"
+    record.msg = f"{record.msg}{extra}"

@@ -25,8 +25,9 @@ from shared.settings import Settings, get_settings
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-LIBRARY_LOG_WINDOW_SECONDS = 10.0
-LIBRARY_LOG_BURST = 5
+CHATTY_LIBRARIES = ("aiokafka", "asyncpg")
+LIBRARY_LOG_WINDOW_SECONDS = 30.0
+LIBRARY_LOG_BURST = 3
 
 
 @dataclass
@@ -102,14 +103,16 @@ def run_service(
 
 
 def configure_logging(name: str) -> None:
-    """INFO for the services' own loggers; aiokafka's own retry chatter while the broker is
-    down (a line per reconnect attempt of every client) only as warnings, at most a few a
-    second (the services log each outage themselves)."""
+    """INFO for the services' own loggers. The libraries' own retry chatter while a broker
+    or database is down (a line, or a traceback, per reconnect attempt of every client) only
+    from warnings up, one line each, a few per minute: the services log each outage
+    themselves (:class:`shared.retry.OutageLog`)."""
     logging.basicConfig(
         level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s"
     )
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
-    limit = RateLimit("aiokafka", LIBRARY_LOG_WINDOW_SECONDS, LIBRARY_LOG_BURST)
+    for library in CHATTY_LIBRARIES:
+        logging.getLogger(library).setLevel(logging.WARNING)
+    limit = RateLimit(CHATTY_LIBRARIES, LIBRARY_LOG_WINDOW_SECONDS, LIBRARY_LOG_BURST)
     for handler in logging.getLogger().handlers:  # a logger's own filters skip its children
         handler.addFilter(limit)
 
