@@ -121,13 +121,22 @@ C = TypeVar("C", AIOKafkaConsumer, AIOKafkaProducer)
 
 
 async def started(
-    make: Callable[[], C], what: str, policy: RetryPolicy, stop: asyncio.Event | None = None
+    kind: type[C],
+    settings: Settings,
+    what: str,
+    policy: RetryPolicy,
+    stop: asyncio.Event | None,
+    *topics: str,
+    **options: Any,
 ) -> C:
-    """A started Kafka client; while Kafka is down, a fresh client is tried again with backoff
-    (a client whose start failed is not started again)."""
+    """A started Kafka client of ``kind`` (consumer or producer) with the services' quiet
+    reconnect settings; while Kafka is down, a fresh client is tried again with backoff (a
+    client whose start failed is not started again)."""
 
     async def attempt() -> C:
-        client = make()
+        client = kind(
+            *topics, bootstrap_servers=settings.kafka_bootstrap, **QUIET_CLIENT, **options
+        )
         try:
             await client.start()
         except BaseException:
@@ -151,22 +160,11 @@ async def event_producer(
     frames and live scores that are superseded 30 times a second anyway."""
     policy = RetryPolicy.of(settings)
 
-    def make() -> AIOKafkaProducer:
-        if low_latency:
-            return AIOKafkaProducer(
-                bootstrap_servers=settings.kafka_bootstrap,
-                acks=1,
-                linger_ms=0,
-                **QUIET_CLIENT,
-            )
-        return AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap,
-            acks="all",
-            enable_idempotence=True,
-            **QUIET_CLIENT,
-        )
-
-    producer = await started(make, f"{service}: Kafka producer", policy, stop)
+    options: dict[str, Any] = (
+        {"acks": 1, "linger_ms": 0} if low_latency else {"acks": "all", "enable_idempotence": True}
+    )
+    what = f"{service}: Kafka producer"
+    producer = await started(AIOKafkaProducer, settings, what, policy, stop, **options)
     try:
         yield EventProducer(producer, service, policy, stop)
     finally:
@@ -200,28 +198,11 @@ async def consume(
     """
     stop = stop or asyncio.Event()
     policy = RetryPolicy.of(settings)
-    consumer = await started(
-        lambda: AIOKafkaConsumer(
-            topic.name,
-            bootstrap_servers=settings.kafka_bootstrap,
-            group_id=settings.consumer_group(service),
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_interval_ms=30 * 60 * 1000,
-            **QUIET_CLIENT,
-        ),
-        f"{service}: Kafka consumer of {topic.name}",
-        policy,
-        stop,
-    )
+    consumer = await _group_consumer(settings, service, topic, policy, stop)
     rejecter = _Rejecter(service, producer, fail_replay)
     try:
         while not stop.is_set():
-            if before_batch is not None:
-                await retry_transient(before_batch, f"{service}: preparing", policy, log, stop)
-            batches = await consumer.getmany(timeout_ms=500, max_records=batch_size)
-            await record_lag(consumer, service)
-            records = [record for partition in batches.values() for record in partition]
+            records = await _next_batch(consumer, service, batch_size, before_batch, policy, stop)
             if not records:
                 continue
             done = await asyncio.gather(
@@ -237,6 +218,46 @@ async def consume(
         log.info("%s: stopped while waiting for a dependency", service)
     finally:
         await consumer.stop()
+
+
+async def _group_consumer(
+    settings: Settings,
+    service: str,
+    topic: Topic,
+    policy: RetryPolicy,
+    stop: asyncio.Event,
+    **options: Any,
+) -> AIOKafkaConsumer:
+    """The service's consumer of ``topic`` in its group, committing only by hand."""
+    return await started(
+        AIOKafkaConsumer,
+        settings,
+        f"{service}: Kafka consumer of {topic.name}",
+        policy,
+        stop,
+        topic.name,
+        group_id=settings.consumer_group(service),
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_interval_ms=30 * 60 * 1000,
+        **options,
+    )
+
+
+async def _next_batch(
+    consumer: AIOKafkaConsumer,
+    service: str,
+    batch_size: int,
+    before_batch: Callable[[], Awaitable[None]] | None,
+    policy: RetryPolicy,
+    stop: asyncio.Event,
+) -> list[ConsumerRecord]:
+    """``before_batch`` (retried while a dependency is down), then the next records, if any."""
+    if before_batch is not None:
+        await retry_transient(before_batch, f"{service}: preparing", policy, log, stop)
+    batches = await consumer.getmany(timeout_ms=500, max_records=batch_size)
+    await record_lag(consumer, service)
+    return [record for partition in batches.values() for record in partition]
 
 
 async def commit(
@@ -287,16 +308,14 @@ async def consume_in_transactions(
     policy = RetryPolicy.of(settings)
     group = settings.consumer_group(service)
     transactions = await started(
-        lambda: AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap,
-            transactional_id=transactional_id,
-            enable_idempotence=True,
-            acks="all",
-            **QUIET_CLIENT,
-        ),
+        AIOKafkaProducer,
+        settings,
         f"{service}: Kafka transactional producer",
         policy,
         stop,
+        transactional_id=transactional_id,
+        enable_idempotence=True,
+        acks="all",
     )
     try:
         await retry_transient(
@@ -308,20 +327,8 @@ async def consume_in_transactions(
         )
         if after_fencing is not None:
             await retry_transient(after_fencing, f"{service}: recovering", policy, log, stop)
-        consumer = await started(
-            lambda: AIOKafkaConsumer(
-                topic.name,
-                bootstrap_servers=settings.kafka_bootstrap,
-                group_id=group,
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                isolation_level="read_committed",
-                max_poll_interval_ms=30 * 60 * 1000,
-                **QUIET_CLIENT,
-            ),
-            f"{service}: Kafka consumer of {topic.name}",
-            policy,
-            stop,
+        consumer = await _group_consumer(
+            settings, service, topic, policy, stop, isolation_level="read_committed"
         )
     except Stopped:
         await transactions.stop()
@@ -329,11 +336,7 @@ async def consume_in_transactions(
     rejecter = _Rejecter(service, producer, fail_replay)
     try:
         while not stop.is_set():
-            if before_batch is not None:
-                await retry_transient(before_batch, f"{service}: preparing", policy, log, stop)
-            batches = await consumer.getmany(timeout_ms=500, max_records=batch_size)
-            await record_lag(consumer, service)
-            records = [record for partition in batches.values() for record in partition]
+            records = await _next_batch(consumer, service, batch_size, before_batch, policy, stop)
             if not records:
                 continue
             handled = [
@@ -405,16 +408,14 @@ async def committed_records_since(
     """Every committed record of ``topic`` (``read_committed``: none of an aborted or open
     transaction) written from about ``since`` to the end of the topic as of now."""
     consumer = await started(
-        lambda: AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-            **QUIET_CLIENT,
-        ),
+        AIOKafkaConsumer,
+        settings,
         f"reading {topic.name}",
         policy,
         stop,
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
     )
     try:
         tps = [TopicPartition(topic.name, p) for p in range(topic.partitions)]

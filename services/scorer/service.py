@@ -47,7 +47,6 @@ from shared.events import (
     decode,
 )
 from shared.kafka import (
-    QUIET_CLIENT,
     Emission,
     committed_records_since,
     consume_in_transactions,
@@ -222,16 +221,14 @@ async def follow_promotions(ctx: ServiceContext, active: ActiveModel) -> None:
     registry poll catches anything missed while Kafka was away).
     """
     consumer = await started(
-        lambda: AIOKafkaConsumer(
-            MODEL_PROMOTED.name,
-            bootstrap_servers=ctx.settings.kafka_bootstrap,
-            group_id=None,
-            auto_offset_reset="latest",
-            **QUIET_CLIENT,
-        ),
+        AIOKafkaConsumer,
+        ctx.settings,
         f"{NAME}: Kafka consumer of {MODEL_PROMOTED.name}",
         RetryPolicy.of(ctx.settings),
         ctx.stop,
+        MODEL_PROMOTED.name,
+        group_id=None,
+        auto_offset_reset="latest",
     )
     try:
         while not ctx.stop.is_set():
