@@ -24,7 +24,12 @@ from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import CommitFailedError, IllegalStateError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    KafkaError,
+    TopicAlreadyExistsError,
+)
 from aiokafka.structs import OffsetAndMetadata, RecordMetadata, TopicPartition
 
 from shared import metrics
@@ -306,25 +311,9 @@ async def consume_in_transactions(
     """
     stop = stop or asyncio.Event()
     policy = RetryPolicy.of(settings)
-    group = settings.consumer_group(service)
-    transactions = await started(
-        AIOKafkaProducer,
-        settings,
-        f"{service}: Kafka transactional producer",
-        policy,
-        stop,
-        transactional_id=transactional_id,
-        enable_idempotence=True,
-        acks="all",
-    )
+    transactions = _Transactions(settings, service, transactional_id, policy, stop)
     try:
-        await retry_transient(
-            lambda: _in_transaction(transactions, [], {}, group),
-            f"{service}: fencing an earlier {transactional_id}",
-            policy,
-            log,
-            stop,
-        )
+        await transactions.start()
         if after_fencing is not None:
             await retry_transient(after_fencing, f"{service}: recovering", policy, log, stop)
         consumer = await _group_consumer(
@@ -347,13 +336,7 @@ async def consume_in_transactions(
                 break
             emissions = [h.result for h in handled if h is not None and h.result is not None]
             events = [sent for emission in emissions for sent in emission.events]
-            await retry_transient(
-                partial(_in_transaction, transactions, events, next_offsets(records), group),
-                f"{service}: committing a transaction",
-                policy,
-                log,
-                stop,
-            )
+            await transactions.commit(events, next_offsets(records))
             for topic_name, count in Counter(t.name for t, _ in events).items():
                 metrics.EVENTS_OUT.labels(service, topic_name).inc(count)
             for emission in emissions:
@@ -366,6 +349,71 @@ async def consume_in_transactions(
     finally:
         await consumer.stop()
         await transactions.stop()
+
+
+class _Transactions:
+    """The transactional producer of one consume loop. Starting it fences an earlier producer
+    of the same transactional id (its open transaction is aborted). If the broker drops the
+    producer's epoch (a transaction timed out while Kafka was away, say), the producer is
+    replaced once and the batch sent again: its input offsets were not committed."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        service: str,
+        transactional_id: str,
+        policy: RetryPolicy,
+        stop: asyncio.Event,
+    ) -> None:
+        self.settings, self.service, self.transactional_id = settings, service, transactional_id
+        self.policy, self.stop_event = policy, stop
+        self.group = settings.consumer_group(service)
+        self.producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        self.producer = await started(
+            AIOKafkaProducer,
+            self.settings,
+            f"{self.service}: Kafka transactional producer",
+            self.policy,
+            self.stop_event,
+            transactional_id=self.transactional_id,
+            enable_idempotence=True,
+            acks="all",
+        )
+        await self._retried([], {}, f"fencing an earlier {self.transactional_id}")
+
+    async def commit(
+        self, events: list[tuple[Topic, Event]], offsets: dict[TopicPartition, OffsetAndMetadata]
+    ) -> None:
+        try:
+            await self._retried(events, offsets, "committing a transaction")
+        except KafkaError as error:
+            log.warning("%s: transaction refused (%s): a new producer", self.service, error)
+            await self.stop()
+            await self.start()
+            await self._retried(events, offsets, "committing a transaction")
+
+    async def _retried(
+        self,
+        events: list[tuple[Topic, Event]],
+        offsets: dict[TopicPartition, OffsetAndMetadata],
+        what: str,
+    ) -> None:
+        assert self.producer is not None
+        await retry_transient(
+            partial(_in_transaction, self.producer, events, offsets, self.group),
+            f"{self.service}: {what}",
+            self.policy,
+            log,
+            self.stop_event,
+        )
+
+    async def stop(self) -> None:
+        if self.producer is not None:
+            with contextlib.suppress(Exception):
+                await self.producer.stop()
+            self.producer = None
 
 
 def next_offsets(records: list[ConsumerRecord]) -> dict[TopicPartition, OffsetAndMetadata]:
