@@ -565,6 +565,8 @@ async def _handle(
                 result = await handler(event)
             outage.recovered()
             return _Handled(result)
+        except Stopped:  # a send or query inside gave up waiting because the service stops
+            return None
         except Exception as error:
             if is_transient(error):
                 if outage.started is None:
