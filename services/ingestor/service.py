@@ -87,12 +87,16 @@ async def ingest_file(
         event = await asyncio.to_thread(checked_upload)
     except IngestRejected as rejected:
         return await reject(ctx, uri, rejected.reason, source)
-    async with ctx.pool.acquire() as conn:
-        if not await db.insert_replay(conn, event):
-            DUPLICATES.inc()
-            FILES.labels(source, "duplicate").inc()
-            log.info("duplicate content %s (%s): skipped", event.replay_id[:12], event.filename)
-            return IngestResult("duplicate", event.replay_id, event=event)
+
+    async def record() -> bool:
+        async with ctx.pool.acquire() as conn:
+            return await db.insert_replay(conn, event)
+
+    if not await ctx.retry(record, f"recording {event.replay_id[:12]}"):  # waits out Postgres
+        DUPLICATES.inc()
+        FILES.labels(source, "duplicate").inc()
+        log.info("duplicate content %s (%s): skipped", event.replay_id[:12], event.filename)
+        return IngestResult("duplicate", event.replay_id, event=event)
     await publish(event, ctx)
     FILES.labels(source, "new").inc()
     log.info("ingested %s as %s", shown(event.filename), event.replay_id[:12])
@@ -117,8 +121,12 @@ async def reject(ctx: ServiceContext, uri: str, reason: str, source: str) -> Ing
 
 async def publish(event: ReplayUploaded, ctx: ServiceContext) -> None:
     await ctx.producer.send(REPLAY_UPLOADED, event)
-    async with ctx.pool.acquire() as conn:
-        await db.set_status(conn, event.replay_id, "ingest", "uploaded")
+
+    async def record() -> None:
+        async with ctx.pool.acquire() as conn:
+            await db.set_status(conn, event.replay_id, "ingest", "uploaded")
+
+    await ctx.retry(record, f"recording {event.replay_id[:12]} as announced")
 
 
 async def republish_unannounced(ctx: ServiceContext) -> int:
