@@ -205,7 +205,7 @@ async def test_a_promotion_under_load_switches_without_loss_or_duplicates(
 
     # The scorer switched in place: same process, never restarted.
     assert scorer.poll() is None and stack.processes["scorer"].pid == scorer.pid
-    assert stack.log("scorer").count(" started; ") == starts_before == 1
+    assert stack.log("scorer").count(" started; ") == starts_before
 
 
 async def test_rescore_scores_stored_replays_with_another_model_and_the_skill_model(
