@@ -82,17 +82,21 @@ async def set_status(
     stage: str,
     status: str,
     reason: str | None = None,
+    *,
+    only_from: Sequence[str] | None = None,
     **columns: Any,
 ) -> None:
     """Set a replay's status and record the change; a replay with no row (rejected at ingest,
-    before it was recorded) has no status to set."""
-    assignments = "".join(f", {name} = ${i}" for i, name in enumerate(columns, start=4))
+    before it was recorded) has no status to set. With ``only_from``, only a replay in one of
+    those states changes (a later stage may have moved it on already)."""
+    assignments = "".join(f", {name} = ${i}" for i, name in enumerate(columns, start=5))
     updated = await conn.fetchval(
         f"UPDATE replays SET status = $2, status_reason = $3, updated_at = now(){assignments}"
-        " WHERE id = $1 RETURNING id",
+        " WHERE id = $1 AND ($4::text[] IS NULL OR status = ANY($4::text[])) RETURNING id",
         replay_id,
         status,
         reason,
+        None if only_from is None else list(only_from),
         *columns.values(),
     )
     if updated is None:

@@ -124,7 +124,10 @@ async def publish(event: ReplayUploaded, ctx: ServiceContext) -> None:
 
     async def record() -> None:
         async with ctx.pool.acquire() as conn:
-            await db.set_status(conn, event.replay_id, "ingest", "uploaded")
+            # the parser may have dealt with it already: its status stands
+            await db.set_status(
+                conn, event.replay_id, "ingest", "uploaded", only_from=("received",)
+            )
 
     await ctx.retry(record, f"recording {event.replay_id[:12]} as announced")
 

@@ -366,7 +366,8 @@ async def run(ctx: ServiceContext) -> None:
         model = scorers.impact.record
 
         async def committed() -> None:
-            async with ctx.pool.acquire() as conn:
+            # one transaction: a replay whose rows are marked is also scored
+            async with ctx.pool.acquire() as conn, conn.transaction():
                 indexes = [s.row.player_index for s in pending]
                 await db.mark_emitted(conn, event.replay_id, model.id, indexes)
                 await db.mark_scored(conn, event.replay_id, model.id)
