@@ -5,8 +5,8 @@
 Both sides get every file of the corpus (``$RLIMPACT_REPLAYS_DIR/corpus``) through the same
 harness, a process pool of W workers, warmed up before timing:
 
-- **rlimpact**: the parser service's whole stage per replay, ``parse_to_store``: decode, build
-  frames, validate, write the ``.npz`` frames file.
+- **rlimpact**: the parser service's whole stage per replay, ``parse_to_store``: check the
+  bytes' sha256, decode, build frames, validate, write the ``.npz`` frames file.
 - **subtr-actor**: ``subtr_actor.get_ndarray_with_info_from_replay_filepath`` with the ball and
   player columns the project needs (rigid bodies, boost, jump, demolition), at the same fps;
   nothing written.
@@ -28,6 +28,7 @@ from pathlib import Path
 
 from services.parser.service import parse_to_store
 from shared.settings import ValidationRules, get_settings
+from shared.storage import FileBlobStore, sha256_file
 
 FPS = 10.0
 SUBTR_GLOBAL = ["BallRigidBody", "CurrentTime", "SecondsRemaining"]
@@ -45,10 +46,12 @@ class FileResult:
 def _rlimpact(path: Path, out_dir: Path) -> FileResult:
     from services.parser.parse import ReplayParseError
 
+    store = FileBlobStore(out_dir)
+    replay_id = sha256_file(path)
+    uri = store.put_file("replays", replay_id, ".replay", path)  # as the ingestor stores it
     start = time.perf_counter()
-    blob_id = "".join(c for c in path.stem if c.isalnum())
     try:
-        parse_to_store(path.as_uri(), blob_id, FPS, out_dir, ValidationRules())
+        parse_to_store(uri, replay_id, FPS, store, ValidationRules())
         ok = True
     except ReplayParseError:
         ok = False

@@ -99,8 +99,13 @@ async def set_status(
         None if only_from is None else list(only_from),
         *columns.values(),
     )
-    if updated is None:
-        return
+    if updated is not None:
+        await _record_status(conn, replay_id, stage, status, reason)
+
+
+async def _record_status(
+    conn: asyncpg.Connection, replay_id: str, stage: str, status: str, reason: str | None
+) -> None:
     await conn.execute(
         "INSERT INTO replay_status_history (replay_id, stage, status, reason)"
         " VALUES ($1, $2, $3, $4)",
@@ -121,6 +126,97 @@ async def replace_players(
         " platform_id = EXCLUDED.platform_id, is_bot = EXCLUDED.is_bot",
         [(replay_id, p.index, p.name, p.team, p.platform_id, p.is_bot) for p in players],
     )
+
+
+# ---------------------------------------------------------------- recovery
+
+# Statuses after which nothing more happens to a replay (`scored` from migration 006 on).
+FINAL_STATUSES = ("scored", "failed")
+
+_REPLAY_STATE = (
+    "SELECT r.id, r.status, r.status_reason, r.filename, r.uri, r.size_bytes, r.source,"
+    " r.frames_uri, r.features_uri, r.n_frames,"
+    " extract(epoch FROM now() - r.updated_at)::float8 AS idle_seconds,"
+    " EXISTS (SELECT 1 FROM scores s JOIN models m ON m.id = s.model_id"
+    "  WHERE s.replay_id = r.id AND m.status = 'active' AND m.kind = 'impact')"
+    "  AS scored_by_active,"
+    " EXISTS (SELECT 1 FROM models WHERE status = 'active' AND kind = 'impact') AS model_active"
+    " FROM replays r"
+)
+
+
+async def unfinished_replays(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    """Every replay neither scored nor failed, oldest change first (the reconciler's list)."""
+    return await conn.fetch(
+        f"{_REPLAY_STATE} WHERE r.status <> ALL($1::text[]) ORDER BY r.updated_at",
+        list(FINAL_STATUSES),
+    )
+
+
+async def failed_replays(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    return await conn.fetch(f"{_REPLAY_STATE} WHERE r.status = 'failed' ORDER BY r.updated_at")
+
+
+async def replay_states(
+    conn: asyncpg.Connection, replay_ids: Sequence[str]
+) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        f"{_REPLAY_STATE} WHERE r.id = ANY($1::text[]) ORDER BY r.id", list(replay_ids)
+    )
+
+
+async def replay_ids_with_prefix(
+    conn: asyncpg.Connection, prefix: str, limit: int = 5
+) -> list[str]:
+    """Ids that start with ``prefix`` (lower-case hex, so no LIKE wildcards), at most ``limit``."""
+    rows = await conn.fetch(
+        "SELECT id FROM replays WHERE starts_with(id, $1) ORDER BY id LIMIT $2", prefix, limit
+    )
+    return [row["id"] for row in rows]
+
+
+async def replay_players(conn: asyncpg.Connection, replay_id: str) -> list[PlayerInfo]:
+    rows = await conn.fetch(
+        "SELECT player_index, name, team, platform_id, is_bot FROM replay_players"
+        " WHERE replay_id = $1 ORDER BY player_index",
+        replay_id,
+    )
+    return [
+        PlayerInfo(
+            index=row["player_index"],
+            name=row["name"],
+            team=row["team"],
+            platform_id=row["platform_id"],
+            is_bot=row["is_bot"],
+        )
+        for row in rows
+    ]
+
+
+async def stored_replay(conn: asyncpg.Connection, replay_id: str) -> asyncpg.Record | None:
+    """The replay's status and where its blobs are (``uri``: its bytes, stored at ingest)."""
+    return await conn.fetchrow(
+        "SELECT status, uri, frames_uri, features_uri FROM replays WHERE id = $1", replay_id
+    )
+
+
+async def move_status(
+    conn: asyncpg.Connection, replay_id: str, expected: str, status: str, stage: str, reason: str
+) -> bool:
+    """Set the status (and touch ``updated_at``) only if it is still ``expected``; record it.
+    False when the replay moved on meanwhile (then nothing changes)."""
+    updated = await conn.fetchval(
+        "UPDATE replays SET status = $3, status_reason = $4, updated_at = now()"
+        " WHERE id = $1 AND status = $2 RETURNING id",
+        replay_id,
+        expected,
+        status,
+        reason,
+    )
+    if updated is None:
+        return False
+    await _record_status(conn, replay_id, stage, status, reason)
+    return True
 
 
 async def featurized_replays(conn: asyncpg.Connection) -> list[asyncpg.Record]:

@@ -7,6 +7,9 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 EVENTS_IN = Counter("rlimpact_events_in_total", "Events consumed", ["service", "topic"])
 EVENTS_OUT = Counter("rlimpact_events_out_total", "Events produced", ["service", "topic"])
 ERRORS = Counter("rlimpact_errors_total", "Failures by reason", ["service", "reason"])
+REDRIVES = Counter(
+    "rlimpact_redrives_total", "Replays driven on again by recovery", ["service", "topic"]
+)
 PROCESSING_SECONDS = Histogram(
     "rlimpact_processing_seconds",
     "Time to handle one event",

@@ -20,7 +20,7 @@ from shared.db import ModelRecord
 from shared.events import MODEL_PROMOTED, ModelPromoted
 from shared.kafka import EventProducer
 from shared.settings import Settings
-from shared.storage import BlobStore, sha256_file
+from shared.storage import open_blob_store, sha256_file
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL_FILE = "impact.onnx"  # the shipped model, in Settings.default_model_dir
@@ -38,7 +38,7 @@ async def register_file(
 ) -> ModelRecord:
     """Store the file (content-addressed) and register it as a candidate."""
     sha256 = await asyncio.to_thread(sha256_file, file)
-    store = BlobStore(settings.blob_dir)
+    store = open_blob_store(settings)
     uri = await asyncio.to_thread(store.put_file, "models", sha256, ".onnx", file)
     return await db.register_model(
         conn,

@@ -18,7 +18,15 @@ from typing import TypeVar
 import asyncpg
 
 from shared import db, metrics
-from shared.events import REPLAY_FAILED, ReplayFailed, Stage
+from shared.events import (
+    EVENTS_INVALID,
+    REPLAY_FAILED,
+    Event,
+    InvalidEvent,
+    ReplayFailed,
+    Stage,
+    Topic,
+)
 from shared.kafka import EventProducer, FailReplay, ensure_topics, event_producer
 from shared.retry import RateLimit, RetryPolicy, retry_transient
 from shared.settings import Settings, get_settings
@@ -67,6 +75,16 @@ class ServiceContext:
                 uri=uri,
                 rule=rule,
             ),
+        )
+
+    async def refuse_event(self, topic: Topic, event: Event, reason: str) -> None:
+        """Dead-letter an event that must not be acted on (``events.invalid``), touching no
+        replay: a forged or stray event must not fail the replay it names."""
+        metrics.ERRORS.labels(self.name, "refused_event").inc()
+        logging.getLogger(self.name).warning("refused a %s event: %s", topic.name, reason)
+        raw = event.model_dump_json()
+        await self.producer.send(
+            EVENTS_INVALID, InvalidEvent(topic=topic.name, reason=reason, raw=raw)
         )
 
     def replay_failer(self, stage: Stage) -> FailReplay:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -57,6 +58,18 @@ class Settings(BaseSettings):
     replays_dir: Path = REPO_ROOT.parent / "shared" / "replays"
     default_model_dir: Path = REPO_ROOT / "models" / "default"
 
+    # The blob store behind the events' claim checks (shared/storage.py): a local folder
+    # (blob_dir), or an S3-compatible bucket (s3_endpoint and credentials below; blob_bucket,
+    # default s3_bucket) under blob_prefix, so that services on several machines share no disk.
+    blob_store: Literal["file", "s3"] = "file"
+    blob_bucket: str | None = None
+    blob_prefix: str = "blobs/"
+
+    # Recovery (shared/recovery.py): the ingestor re-drives replays neither scored nor failed
+    # whose status has not moved for reconcile_after_seconds, at start-up and every interval.
+    reconcile_interval_seconds: float = Field(60.0, gt=0)
+    reconcile_after_seconds: float = Field(120.0, ge=0)
+
     # Processing
     fps: float = Field(10.0, gt=0, description="frames per second the parser samples at")
     horizon_seconds: float = Field(10.0, gt=0, description="label horizon: goal within T s")
@@ -68,9 +81,6 @@ class Settings(BaseSettings):
     watch_interval_seconds: float = 1.0
     model_poll_seconds: float = 2.0
     consumer_group_prefix: str = "rlimpact"
-    # Which instance of a service this process is (0, 1, …): the scorer's Kafka transactional
-    # id, so a restarted scorer fences the one it replaces.
-    instance: int = Field(0, ge=0)
 
     # A dependency that is down (Postgres, Kafka, the blob store, S3) is waited for: the same
     # work is retried with exponential backoff from retry_base_seconds, capped at
@@ -116,9 +126,21 @@ class Settings(BaseSettings):
     live_http_port: int = 8765
     live_match_idle_seconds: float = Field(60.0, gt=0, description="then a match is forgotten")
 
-    # Metrics: each service serves /metrics on metrics_base_port + its index in SERVICE_NAMES
+    # Metrics: each service instance serves /metrics on its own port (see metrics_port)
     metrics_host: str = "127.0.0.1"
     metrics_base_port: int = 9181
+
+    # Instances: the supervisor (`rlimpact supervise`) numbers the instances of each service
+    # from 0 and restarts one that exits after a jittered delay of supervisor_backoff_initial
+    # seconds, doubling up to supervisor_backoff_max; a run of supervisor_healthy_seconds
+    # resets the delay. On stop, children get SIGTERM, then SIGKILL after the grace period.
+    # The instance is also in the scorer's Kafka transactional id, so a restarted scorer fences
+    # the one it replaces.
+    instance: int = Field(0, ge=0, description="this process's instance of its service")
+    supervisor_backoff_initial_seconds: float = Field(0.5, gt=0)
+    supervisor_backoff_max_seconds: float = Field(30.0, gt=0)
+    supervisor_healthy_seconds: float = Field(60.0, ge=0)
+    supervisor_stop_grace_seconds: float = Field(15.0, ge=0)
 
     @property
     def pg_dsn(self) -> str:
@@ -140,8 +162,23 @@ class Settings(BaseSettings):
         """Where `rlimpact upload` leaves files for the ingestor when no bucket is set."""
         return self.blob_dir / "incoming"
 
-    def metrics_port(self, service: str) -> int:
-        return self.metrics_base_port + SERVICE_NAMES.index(service)
+    @property
+    def run_dir(self) -> Path:
+        """Pid files, the supervisor's state and the Prometheus targets file."""
+        return self.data_dir / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    def metrics_port(self, service: str, instance: int | None = None) -> int:
+        """``/metrics`` port of an instance (default: this process's) of a service.
+
+        Instance i of every service has a block of ports of its own above the base, so any
+        number of instances of all services run side by side on one machine.
+        """
+        index = self.instance if instance is None else instance
+        return self.metrics_base_port + len(SERVICE_NAMES) * index + SERVICE_NAMES.index(service)
 
     def consumer_group(self, service: str) -> str:
         return f"{self.consumer_group_prefix}-{service}"

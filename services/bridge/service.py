@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import Callable
 from datetime import datetime
 
@@ -31,29 +30,14 @@ from services.bridge.plugin import (
 )
 from services.bridge.sos import Skipped, SosMessageError, SosSession
 from shared import metrics
+from shared.backoff import Backoff
 from shared.events import EVENTS_INVALID, LIVE_FRAMES, InvalidEvent, LiveFrame, utcnow
 from shared.kafka import EventProducer, event_producer
 from shared.service import ServiceContext, run_service
 
 NAME = "bridge"
 log = logging.getLogger(NAME)
-INITIAL_BACKOFF_SECONDS = 0.5
 MAX_RAW_IN_DEAD_LETTER = 20_000
-
-
-class Backoff:
-    """Exponential reconnect delays with jitter: 0.5, 1, 2, ... up to ``maximum`` seconds."""
-
-    def __init__(self, maximum: float, initial: float = INITIAL_BACKOFF_SECONDS) -> None:
-        self.initial, self.maximum, self.attempt = initial, maximum, 0
-
-    def next_delay(self) -> float:
-        delay = min(self.maximum, self.initial * 2**self.attempt)
-        self.attempt += 1
-        return delay * random.uniform(0.5, 1.0)
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 class FrameSink:

@@ -12,7 +12,9 @@ sends what older plugin builds send: no GUID, no locations.
 
 Match k of a server is at ``ws://host:port/k`` (``/`` is match 0). Each match starts when its
 first client connects; with several matches, their frames are spread evenly over one frame
-interval, as independent games would be.
+interval, as independent games would be. :meth:`SosSimulator.run_until_stopped` serves until
+the matches are played or SIGTERM or SIGINT arrives, then closes every connection within
+``CLOSE_TIMEOUT_SECONDS``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import contextlib
 import json
 import logging
 import math
+import signal
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -40,6 +43,8 @@ TEAM_NAMES = ("Blue", "Orange")
 TEAM_COLORS = ("1873FF", "C26418")
 SUPERSONIC_UU_S = 2200.0
 ON_GROUND_MAX_Z = 25.0
+# On stop, how long a client may take to answer the close handshake, and open connections to end.
+CLOSE_TIMEOUT_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -265,7 +270,9 @@ class SosSimulator:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self, host: str, port: int) -> None:
-        self._runner = web.AppRunner(self.app, access_log=None)
+        self._runner = web.AppRunner(
+            self.app, access_log=None, shutdown_timeout=CLOSE_TIMEOUT_SECONDS
+        )
         await self._runner.setup()
         await web.TCPSite(self._runner, host, port).start()
         self._tasks = [asyncio.create_task(match.play()) for match in self.matches]
@@ -280,12 +287,39 @@ class SosSimulator:
         """Until every match has been played (forever with ``loop``)."""
         await asyncio.gather(*self._tasks)
 
+    async def run_until_stopped(
+        self, signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)
+    ) -> signal.Signals | None:
+        """Serve until every match is played or one of ``signals`` arrives, then :meth:`stop`.
+
+        Returns the signal that stopped it, None if the matches ended.
+        """
+        loop = asyncio.get_running_loop()
+        received: list[signal.Signals] = []
+        asked = asyncio.Event()
+        for sig in signals:
+            loop.add_signal_handler(sig, lambda sig=sig: (received.append(sig), asked.set()))
+        played = asyncio.ensure_future(self.wait_done())
+        stopping = asyncio.ensure_future(asked.wait())
+        try:
+            await asyncio.wait({played, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if played.done():
+                played.result()  # a match that failed raises here
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+            played.cancel()
+            stopping.cancel()
+            await self.stop()
+        return received[0] if received else None
+
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for match in self.matches:
-            for ws in list(match.clients):
-                await ws.close()
+        await asyncio.gather(
+            *(ws.close() for match in self.matches for ws in list(match.clients)),
+            return_exceptions=True,
+        )
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -293,7 +327,7 @@ class SosSimulator:
         index = int(request.match_info.get("index", "0"))
         if index >= len(self.matches):
             raise web.HTTPNotFound(text=f"no match {index}: this server plays {len(self.matches)}")
-        ws = web.WebSocketResponse(heartbeat=10)
+        ws = web.WebSocketResponse(heartbeat=10, timeout=CLOSE_TIMEOUT_SECONDS)
         await ws.prepare(request)
         match = self.matches[index]
         match.clients.add(ws)

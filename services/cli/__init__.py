@@ -8,10 +8,32 @@ from __future__ import annotations
 
 import argparse
 
-from services.cli import analysis, collect, ingest, labels, live, models, offline, stack
+from services.cli import (
+    analysis,
+    collect,
+    ingest,
+    labels,
+    live,
+    models,
+    offline,
+    retry,
+    stack,
+    supervisor,
+)
 from shared.settings import get_settings
 
-COMMAND_MODULES = (stack, ingest, offline, collect, labels, live, models, analysis)
+COMMAND_MODULES = (
+    stack,
+    supervisor,
+    ingest,
+    retry,
+    offline,
+    collect,
+    labels,
+    live,
+    models,
+    analysis,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

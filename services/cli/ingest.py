@@ -58,9 +58,9 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
 async def _ingest(settings: Settings, files: list[Path]) -> int:
     from services.ingestor.service import ingest_path
     from shared.service import service_context
-    from shared.storage import BlobStore
+    from shared.storage import open_blob_store
 
-    store = BlobStore(settings.blob_dir)
+    store = open_blob_store(settings)
     new = 0
     async with service_context("cli", settings) as ctx:
         for path in tqdm(files, desc="ingest", unit="file"):

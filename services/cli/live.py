@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import sys
 from pathlib import Path
 
@@ -75,19 +74,17 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
             raise SystemExit(
                 f"rlimpact: cannot listen on {args.host}:{args.port}: {error}"
             ) from error
+        port = simulator.port
         last = f"/{args.matches - 1}" if args.matches > 1 else "/"
         print(
-            f"serving {args.matches} match(es) on ws://{args.host}:{args.port}/0 … {last} "
+            f"serving {args.matches} match(es) on ws://{args.host}:{port}/0 … {last} "
             f"at {args.rate:g} Hz x{args.speed:g}; waiting for clients (Ctrl-C stops)",
             flush=True,
         )
-        try:
-            await simulator.wait_done()
-        finally:
-            await simulator.stop()
+        stopped_by = await simulator.run_until_stopped()
         sent = sum(match.frames_sent for match in simulator.matches)
-        print(f"done: {sent} game:update_state messages sent", flush=True)
+        why = f"stopped by {stopped_by.name}" if stopped_by else "done"
+        print(f"{why}: {sent} game:update_state messages sent", flush=True)
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve())
+    asyncio.run(serve())
     return 0

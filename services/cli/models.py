@@ -157,7 +157,9 @@ async def _rescore(settings: Settings, ref: str) -> int:
     from services.scorer.service import Scorers, load_impact, load_skill, score_replay
     from shared import db
     from shared.service import service_context
+    from shared.storage import open_blob_store
 
+    store = open_blob_store(settings)
     async with service_context("cli", settings) as ctx:
         async with ctx.pool.acquire() as conn:
             record = await _model(conn, ref)
@@ -170,7 +172,8 @@ async def _rescore(settings: Settings, ref: str) -> int:
             replays = await db.featurized_replays(conn)
             done = await db.replays_scored_with(conn, record.id)
         try:
-            scorers = Scorers(await load_impact(record), await load_skill(skill) if skill else None)
+            impact = await load_impact(record, store)
+            scorers = Scorers(impact, await load_skill(skill, store) if skill else None)
         except (OSError, RuntimeError, ValueError) as error:
             raise SystemExit(f"rlimpact: cannot load model {record.version}: {error}") from error
         todo = [row for row in replays if row["id"] not in done]

@@ -9,13 +9,30 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from shared.settings import REPO_ROOT, SERVICE_NAMES, Settings
+from services.cli.supervisor import (
+    SUPERVISOR,
+    add_scale_arguments,
+    describe_exit,
+    plan,
+    read_pid,
+    read_state,
+    service_pid,
+    service_pid_files,
+    supervisor_pid,
+)
+from shared import process
+from shared.settings import REPO_ROOT, Settings
+
+UP_TIMEOUT_SECONDS = 30.0
+DOWN_MARGIN_SECONDS = 10.0
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    up = commands.add_parser("up", help="start Kafka, Postgres and the five services locally")
+    up = commands.add_parser(
+        "up", help="start Kafka, Postgres and the supervised services locally (detached)"
+    )
+    add_scale_arguments(up)
     up.set_defaults(func=cmd_up)
     down = commands.add_parser("down", help="stop the services (and, with --all, Kafka/Postgres)")
     down.add_argument("--all", action="store_true", help="also stop Kafka and Postgres")
@@ -24,7 +41,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         func=cmd_migrate
     )
 
-    status = commands.add_parser("status", help="replays by state, models, train jobs")
+    status = commands.add_parser("status", help="services, replays by state, models")
     status.set_defaults(func=cmd_status)
 
 
@@ -46,6 +63,9 @@ def cmd_migrate(_: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_status(_: argparse.Namespace, settings: Settings) -> int:
+    for line in service_lines(settings):
+        print(line)
+
     async def status() -> None:
         from shared import db
 
@@ -62,72 +82,131 @@ def cmd_status(_: argparse.Namespace, settings: Settings) -> int:
                 f"model {model.id} {model.version} [{model.status}] "
                 f"AUC(score)={model.metrics.get('score_roc_auc', float('nan')):.3f}"
             )
-        print(
-            "services:",
-            ", ".join(f"{n} {'up' if _pid(settings, n) else 'down'}" for n in SERVICE_NAMES),
-        )
 
     asyncio.run(status())
     return 0
 
 
+def service_lines(settings: Settings) -> list[str]:
+    """Where each service instance stands: from the running supervisor, else the pid files
+    (a pid file whose process is gone or is another program is reported as stale)."""
+    state = read_state(settings)
+    if state is None:
+        return ["supervisor: not running", *_unsupervised_lines(settings)]
+    lines = [f"supervisor: pid {state['pid']}" + (", stopping" if state["stopping"] else "")]
+    for item in state["instances"]:
+        pid = service_pid(settings, item["label"], item["service"])
+        if pid is not None:
+            where = f"up, pid {pid}"
+        elif item["last_exit"] is not None:
+            where = f"restarting ({describe_exit(item['last_exit'])})"
+        else:
+            where = "starting"
+        lines.append(
+            f"  {item['label']:<13} {where}; restarts {item['restarts']};"
+            f" metrics :{item['metrics_port']}"
+        )
+    return lines
+
+
+def _unsupervised_lines(settings: Settings) -> list[str]:
+    lines = []
+    for path, label, service in service_pid_files(settings):
+        if (pid := service_pid(settings, label, service)) is not None:
+            lines.append(f"  {label:<13} up, pid {pid} (not supervised)")
+        else:
+            lines.append(f"  {label:<13} down (stale pid file: pid {read_pid(path)})")
+    return lines
+
+
 # ---------------------------------------------------------------- local stack
 
 
-def _run_dir(settings: Settings) -> Path:
-    path = settings.data_dir / "run"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _pid(settings: Settings, service: str) -> int | None:
-    pid_file = _run_dir(settings) / f"{service}.pid"
-    if not pid_file.exists():
-        return None
-    pid = int(pid_file.read_text())
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    return pid
-
-
-def cmd_up(_: argparse.Namespace, settings: Settings) -> int:
+def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     subprocess.run(["bash", str(REPO_ROOT / "deploy" / "stack.sh"), "start"], check=True)
-    cmd_migrate(_, settings)
-    logs = settings.data_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    for service in SERVICE_NAMES:
-        if _pid(settings, service):
-            print(f"{service}: already running")
-            continue
-        with (logs / f"{service}.log").open("ab") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", f"services.{service}"],
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-                cwd=REPO_ROOT,
-            )
-        (_run_dir(settings) / f"{service}.pid").write_text(str(process.pid))
-        print(
-            f"{service}: started (pid {process.pid}, metrics :{settings.metrics_port(service)},"
-            f" log {logs / f'{service}.log'})"
-        )
+    cmd_migrate(args, settings)
     settings.inbox_dir.mkdir(parents=True, exist_ok=True)
-    print(f"drop .replay files into {settings.inbox_dir}")
+    if (pid := supervisor_pid(settings)) is not None:
+        print(f"supervisor already running (pid {pid}); 'rlimpact down' first to change --scale")
+    else:
+        try:
+            plan(args.services, args.scale)
+        except ValueError as error:
+            raise SystemExit(f"rlimpact: {error}") from None
+        if strays := _unsupervised(settings):
+            raise SystemExit(
+                f"rlimpact: {', '.join(strays)} run without the supervisor: 'rlimpact down' first"
+            )
+        if not _start_supervisor(args, settings):
+            return 1
+    print("\n".join(service_lines(settings)))
+    print(f"logs in {settings.log_dir}; drop .replay files into {settings.inbox_dir}")
     return 0
+
+
+def _start_supervisor(args: argparse.Namespace, settings: Settings) -> bool:
+    """Start ``rlimpact supervise`` detached; wait until every instance has been started."""
+    settings.log_dir.mkdir(parents=True, exist_ok=True)
+    scale = ",".join(f"{name}={count}" for name, count in args.scale.items())
+    command = [sys.executable, "-m", "services.cli", "supervise"]
+    command += ["--services", ",".join(args.services)] + (["--scale", scale] if scale else [])
+    log_path = settings.log_dir / f"{SUPERVISOR}.log"
+    with log_path.open("ab") as log:
+        started = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=REPO_ROOT,
+        )
+    deadline = time.monotonic() + UP_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if started.poll() is not None:
+            print(f"rlimpact: the supervisor exited at once; see {log_path}", file=sys.stderr)
+            return False
+        state = read_state(settings)
+        if state and all(
+            item["pid"] or item["last_exit"] is not None for item in state["instances"]
+        ):
+            return True
+        time.sleep(0.1)
+    print(f"rlimpact: the supervisor did not start the services; see {log_path}", file=sys.stderr)
+    return False
 
 
 def cmd_down(args: argparse.Namespace, settings: Settings) -> int:
-    for service in SERVICE_NAMES:
-        if pid := _pid(settings, service):
-            os.kill(pid, signal.SIGTERM)
-            for _ in range(50):
-                if not _pid(settings, service):
-                    break
-                time.sleep(0.1)
-            print(f"{service}: stopped")
+    if (pid := supervisor_pid(settings)) is not None:
+        os.kill(pid, signal.SIGTERM)
+        if _wait_gone(pid, settings.supervisor_stop_grace_seconds + DOWN_MARGIN_SECONDS):
+            print(f"supervisor (pid {pid}) and its services: stopped")
+        else:  # its children get SIGTERM when it dies (PR_SET_PDEATHSIG)
+            os.kill(pid, signal.SIGKILL)
+            print(f"supervisor (pid {pid}) did not stop in time: killed")
+    for label, pid in _unsupervised(settings).items():  # left by an older `up`, say
+        os.kill(pid, signal.SIGTERM)
+        _wait_gone(pid, settings.supervisor_stop_grace_seconds)
+        print(f"{label}: stopped")
     if args.all:
         subprocess.run(["bash", str(REPO_ROOT / "deploy" / "stack.sh"), "stop"], check=True)
     return 0
+
+
+def _unsupervised(settings: Settings) -> dict[str, int]:
+    """Service instances that run, by their pid files, while no supervisor does."""
+    if supervisor_pid(settings) is not None:
+        return {}
+    found = {}
+    for _, label, service in service_pid_files(settings):
+        if (pid := service_pid(settings, label, service)) is not None:
+            found[label] = pid
+    return found
+
+
+def _wait_gone(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not process.alive(pid):
+            return True
+        time.sleep(0.1)
+    return not process.alive(pid)

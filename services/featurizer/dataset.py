@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from services.featurizer.features import FEATURE_NAMES, FEATURE_SCHEMA_VERSION, FeatureTable
 from shared.events import GoalInfo, PlayerInfo
+from shared.storage import BlobStore
 
 SCHEMA_VERSION_KEY = b"rlimpact.feature_schema_version"
 PLAYERS_KEY = b"rlimpact.players"
@@ -64,10 +65,25 @@ def write_features(table: FeatureTable, path: Path) -> None:
     pq.write_table(to_arrow(table), path, compression="zstd")
 
 
+def read_stored_features(store: BlobStore, features_uri: str) -> FeatureTable:
+    """The feature table of a blob of the store (refusing a URI outside it)."""
+    with store.local_path(features_uri) as path:
+        return read_features(path)
+
+
+def feature_file_version(path: Path) -> int:
+    """The feature schema version a file was written with (its metadata only is read)."""
+    return _schema_version(pq.read_schema(path).metadata)
+
+
+def _schema_version(metadata: dict[bytes, bytes] | None) -> int:
+    return int((metadata or {}).get(SCHEMA_VERSION_KEY, b"0"))
+
+
 def read_features(path: Path) -> FeatureTable:
     arrow = pq.read_table(path)
     metadata = arrow.schema.metadata or {}
-    version = int(metadata.get(SCHEMA_VERSION_KEY, b"0"))
+    version = _schema_version(metadata)
     if version != FEATURE_SCHEMA_VERSION:
         raise FeatureSchemaError(
             f"{path}: feature schema v{version}, this code reads v{FEATURE_SCHEMA_VERSION}"

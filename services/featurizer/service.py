@@ -1,10 +1,13 @@
-"""Featurizer service: frames file -> Parquet feature table -> ``features.ready``."""
+"""Featurizer service: frames file -> Parquet feature table -> ``features.ready``.
+
+An event whose ``frames_uri`` is not the stored frames blob of its replay (or that names no
+known replay) is refused (``events.invalid``) without touching any replay.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
 
 from services.featurizer.dataset import write_features
 from services.featurizer.features import FEATURE_SCHEMA_VERSION, featurize
@@ -14,33 +17,58 @@ from shared.frames import ParsedReplay
 from shared.kafka import consume
 from shared.retry import is_transient
 from shared.service import ServiceContext, run_service
-from shared.storage import BlobStore, uri_to_path
+from shared.storage import BlobOutsideStore, BlobStore, open_blob_store
 
 NAME = "featurizer"
 log = logging.getLogger(NAME)
 
 
 def featurize_to_store(
-    event: FramesParsed, horizon_seconds: float, blob_dir: Path
+    event: FramesParsed, horizon_seconds: float, store: BlobStore
 ) -> FeaturesReady:
-    table = featurize(ParsedReplay.load(uri_to_path(event.frames_uri)), horizon_seconds)
-    store = BlobStore(blob_dir)
+    with store.local_path(event.frames_uri) as path:
+        parsed = ParsedReplay.load(path)
+    if parsed.replay_id != event.replay_id:
+        raise ValueError(f"the frames file is replay {parsed.replay_id[:12]}'s")
+    table = featurize(parsed, horizon_seconds)
     with store.writer("features", event.replay_id, ".parquet") as tmp:
         write_features(table, tmp)
     return FeaturesReady(
         replay_id=event.replay_id,
-        features_uri=store.path_for("features", event.replay_id, ".parquet").as_uri(),
+        features_uri=store.uri_for("features", event.replay_id, ".parquet"),
         feature_schema_version=FEATURE_SCHEMA_VERSION,
         n_frames=event.n_frames,
         players=event.players,
     )
 
 
+def check_frames(event: FramesParsed, store: BlobStore, status: str | None) -> str | None:
+    """Why the event must be refused, or None."""
+    if status is None:
+        return f"replay {event.replay_id[:12]} is not a known replay"
+    try:
+        store.expect(event.frames_uri, "frames", event.replay_id, ".npz")
+    except BlobOutsideStore as error:
+        return str(error)
+    return None
+
+
 async def run(ctx: ServiceContext) -> None:
+    store = open_blob_store(ctx.settings)
+
     async def handle(event: FramesParsed) -> None:
+        async with ctx.pool.acquire() as conn:
+            stored = await db.stored_replay(conn, event.replay_id)
+        status = stored and stored["status"]
+        if reason := check_frames(event, store, status):
+            await ctx.refuse_event(FRAMES_PARSED, event, reason)
+            return
+        if status == "scored":
+            log.info("%s is scored already: nothing to do", event.replay_id[:12])
+            return
         try:
             ready = await asyncio.to_thread(
-                featurize_to_store, event, ctx.settings.horizon_seconds, ctx.settings.blob_dir
+                featurize_to_store, event, ctx.settings.horizon_seconds, store
             )
         except (OSError, ValueError) as error:  # missing/corrupt frames file, bad contents
             if is_transient(error):  # the blob store is down, not the replay bad: wait

@@ -37,7 +37,7 @@ from services.ingestor.service import ingest_file
 from shared import db
 from shared.service import ServiceContext
 from shared.settings import Settings
-from shared.storage import CHUNK, BlobStore, sha256_file
+from shared.storage import CHUNK, open_blob_store, sha256_file
 
 log = logging.getLogger("ballchasing")
 
@@ -375,7 +375,7 @@ class Collector:
     def __init__(self, ctx: ServiceContext, client: BallchasingClient) -> None:
         self.ctx = ctx
         self.client = client
-        self.store = BlobStore(ctx.settings.blob_dir)
+        self.store = open_blob_store(ctx.settings)
         self.staging = ctx.settings.data_dir / "ballchasing"
         self.report = CollectReport()
 

@@ -10,16 +10,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from urllib.parse import quote, unquote, urlparse
+from urllib.parse import unquote, urlparse
 
-from minio import Minio
 from minio.error import S3Error
 from urllib3.exceptions import HTTPError
 
 from services.ingestor.ingest import IngestRejected, copy_limited, shown
 from shared.settings import Settings
+from shared.storage import S3_SCHEME, s3_client, s3_uri
 
-S3_SCHEME = "s3"
+__all__ = ["Bucket", "BucketUnavailable", "ObjectInfo", "parse_s3_uri", "s3_uri"]
 
 
 class BucketUnavailable(Exception):
@@ -31,10 +31,6 @@ class ObjectInfo:
     key: str
     etag: str
     size: int
-
-
-def s3_uri(bucket: str, key: str) -> str:
-    return f"{S3_SCHEME}://{bucket}/{quote(key, safe='/')}"
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -53,18 +49,7 @@ class Bucket:
         if not bucket:
             raise ValueError("no bucket configured: set RLIMPACT_S3_BUCKET")
         self.name = bucket
-        endpoint = urlparse(settings.s3_endpoint)
-        if endpoint.scheme not in ("http", "https") or not endpoint.netloc:
-            raise ValueError(
-                f"RLIMPACT_S3_ENDPOINT must be http(s)://host:port, got {settings.s3_endpoint!r}"
-            )
-        self.client = Minio(
-            endpoint.netloc,
-            access_key=settings.s3_access_key,
-            secret_key=settings.s3_secret_key.get_secret_value(),
-            secure=endpoint.scheme == "https",
-            region=settings.s3_region,
-        )
+        self.client = s3_client(settings)
 
     def uri(self, key: str) -> str:
         return s3_uri(self.name, key)

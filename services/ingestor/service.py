@@ -5,8 +5,12 @@
 - ``replay.submitted`` events that point at a file (``rlimpact upload`` or any producer).
 
 Every file goes through :func:`ingest_file`: the limits of ``ingest.py``, then hash, blob store,
-``replays`` row (a known hash is a duplicate) and the event. Bucket objects and submitted files
+``replays`` row and the event. A known hash is a duplicate, unless its replay is stranded
+(neither scored nor failed, its status unchanged for ``RLIMPACT_RECONCILE_AFTER_SECONDS``): it is
+resumed from the stage it reached (``shared/recovery.py``). Bucket objects and submitted files
 are recorded in ``ingest_objects`` after that, so a restart neither repeats nor misses one.
+
+The ingestor also runs the reconciler (:func:`shared.recovery.reconcile_forever`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
 
+import asyncpg
 from prometheus_client import Counter
 
 from services.ingestor.ingest import (
@@ -37,8 +42,9 @@ from services.ingestor.s3 import Bucket, BucketUnavailable, ObjectInfo, parse_s3
 from shared import db
 from shared.events import REPLAY_SUBMITTED, REPLAY_UPLOADED, ReplaySubmitted, ReplayUploaded
 from shared.kafka import consume
+from shared.recovery import ReplayState, plan_redrive, reconcile_forever, redrive
 from shared.service import ServiceContext, run_service
-from shared.storage import BlobStore, uri_to_path
+from shared.storage import BlobStore, open_blob_store, uri_to_path
 
 NAME = "ingestor"
 log = logging.getLogger(NAME)
@@ -48,7 +54,7 @@ FILES = Counter(
 )
 LISTING_PAGE = 1000
 
-Outcome = Literal["new", "duplicate", "rejected"]
+Outcome = Literal["new", "duplicate", "rejected", "resumed"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,28 @@ class IngestResult:
     replay_id: str  # for a rejection, rejection_id(uri)
     reason: str | None = None
     event: ReplayUploaded | None = None
+
+
+class ErrorLog:
+    """Logs a failure with its traceback the first time its kind is seen, in one line after."""
+
+    MAX_REMEMBERED = 1000
+
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+
+    def report(self, what: str, error: Exception, retry_seconds: float) -> None:
+        kind = f"{type(error).__name__}: {error}"
+        if len(self._seen) >= self.MAX_REMEMBERED:
+            self._seen.clear()
+        log.error(
+            "%s (%s); retrying in %.1f s",
+            what,
+            kind,
+            retry_seconds,
+            exc_info=error if kind not in self._seen else None,
+        )
+        self._seen.add(kind)
 
 
 # ---------------------------------------------------------------- one file, any source
@@ -88,19 +116,39 @@ async def ingest_file(
     except IngestRejected as rejected:
         return await reject(ctx, uri, rejected.reason, source)
 
-    async def record() -> bool:
+    async def record() -> tuple[bool, list[asyncpg.Record]]:
         async with ctx.pool.acquire() as conn:
-            return await db.insert_replay(conn, event)
+            known = not await db.insert_replay(conn, event)
+            return known, await db.replay_states(conn, [event.replay_id]) if known else []
 
-    if not await ctx.retry(record, f"recording {event.replay_id[:12]}"):  # waits out Postgres
-        DUPLICATES.inc()
-        FILES.labels(source, "duplicate").inc()
-        log.info("duplicate content %s (%s): skipped", event.replay_id[:12], event.filename)
-        return IngestResult("duplicate", event.replay_id, event=event)
+    known, rows = await ctx.retry(record, f"recording {event.replay_id[:12]}")  # waits out Postgres
+    if known:
+        return await known_content(event, rows[0] if rows else None, store, ctx, source)
     await publish(event, ctx)
     FILES.labels(source, "new").inc()
     log.info("ingested %s as %s", shown(event.filename), event.replay_id[:12])
     return IngestResult("new", event.replay_id, event=event)
+
+
+async def known_content(
+    event: ReplayUploaded,
+    row: asyncpg.Record | None,
+    store: BlobStore,
+    ctx: ServiceContext,
+    source: str,
+) -> IngestResult:
+    """A file whose content is known: resumed if its replay is stranded, else a duplicate."""
+    if row is not None:
+        state = ReplayState.from_row(row)
+        plan = plan_redrive(state, ctx.settings.reconcile_after_seconds)
+        if plan.topic is not None and await redrive(ctx, store, state, plan):
+            FILES.labels(source, "resumed").inc()
+            log.info("known content %s: resumed (%s)", event.replay_id[:12], plan.why)
+            return IngestResult("resumed", event.replay_id, event=event)
+    DUPLICATES.inc()
+    FILES.labels(source, "duplicate").inc()
+    log.info("duplicate content %s (%s): skipped", event.replay_id[:12], event.filename)
+    return IngestResult("duplicate", event.replay_id, event=event)
 
 
 async def ingest_path(
@@ -217,9 +265,13 @@ async def _fetch_and_ingest(
         )
 
 
-async def poll_bucket(bucket: Bucket, store: BlobStore, ctx: ServiceContext) -> list[IngestResult]:
-    """Ingest every object version under the prefix not yet in ``ingest_objects``."""
-    prefix = ctx.settings.s3_prefix
+async def poll_bucket(
+    bucket: Bucket, store: BlobStore, ctx: ServiceContext, errors: ErrorLog | None = None
+) -> list[IngestResult]:
+    """Ingest every object version under the prefix not yet in ``ingest_objects``; an object
+    that fails for another reason than a refusal is left for the next listing."""
+    prefix, poll = ctx.settings.s3_prefix, ctx.settings.s3_poll_seconds
+    errors = errors or ErrorLog()
     results: list[IngestResult] = []
     start_after: str | None = None
     while not ctx.stop.is_set():
@@ -231,7 +283,14 @@ async def poll_bucket(bucket: Bucket, store: BlobStore, ctx: ServiceContext) -> 
         for item in page:
             if (bucket.uri(item.key), item.etag) in seen or ctx.stop.is_set():
                 continue
-            if (result := await ingest_object(bucket, item, store, ctx, "s3")) is not None:
+            try:
+                result = await ingest_object(bucket, item, store, ctx, "s3")
+            except BucketUnavailable:
+                raise
+            except Exception as error:  # unrecorded, so the next listing offers it again
+                errors.report(f"could not ingest {shown(bucket.uri(item.key))}", error, poll)
+                continue
+            if result is not None:
                 results.append(result)
         if len(page) < LISTING_PAGE:
             break
@@ -244,14 +303,17 @@ async def watch_bucket(bucket: Bucket, store: BlobStore, ctx: ServiceContext) ->
         "watching %s every %.1fs", bucket.uri(ctx.settings.s3_prefix), ctx.settings.s3_poll_seconds
     )
     last_error = ""
+    errors = ErrorLog()
     while not ctx.stop.is_set():
         try:
-            await poll_bucket(bucket, store, ctx)
+            await poll_bucket(bucket, store, ctx, errors)
             last_error = ""
         except BucketUnavailable as error:
             if str(error) != last_error:  # once per outage, not once per poll
                 log.error("%s; retrying every %.1fs", error, ctx.settings.s3_poll_seconds)
             last_error = str(error)
+        except Exception as error:  # the listing's bookkeeping (Postgres down, say)
+            errors.report("could not list the bucket", error, ctx.settings.s3_poll_seconds)
         await _sleep(ctx, ctx.settings.s3_poll_seconds)
 
 
@@ -320,13 +382,25 @@ class Submissions:
 
 
 async def watch_folder(store: BlobStore, ctx: ServiceContext) -> None:
-    inbox = ctx.settings.inbox_dir
+    """Ingest what lands in the watched folder. No file can stop the loop: an unfit one is
+    dead-lettered once (per path, size and mtime), and one whose ingest fails otherwise (a
+    dependency down, say) is tried again later, while the others go on."""
+    inbox = ctx.settings.inbox_dir.absolute()
     inbox.mkdir(parents=True, exist_ok=True)
     watcher = FolderWatcher(inbox)
+    errors = ErrorLog()
     log.info("watching %s", inbox)
     while not ctx.stop.is_set():
-        for path in watcher.poll():
-            await ingest_file(path, store, ctx, source="watch", uri=path.as_uri(), within=inbox)
+        for path in await asyncio.to_thread(watcher.poll):
+            if ctx.stop.is_set():
+                break
+            try:
+                await ingest_file(path, store, ctx, source="watch", uri=path.as_uri(), within=inbox)
+            except Exception as error:
+                delay = watcher.retry_later(path)
+                errors.report(f"could not ingest {shown(str(path))}", error, delay)
+            else:
+                watcher.succeeded(path)
         await _sleep(ctx, ctx.settings.watch_interval_seconds)
 
 
@@ -336,12 +410,13 @@ async def _sleep(ctx: ServiceContext, seconds: float) -> None:
 
 
 async def run(ctx: ServiceContext) -> None:
-    store = BlobStore(ctx.settings.blob_dir)
+    store = open_blob_store(ctx.settings)
     if recovered := await republish_unannounced(ctx):
         log.info("announced %d replays left unannounced by an earlier run", recovered)
     bucket = Bucket(ctx.settings) if ctx.settings.s3_bucket else None
     submissions = Submissions(ctx, store, bucket)
     async with asyncio.TaskGroup() as tasks:
+        tasks.create_task(reconcile_forever(ctx, store))
         tasks.create_task(watch_folder(store, ctx))
         if bucket is not None:
             tasks.create_task(watch_bucket(bucket, store, ctx))

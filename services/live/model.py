@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from pathlib import Path
 
 import asyncpg
 
@@ -19,7 +18,7 @@ from services.scorer.score import ImpactModel, ModelSchemaError
 from shared import db, metrics
 from shared.registry import DEFAULT_MODEL_FILE
 from shared.settings import Settings
-from shared.storage import sha256_file, uri_to_path
+from shared.storage import open_blob_store, open_checked, read_trusted
 
 log = logging.getLogger(__name__)
 
@@ -37,30 +36,33 @@ class LiveModel:
         if record is not None:
             if self.current is not None and self.current.model_id == record.id:
                 return
-            path = uri_to_path(record.uri)
-            if loaded := await self._load(path, record.id, record.version, record.sha256):
+            if loaded := await self._load(record.uri, record.id, record.version, record.sha256):
                 self._use(loaded)
                 return
         if self.current is None or (record is None and self.current.model_id is not None):
             path = self.settings.default_model_dir / DEFAULT_MODEL_FILE
-            if loaded := await self._load(path, None, None, None):
+            if loaded := await self._load(path.absolute().as_uri(), None, None, None):
                 self._use(loaded)
 
     async def _load(
-        self, path: Path, model_id: int | None, version: str | None, sha256: str | None
+        self, uri: str, model_id: int | None, version: str | None, sha256: str | None
     ) -> ScoringModel | None:
-        key = f"{path}:{model_id}"
+        key = f"{uri}:{model_id}"
         if key in self._failed:
             return None
         try:
-            if sha256 is not None and await asyncio.to_thread(sha256_file, path) != sha256:
-                raise ValueError("the file fails its registered checksum")
-            model = await asyncio.to_thread(ImpactModel, path)
+            model = await asyncio.to_thread(self._read, uri, sha256)
         except (ModelSchemaError, OSError, RuntimeError, ValueError) as error:
             self._failed.add(key)
-            self._fail(f"{path}: {error}", type(error).__name__)
+            self._fail(f"{uri}: {error}", type(error).__name__)
             return None
         return ScoringModel(model, model_id, version or model.version)
+
+    def _read(self, uri: str, sha256: str | None) -> ImpactModel:
+        store = open_blob_store(self.settings)
+        file = open_checked(store, uri, sha256) if sha256 else read_trusted(store, uri)
+        with file as path:
+            return ImpactModel(path)
 
     def _use(self, loaded: ScoringModel) -> None:
         self.current = loaded

@@ -4,12 +4,16 @@ A replay that hangs is killed after its timeout, and one that kills its worker (
 an abort, running out of memory) fails alone; either way the worker is replaced and the other
 replays go on. Workers are recycled after a number of replays, bounding any leak. Built on
 ``pebble``, whose process pool does per-task timeouts, unlike the standard library's.
+
+A worker dies with the process that started it (``PR_SET_PDEATHSIG``): a parser killed with
+SIGKILL leaves no worker behind to finish, orphaned, a replay nobody waits for.
 """
 
 from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
@@ -17,6 +21,7 @@ from typing import Any, TypeVar
 from pebble import ProcessExpired, ProcessPool
 
 from services.parser.parse import ReplayParseError
+from shared.process import die_with_parent
 
 T = TypeVar("T")
 
@@ -44,6 +49,8 @@ class WorkerPool:
             max_workers=workers,
             max_tasks=recycle_after,
             context=multiprocessing.get_context("spawn"),
+            initializer=die_with_parent,
+            initargs=(os.getpid(),),
         )
 
     async def run(self, function: Callable[..., T], *args: Any) -> T:

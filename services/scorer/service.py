@@ -30,7 +30,7 @@ from typing import TypeGuard, TypeVar
 
 from aiokafka import AIOKafkaConsumer
 
-from services.featurizer.dataset import read_features
+from services.featurizer.dataset import read_stored_features
 from services.featurizer.features import FEATURE_SCHEMA_VERSION
 from services.scorer.score import ImpactModel, ModelSchemaError, score_table
 from services.scorer.skill import SkillModel, estimate_skill
@@ -56,7 +56,7 @@ from shared.registry import DEFAULT_MODEL_FILE, ensure_active_impact_model
 from shared.retry import RetryPolicy, Stopped, is_transient
 from shared.service import ServiceContext, run_service
 from shared.settings import Settings
-from shared.storage import sha256_file, uri_to_path
+from shared.storage import BlobOutsideStore, BlobStore, open_blob_store, open_checked
 
 NAME = "scorer"
 # Event timestamps come from this host's clock, score rows' from Postgres's: the start-up scan
@@ -86,21 +86,20 @@ class Scorers:
     skill: LoadedSkill | None = None
 
 
-async def load_impact(record: ModelRecord) -> LoadedModel:
-    path = await _checked_path(record)
-    return LoadedModel(record, await asyncio.to_thread(ImpactModel, path))
+async def load_impact(record: ModelRecord, store: BlobStore) -> LoadedModel:
+    return LoadedModel(record, await _load_checked(record, store, ImpactModel))
 
 
-async def load_skill(record: ModelRecord) -> LoadedSkill:
-    path = await _checked_path(record)
-    return LoadedSkill(record, await asyncio.to_thread(SkillModel, path))
+async def load_skill(record: ModelRecord, store: BlobStore) -> LoadedSkill:
+    return LoadedSkill(record, await _load_checked(record, store, SkillModel))
 
 
-async def _checked_path(record: ModelRecord) -> Path:
-    path = uri_to_path(record.uri)
-    if await asyncio.to_thread(sha256_file, path) != record.sha256:
-        raise ValueError(f"model {record.version} at {path} fails its checksum")
-    return path
+async def _load_checked(record: ModelRecord, store: BlobStore, model: Callable[[Path], L]) -> L:
+    def load() -> L:
+        with open_checked(store, record.uri, record.sha256) as path:
+            return model(path)
+
+    return await asyncio.to_thread(load)
 
 
 class ActiveModel:
@@ -119,6 +118,7 @@ class ActiveModel:
         self._failed: set[int] = set()  # model ids that would not load: not retried
         self._no_default = False  # the shipped model could not be registered: not retried
         self._said_waiting = False
+        self.store = open_blob_store(ctx.settings)
 
     def request_refresh(self) -> None:
         """Re-read the registry before the next batch (a model was promoted)."""
@@ -187,10 +187,10 @@ class ActiveModel:
         return loaded is None or loaded.record.id != record.id
 
     async def _load(
-        self, loader: Callable[[ModelRecord], Awaitable[L]], record: ModelRecord
+        self, loader: Callable[[ModelRecord, BlobStore], Awaitable[L]], record: ModelRecord
     ) -> L | None:
         try:
-            return await loader(record)
+            return await loader(record, self.store)
         except (ModelSchemaError, OSError, RuntimeError, ValueError) as error:
             if is_transient(error):  # the blob store is down: try again later
                 raise
@@ -250,7 +250,9 @@ async def stored_scores(
 ) -> list[StoredScore]:
     """Score one stored replay with ``scorers`` and record the rows (a replay scored with this
     model before keeps its rows); return the rows not announced yet."""
-    table = await asyncio.to_thread(read_features, uri_to_path(features_uri))
+    table = await asyncio.to_thread(
+        read_stored_features, open_blob_store(ctx.settings), features_uri
+    )
     scores = await asyncio.to_thread(score_table, table, scorers.impact.model)
     skill = scorers.skill
     ratings = await asyncio.to_thread(estimate_skill, table, skill.model) if skill else {}
@@ -361,6 +363,11 @@ async def run(ctx: ServiceContext) -> None:
     active = ActiveModel(ctx)
 
     async def handle(event: FeaturesReady) -> Emission:
+        try:
+            active.store.expect(event.features_uri, "features", event.replay_id, ".parquet")
+        except BlobOutsideStore as error:
+            await ctx.refuse_event(FEATURES_READY, event, str(error))
+            return Emission([])  # nothing to announce; its offset is committed all the same
         scorers = active.scorers  # wait_until_ready runs before each batch
         pending = await stored_scores(ctx, event.replay_id, event.features_uri, scorers)
         model = scorers.impact.record

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from services.featurizer.dataset import read_features
+from services.featurizer.dataset import read_stored_features
 from services.featurizer.features import FEATURE_SCHEMA_VERSION, N_FEATURES, FeatureTable
 from services.scorer.skill import player_sequences
 from services.trainer.skill import (
@@ -43,7 +43,7 @@ from shared import db
 from shared.events import MODEL_PROMOTED, TRAIN_REQUESTED, ModelPromoted, TrainRequested
 from shared.kafka import consume
 from shared.service import ServiceContext, run_service
-from shared.storage import BlobStore, sha256_file, uri_to_path
+from shared.storage import open_blob_store, sha256_file
 
 NAME = "trainer"
 PARITY_TOLERANCE = 1e-4
@@ -82,21 +82,21 @@ async def register(
 ) -> db.ModelRecord:
     """Export, check ONNX against torch, register as a candidate, promote as requested."""
     version = model_version(kind, result.train_replays + result.val_replays)
-    store = BlobStore(ctx.settings.blob_dir)
+    store = open_blob_store(ctx.settings)
     blob_id = version.replace("-", "")
     with store.writer("models", blob_id, ".onnx") as tmp:
         await asyncio.to_thread(export, result.model, tmp, version)
         parity = await asyncio.to_thread(onnx_parity, result.model, tmp, parity_input, signature)
         if parity > PARITY_TOLERANCE:
             raise ValueError(f"ONNX export of {version} differs from torch by {parity:.2e}")
-    path = store.path_for("models", blob_id, ".onnx")
+        sha256 = await asyncio.to_thread(sha256_file, tmp)
     async with ctx.pool.acquire() as conn:
         record = await db.register_model(
             conn,
             name=kind,
             version=version,
-            uri=path.as_uri(),
-            sha256=await asyncio.to_thread(sha256_file, path),
+            uri=store.uri_for("models", blob_id, ".onnx"),
+            sha256=sha256,
             feature_schema_version=FEATURE_SCHEMA_VERSION,
             metrics={**result.metrics, "onnx_max_abs_diff": parity},
             kind=kind,
@@ -122,8 +122,9 @@ async def train_and_register(
     async with ctx.pool.acquire() as conn:
         rows = await db.featurized_replays(conn)
         labels = await db.player_labels(conn)
+    store = open_blob_store(ctx.settings)
     tables = await asyncio.to_thread(
-        lambda: [read_features(uri_to_path(row["features_uri"])) for row in rows]
+        lambda: [read_stored_features(store, row["features_uri"]) for row in rows]
     )
     replay_ids = [t.replay_id for t in tables]
     result = await asyncio.to_thread(

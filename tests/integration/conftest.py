@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -57,10 +58,11 @@ class Stack:
     def log(self, service: str) -> str:
         return (self.data_dir / "logs" / f"{service}.log").read_text(errors="replace")
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def cli(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        """``rlimpact ARGS`` with the stack's environment, ``env`` added."""
         return subprocess.run(
             [sys.executable, "-m", "services.cli", *args],
-            env=self.env,
+            env={**self.env, **env},
             cwd=REPO_ROOT,
             capture_output=True,
             text=True,
@@ -152,6 +154,53 @@ async def events_on(stack: Stack, topic: Topic, event_type: type[E]) -> AsyncIte
     finally:
         task.cancel()
         await consumer.stop()
+
+
+@pytest.fixture(scope="session")
+def minio(stack: Stack) -> Iterator[None]:
+    """MinIO (deploy/minio.sh) on the stack's S3 port, for the tests that need it."""
+    script = str(REPO_ROOT / "deploy" / "minio.sh")
+    subprocess.run(["bash", script, "start"], env=stack.env, check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["bash", script, "stop"], env=stack.env, check=False)
+
+
+def service_up(stack: Stack, name: str) -> bool:
+    url = f"http://127.0.0.1:{stack.settings.metrics_port(name)}/metrics"
+    try:
+        body = urllib.request.urlopen(url, timeout=2).read().decode()
+    except OSError:
+        return False
+    return f'rlimpact_up{{service="{name}"}} 1.0' in body
+
+
+def stop_service(stack: Stack, name: str, clean: bool = True) -> None:
+    """SIGTERM; a running service finishes what it does and exits 0 (``clean``)."""
+    process = stack.processes[name]
+    process.terminate()
+    code = process.wait(timeout=30)
+    assert code == 0 or not clean, f"exit status {code}:\n{stack.log(name)[-3000:]}"
+
+
+async def restart_service(stack: Stack, name: str, clean: bool = True, **env: str) -> None:
+    """Stop the running service (if it runs) and start another with ``env`` added."""
+    if stack.processes[name].poll() is None:
+        stop_service(stack, name, clean)
+    log = (stack.data_dir / "logs" / f"{name}.log").open("ab")
+    stack.processes[name] = subprocess.Popen(
+        [sys.executable, "-m", f"services.{name}"],
+        env={**stack.env, **env},
+        cwd=REPO_ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+    async def up() -> bool:
+        return service_up(stack, name)
+
+    await wait_for(up, 60, f"the {name} to start")
 
 
 async def connect_pg(stack: Stack) -> asyncpg.Connection:

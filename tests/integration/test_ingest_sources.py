@@ -15,10 +15,7 @@ its own.
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
-import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,9 +35,15 @@ from shared.events import (
     ReplayUploaded,
 )
 from shared.kafka import event_producer
-from shared.settings import REPO_ROOT, Settings
-from shared.storage import BlobStore
-from tests.integration.conftest import Stack, events_on, wait_for
+from shared.settings import Settings
+from shared.storage import FileBlobStore
+from tests.integration.conftest import (
+    Stack,
+    events_on,
+    restart_service,
+    stop_service,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -69,16 +72,11 @@ class Seen:
 
 
 @pytest.fixture(scope="module")
-def s3(stack: Stack) -> Iterator[Settings]:
+def s3(stack: Stack, minio: None) -> Settings:
     """MinIO on the stack's S3 port, with an empty bucket; settings that name the bucket."""
-    script = str(REPO_ROOT / "deploy" / "minio.sh")
-    subprocess.run(["bash", script, "start"], env=stack.env, check=True)
-    try:
-        settings = stack.settings.model_copy(update={"s3_bucket": BUCKET})
-        Bucket(settings).create()
-        yield settings
-    finally:
-        subprocess.run(["bash", script, "stop"], env=stack.env, check=False)
+    settings = stack.settings.model_copy(update={"s3_bucket": BUCKET})
+    Bucket(settings).create()
+    return settings
 
 
 @pytest.fixture(scope="module")
@@ -90,51 +88,12 @@ async def seen(stack: Stack) -> AsyncIterator[Seen]:
         yield Seen(uploaded, failed)
 
 
-def _ingestor_up(stack: Stack) -> bool:
-    url = f"http://127.0.0.1:{stack.settings.metrics_port('ingestor')}/metrics"
-    try:
-        body = urllib.request.urlopen(url, timeout=2).read().decode()
-    except OSError:
-        return False
-    return 'rlimpact_up{service="ingestor"} 1.0' in body
-
-
 def _stop_ingestor(stack: Stack, clean: bool = True) -> None:
-    """SIGTERM; a running ingestor finishes what it does and exits 0 (``clean``)."""
-    process = stack.processes["ingestor"]
-    process.terminate()
-    code = process.wait(timeout=30)
-    assert code == 0 or not clean, f"exit status {code}:\n{stack.log('ingestor')[-3000:]}"
+    stop_service(stack, "ingestor", clean)
 
 
 async def _restart_ingestor(stack: Stack, clean: bool = True, **env: str) -> None:
-    """Stop the running ingestor and start another with ``env`` added."""
-    if stack.processes["ingestor"].poll() is None:
-        _stop_ingestor(stack, clean)
-    log = (stack.data_dir / "logs" / "ingestor.log").open("ab")
-    stack.processes["ingestor"] = subprocess.Popen(
-        [sys.executable, "-m", "services.ingestor"],
-        env={**stack.env, **env},
-        cwd=REPO_ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-
-    async def up() -> bool:
-        return _ingestor_up(stack)
-
-    await wait_for(up, 60, "the ingestor to start")
-
-
-def _cli(stack: Stack, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "services.cli", *args],
-        env={**stack.env, **env},
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    await restart_service(stack, "ingestor", clean, **env)
 
 
 def _bucket_env(settings: Settings, max_bytes: int | None = None) -> dict[str, str]:
@@ -243,7 +202,7 @@ async def _restart_after_a_crash(stack, s3, bucket, seen, pg, good3, good4) -> N
     restart announces each once, and the redelivered or re-listed file is a duplicate."""
     failed_before = len(seen.failed)
     _stop_ingestor(stack)
-    store = BlobStore(s3.blob_dir)
+    store = FileBlobStore(s3.blob_dir)
     bucket.upload(good3.path, "incoming/good3.replay")
     staged = stage_file(good4.path, s3, None, "upload")
     async with event_producer(s3, "test") as producer:
@@ -268,18 +227,18 @@ async def _restart_after_a_crash(stack, s3, bucket, seen, pg, good3, good4) -> N
 
 
 async def _upload_command(stack, s3, seen, pg, good5, good6, tmp_path) -> None:
-    to_bucket = _cli(stack, "upload", str(good5.path), RLIMPACT_S3_BUCKET=BUCKET)
+    to_bucket = stack.cli("upload", str(good5.path), RLIMPACT_S3_BUCKET=BUCKET)
     assert to_bucket.returncode == 0, to_bucket.stderr
     assert "1 files submitted, 0 refused" in to_bucket.stdout
-    to_folder = _cli(stack, "upload", "--source", "my-bot", str(good6.path))
+    to_folder = stack.cli("upload", "--source", "my-bot", str(good6.path))
     assert to_folder.returncode == 0, to_folder.stderr
 
     text = tmp_path / "notes.replay"
     text.write_text("not a replay")
-    refused = _cli(stack, "upload", str(text))
+    refused = stack.cli("upload", str(text))
     assert refused.returncode == 1
     assert "notes.replay: not a Rocket League replay" in refused.stderr
-    missing = _cli(stack, "upload", str(tmp_path / "nope.replay"))
+    missing = stack.cli("upload", str(tmp_path / "nope.replay"))
     assert missing.returncode != 0 and "no such file" in missing.stderr
 
     async def both_announced() -> bool:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import signal
+import sys
 from datetime import timedelta
 from itertools import pairwise
 
@@ -18,7 +21,6 @@ from services.bridge.plugin import (
     presented_token,
     token_ok,
 )
-from services.bridge.service import Backoff
 from services.bridge.simulator import (
     PlaybackOptions,
     SosSimulator,
@@ -27,8 +29,10 @@ from services.bridge.simulator import (
 )
 from services.bridge.sos import Skipped, SosMessageError, SosSession
 from services.parser.parse import parse_replay_file
+from shared.backoff import Backoff
 from shared.events import LiveFrame, decode, encode, utcnow
 from shared.frames import PLAYER_FIELD, ParsedReplay
+from shared.settings import REPO_ROOT
 
 GAME_SECONDS = 150.0
 
@@ -232,3 +236,33 @@ async def test_simulator_serves_sos_over_websocket(parsed):
     assert abs(updates - 3.0 * parsed.fps) <= 2
     assert events[-2:] == ["game:match_ended", "game:podium_start"]
     assert simulator.matches[0].frames_sent == 0, "match 0 waits for its own client"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_simulate_stops_cleanly_on_sigterm_and_sigint(standard_replay, sig):
+    simulate = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "services.cli", "simulate", str(standard_replay.path)),
+        *("--port", "0", "--loop"),
+        cwd=REPO_ROOT,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert simulate.stdout is not None
+        line = (await asyncio.wait_for(simulate.stdout.readline(), 60)).decode()
+        port = int(re.search(r"ws://127\.0\.0\.1:(\d+)/0", line).group(1))  # type: ignore[union-attr]
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(f"ws://127.0.0.1:{port}/") as ws,
+        ):
+            await ws.receive_str()  # the match is on: a client is connected
+            simulate.send_signal(sig)
+            while (await asyncio.wait_for(ws.receive(), 5)).type == aiohttp.WSMsgType.TEXT:
+                pass  # frames sent before the signal; then the server closes the connection
+            assert ws.closed or ws.close_code is not None
+        assert await asyncio.wait_for(simulate.wait(), 5) == 0
+        rest = (await simulate.stdout.read()).decode()
+        assert f"stopped by {sig.name}" in rest
+    finally:
+        if simulate.returncode is None:
+            simulate.kill()
+            await simulate.wait()

@@ -41,3 +41,37 @@ def test_infrastructure_is_in_the_stack():
     env = COMPOSE["services"]["parser"]["environment"]
     assert env["RLIMPACT_KAFKA_BOOTSTRAP"] == "kafka:9092"
     assert env["RLIMPACT_PG_HOST"] == "postgres"
+
+
+def test_the_services_share_no_disk_but_the_blob_bucket():
+    """Blobs in MinIO: no service mounts a volume but the ingestor its watched folder."""
+    for name in SERVICE_NAMES:
+        service = COMPOSE["services"][name]
+        settings = _settings(service["environment"])
+        assert settings.blob_store == "s3" and settings.s3_endpoint == "http://minio:9000"
+        assert [v.split(":")[1] for v in service.get("volumes", [])] in ([], ["/data/inbox"])
+    assert COMPOSE["services"]["ingestor"]["volumes"] == ["./inbox:/data/inbox"]
+
+
+def test_the_blob_bucket_is_created_by_the_real_cli_before_the_services_start():
+    from services.cli import build_parser
+
+    job = COMPOSE["services"]["blob-bucket"]
+    assert job["command"][:3] == ["python", "-m", "services.cli"]
+    args = build_parser().parse_args(job["command"][3:])
+    assert args.command == "bucket" and args.create
+    bucket = _settings(job["environment"]).s3_bucket
+    for name in SERVICE_NAMES:
+        service = COMPOSE["services"][name]
+        assert _settings(service["environment"]).blob_bucket == bucket
+        assert service["depends_on"]["blob-bucket"] == {
+            "condition": "service_completed_successfully"
+        }
+    minio = COMPOSE["services"]["minio"]["environment"]
+    settings = _settings(job["environment"])
+    assert minio["MINIO_ROOT_USER"] == settings.s3_access_key
+    assert minio["MINIO_ROOT_PASSWORD"] == settings.s3_secret_key.get_secret_value()
+
+
+def _settings(env: dict[str, str]) -> Settings:
+    return Settings.model_validate({k.removeprefix("RLIMPACT_").lower(): v for k, v in env.items()})

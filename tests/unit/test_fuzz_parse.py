@@ -10,6 +10,7 @@ stopping at the checksum. ``RLIMPACT_FUZZ_EXAMPLES`` sets how many inputs (defau
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import tempfile
 from collections import Counter
@@ -24,7 +25,7 @@ from services.parser.parse import ReplayParseError
 from services.parser.service import parse_to_store
 from services.parser.workers import WorkerPool
 from shared.settings import ValidationRules
-from shared.storage import BlobStore
+from shared.storage import FileBlobStore
 from tests.support.replay_bytes import seal, split
 
 EXAMPLES = int(os.environ.get("RLIMPACT_FUZZ_EXAMPLES", "40"))
@@ -39,9 +40,9 @@ def originals(good_replays) -> list[bytes]:
 
 
 @pytest.fixture(scope="module")
-def workspace() -> Iterator[Path]:
+def workspace() -> Iterator[FileBlobStore]:
     with tempfile.TemporaryDirectory() as tmp:
-        yield Path(tmp)
+        yield FileBlobStore(Path(tmp))
 
 
 @pytest.fixture(scope="module")
@@ -86,11 +87,15 @@ def mutated(draw: st.DrawFn, originals: list[bytes]) -> bytes:
     return sealed[:4] + original[4:8] + sealed[8:]  # keep the stale header CRC
 
 
-def _outcome(pool: WorkerPool, workspace: Path, data: bytes, name: str) -> str:
-    path = workspace / f"{name}.replay"
+def _outcome(pool: WorkerPool, store: FileBlobStore, data: bytes) -> str:
+    """Stored as the ingestor stores it (named by its sha256), then parsed as the service does."""
+    replay_id = hashlib.sha256(data).hexdigest()
+    path = store.path_for("replays", replay_id, ".replay")
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
+    uri = store.uri_for("replays", replay_id, ".replay")
     try:
-        asyncio.run(pool.run(parse_to_store, path.as_uri(), name, 10.0, workspace, RULES))
+        asyncio.run(pool.run(parse_to_store, uri, replay_id, 10.0, store, RULES))
     except ReplayParseError as error:
         assert error.reason, "every rejection says why"
         return f"{type(error).__name__}: {error.reason[:40]}"
@@ -107,11 +112,11 @@ def test_mutated_replays_end_in_frames_or_a_clean_rejection(originals, pool, wor
     @given(data=st.data())
     def fuzz(data: st.DataObject) -> None:
         replay = data.draw(mutated(originals))
-        outcomes[_outcome(pool, workspace, replay, f"fuzz{sum(outcomes.values())}")] += 1
+        outcomes[_outcome(pool, workspace, replay)] += 1
 
     fuzz()
     print(f"fuzz outcomes: {dict(outcomes)}")
     assert sum(outcomes.values()) >= EXAMPLES
     good = originals[0]
-    assert _outcome(pool, workspace, good, "afterfuzz") == "parsed", "the pool still parses"
-    assert BlobStore(workspace).path_for("frames", "afterfuzz", ".npz").exists()
+    assert _outcome(pool, workspace, good) == "parsed", "the pool still parses"
+    assert workspace.path_for("frames", hashlib.sha256(good).hexdigest(), ".npz").exists()

@@ -10,11 +10,13 @@ import pytest
 
 from services.cli import build_parser
 from services.cli.ingest import stage_file
+from services.ingestor import ingest
 from services.ingestor.ingest import (
     MAX_KEY_BYTES,
     SNIFF_BYTES,
     FolderWatcher,
     IngestRejected,
+    check_file,
     check_name,
     check_size,
     copy_limited,
@@ -27,7 +29,7 @@ from services.ingestor.ingest import (
 from services.ingestor.s3 import parse_s3_uri, s3_uri
 from shared.events import ReplaySubmitted, decode, encode
 from shared.settings import Settings
-from shared.storage import BlobStore, uri_to_path
+from shared.storage import FileBlobStore, uri_to_path
 
 
 def test_watcher_yields_a_file_once_it_stops_changing(tmp_path: Path):
@@ -46,7 +48,7 @@ def test_watcher_yields_a_file_once_it_stops_changing(tmp_path: Path):
 
 
 def test_same_content_under_two_names_is_one_blob(tmp_path: Path, standard_replay):
-    store = BlobStore(tmp_path / "blobs")
+    store = FileBlobStore(tmp_path / "blobs")
     content = standard_replay.path.read_bytes()
     first, second = tmp_path / "a.replay", tmp_path / "b.replay"
     first.write_bytes(content)
@@ -71,14 +73,14 @@ def test_same_content_under_two_names_is_one_blob(tmp_path: Path, standard_repla
 def test_unfit_files_are_rejected_with_a_reason(tmp_path: Path, content: bytes, reason: str):
     path = tmp_path / "x.replay"
     path.write_bytes(content)
-    store = BlobStore(tmp_path / "blobs")
+    store = FileBlobStore(tmp_path / "blobs")
     with pytest.raises(IngestRejected, match=reason):
         upload_event(path, store, max_bytes=100, source="test")
     assert not (tmp_path / "blobs").exists(), "nothing is stored for a rejected file"
 
 
 def test_a_hostile_file_name_is_rejected_before_anything_is_stored(tmp_path, standard_replay):
-    store = BlobStore(tmp_path / "blobs")
+    store = FileBlobStore(tmp_path / "blobs")
     with pytest.raises(IngestRejected, match="path segment"):
         upload_event(standard_replay.path, store, 10**9, "test", filename="../../etc/x.replay")
     assert not (tmp_path / "blobs").exists()
@@ -241,3 +243,155 @@ def test_upload_source_is_checked_by_the_command_line(capsys):
     assert "--source" in capsys.readouterr().err
     args = build_parser().parse_args(["upload", "x.replay"])
     assert isinstance(args, argparse.Namespace) and args.source == "upload"
+
+
+# ---------------------------------------------------------------- hostile folder entries
+
+
+def _offered(watcher: FolderWatcher) -> list[Path]:
+    """What the watcher offers once entries held still for one poll."""
+    assert watcher.poll() == []
+    return watcher.poll()
+
+
+def _refused(path: Path, store: FileBlobStore, reason: str, max_bytes: int = 10**9) -> None:
+    with pytest.raises(IngestRejected, match=reason):
+        upload_event(path, store, max_bytes, "test")
+
+
+@pytest.fixture
+def inbox(tmp_path: Path) -> Path:
+    root = tmp_path / "inbox"
+    root.mkdir()
+    return root
+
+
+def test_a_name_that_is_not_utf8_is_offered_and_refused(inbox: Path, tmp_path, standard_replay):
+    raw = os.fsencode(inbox) + b"/bad-\xff\xfe.replay"
+    with open(raw, "wb") as handle:
+        handle.write(standard_replay.path.read_bytes())
+    watcher = FolderWatcher(inbox)
+    [path] = _offered(watcher)
+    assert os.fsencode(path) == raw and "\udcff" in path.name  # surrogate-escaped by scandir
+    store = FileBlobStore(tmp_path / "blobs")
+    _refused(path, store, "is not valid UTF-8")
+    assert "'bad-\\udcff\\udcfe.replay'" in shown(path.name)  # escaped in the reason
+    path.as_uri()  # the dead letter's URI can be made from it
+    assert not (tmp_path / "blobs").exists()
+
+
+def test_a_symlink_loop_is_offered_and_refused(inbox: Path, tmp_path: Path):
+    (inbox / "loop.replay").symlink_to("loop.replay")
+    (inbox / "a.replay").symlink_to("b.replay")
+    (inbox / "b.replay").symlink_to("a.replay")
+    assert _offered(FolderWatcher(inbox)) == [
+        inbox / n for n in ("a.replay", "b.replay", "loop.replay")
+    ]
+    store = FileBlobStore(tmp_path / "blobs")
+    for name in ("loop.replay", "a.replay"):
+        with pytest.raises(IngestRejected, match="symbolic link loop"):
+            resolve_inside(inbox, inbox / name)
+        _refused(inbox / name, store, "symbolic link loop")
+
+
+def test_a_symlinked_folder_is_not_walked_so_a_folder_loop_ends(inbox: Path):
+    (inbox / "sub").mkdir()
+    (inbox / "sub" / "up").symlink_to(inbox, target_is_directory=True)
+    (inbox / "sub" / "a.replay").write_bytes(b"x")
+    assert _offered(FolderWatcher(inbox)) == [inbox / "sub" / "a.replay"]
+
+
+def test_links_out_of_the_folder_and_to_nothing_are_refused(inbox: Path, tmp_path: Path):
+    outside = tmp_path / "secret.replay"
+    outside.write_bytes(b"secret")
+    (inbox / "out.replay").symlink_to(outside)
+    (inbox / "nothing.replay").symlink_to(inbox / "gone.replay")
+    assert len(_offered(FolderWatcher(inbox))) == 2
+    with pytest.raises(IngestRejected, match="leads outside"):
+        resolve_inside(inbox, inbox / "out.replay")
+    _refused(
+        inbox / "nothing.replay", FileBlobStore(tmp_path / "blobs"), "symbolic link to nothing"
+    )
+
+
+@pytest.mark.timeout(60)
+def test_a_fifo_is_refused_without_blocking(inbox: Path, tmp_path: Path):
+    os.mkfifo(inbox / "pipe.replay")  # opening it for reading in blocking mode would hang
+    assert _offered(FolderWatcher(inbox)) == [inbox / "pipe.replay"]
+    _refused(inbox / "pipe.replay", FileBlobStore(tmp_path / "blobs"), "is a FIFO, not a file")
+    with pytest.raises(IngestRejected, match="is a FIFO"):
+        check_file(inbox / "pipe.replay", 100)
+
+
+def test_a_folder_named_like_a_replay_is_refused_and_walked(inbox: Path, tmp_path: Path):
+    (inbox / "x.replay").mkdir()
+    (inbox / "x.replay" / "inner.replay").write_bytes(b"x")
+    assert _offered(FolderWatcher(inbox)) == [
+        inbox / "x.replay",
+        inbox / "x.replay" / "inner.replay",
+    ]
+    _refused(inbox / "x.replay", FileBlobStore(tmp_path / "blobs"), "is a folder, not a file")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file whatever its mode")
+def test_an_unreadable_file_is_refused(inbox: Path, tmp_path: Path):
+    path = inbox / "locked.replay"
+    path.write_bytes(b"x")
+    path.chmod(0)
+    _refused(path, FileBlobStore(tmp_path / "blobs"), "cannot be opened: Permission denied")
+
+
+def test_a_file_removed_between_listing_and_reading_is_refused(inbox: Path, tmp_path: Path):
+    path = inbox / "brief.replay"
+    path.write_bytes(b"x")
+    assert _offered(FolderWatcher(inbox)) == [path]
+    path.unlink()
+    _refused(path, FileBlobStore(tmp_path / "blobs"), "vanished before it was read")
+
+
+@pytest.mark.parametrize("change", ["grow", "truncate", "rewrite"])
+def test_a_file_that_changes_while_read_is_refused_and_nothing_stored(
+    inbox: Path, tmp_path: Path, standard_replay, monkeypatch, change: str
+):
+    """The file really changes on disk between the start and the end of its copy."""
+    path = inbox / "moving.replay"
+    content = standard_replay.path.read_bytes()
+    path.write_bytes(content)
+    real_copy = ingest.copy_limited
+
+    def copy_then_change(*args, **kwargs) -> int:
+        size = real_copy(*args, **kwargs)
+        if change == "grow":
+            with path.open("ab") as handle:
+                handle.write(b"more")
+        elif change == "truncate":
+            os.truncate(path, len(content) // 2)
+        else:
+            os.utime(path, ns=(1, 1))  # same size, other bytes: only the mtime tells
+        return size
+
+    monkeypatch.setattr(ingest, "copy_limited", copy_then_change)
+    _refused(path, FileBlobStore(tmp_path / "blobs"), "changed while it was read")
+    assert not list((tmp_path / "blobs").rglob("*.replay"))
+    monkeypatch.undo()
+    event = upload_event(path, FileBlobStore(tmp_path / "blobs"), 10**9, "test")  # once still
+    assert event.replay_id == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert uri_to_path(event.uri).read_bytes() == path.read_bytes()
+
+
+def test_an_entry_is_offered_once_per_size_and_mtime_and_retried_after_a_failure(inbox: Path):
+    path = inbox / "a.replay"
+    path.write_bytes(b"x")
+    watcher = FolderWatcher(inbox)
+    assert watcher.poll(now=0) == [] and watcher.poll(now=1) == [path]
+    assert [watcher.poll(now=t) for t in (2, 3, 4)] == [[], [], []]  # a refusal is not repeated
+    delay = watcher.retry_later(path, now=5)  # its ingest failed (a dependency down, say)
+    assert 1 <= delay <= 2
+    assert watcher.poll(now=5) == [] and watcher.poll(now=5 + delay / 2) == []
+    assert watcher.poll(now=5 + delay) == [] and watcher.poll(now=6 + delay) == [path]
+    second = watcher.retry_later(path, now=10)
+    assert 2 <= second <= 4  # doubled
+    watcher.succeeded(path)
+    assert watcher.poll(now=11) == [] and watcher.poll(now=12) == [path]
+    path.unlink()
+    assert watcher.poll(now=13) == [] and watcher._done == {}  # gone: forgotten
