@@ -22,6 +22,7 @@ class Topic:
     name: str
     partitions: int
     retention_ms: int
+    compacted: bool = False  # keep the latest record per key (and drop what is older too)
 
 
 REPLAY_UPLOADED = Topic("replay.uploaded", partitions=2, retention_ms=14 * 24 * HOUR_MS)
@@ -33,8 +34,11 @@ TRAIN_REQUESTED = Topic("train.requested", partitions=1, retention_ms=7 * 24 * H
 MODEL_PROMOTED = Topic("model.promoted", partitions=1, retention_ms=30 * 24 * HOUR_MS)
 EVENTS_INVALID = Topic("events.invalid", partitions=1, retention_ms=30 * 24 * HOUR_MS)
 REPLAY_SUBMITTED = Topic("replay.submitted", partitions=1, retention_ms=14 * 24 * HOUR_MS)
-LIVE_FRAMES = Topic("live.frames", partitions=4, retention_ms=6 * HOUR_MS)
-SCORES_LIVE = Topic("scores.live", partitions=4, retention_ms=24 * HOUR_MS)
+LIVE_FRAMES = Topic("live.frames", partitions=6, retention_ms=6 * HOUR_MS)
+SCORES_LIVE = Topic("scores.live", partitions=6, retention_ms=24 * HOUR_MS)
+# The live service's per-match state, keyed by match id, on the partition of its live.frames
+# (services/live/changelog.py): as many partitions, and kept as long.
+LIVE_STATE = Topic("live.state", LIVE_FRAMES.partitions, LIVE_FRAMES.retention_ms, compacted=True)
 
 ALL_TOPICS: tuple[Topic, ...] = (
     REPLAY_UPLOADED,
@@ -48,6 +52,7 @@ ALL_TOPICS: tuple[Topic, ...] = (
     REPLAY_SUBMITTED,
     LIVE_FRAMES,
     SCORES_LIVE,
+    LIVE_STATE,
 )
 
 

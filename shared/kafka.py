@@ -57,6 +57,15 @@ READ_TO_END_IDLE_POLLS = 10  # polls of 1 s with nothing new: the end was reache
 # Every client of the services: while the broker is down, reconnect and retry at most every
 # second or so (aiokafka's defaults of 50-100 ms make every client spin and log).
 QUIET_CLIENT: dict[str, Any] = {"retry_backoff_ms": 1000}
+# A compacted topic is read whole on recovery: small segments, cleaned early, so that little
+# more than the latest record per key is left to read.
+COMPACTED_CONFIGS = {
+    "cleanup.policy": "compact,delete",
+    "segment.bytes": str(8 * 2**20),
+    "segment.ms": str(60_000),
+    "min.cleanable.dirty.ratio": "0.1",
+    "max.message.bytes": str(4 * 2**20),
+}
 
 
 async def ensure_topics(settings: Settings, topics: tuple[Topic, ...] = ALL_TOPICS) -> list[str]:
@@ -75,7 +84,10 @@ async def ensure_topics(settings: Settings, topics: tuple[Topic, ...] = ALL_TOPI
                             name=topic.name,
                             num_partitions=topic.partitions,
                             replication_factor=1,
-                            topic_configs={"retention.ms": str(topic.retention_ms)},
+                            topic_configs={
+                                "retention.ms": str(topic.retention_ms),
+                                **(COMPACTED_CONFIGS if topic.compacted else {}),
+                            },
                         )
                     ]
                 )
@@ -161,12 +173,14 @@ async def event_producer(
     low_latency: bool = False,
     stop: asyncio.Event | None = None,
 ) -> AsyncIterator[EventProducer]:
-    """``low_latency`` (the live path): the leader's ack only and no batching delay, for
-    frames and live scores that are superseded 30 times a second anyway."""
+    """``low_latency`` (the live path): the leader's ack only, for frames and live scores that
+    are superseded 30 times a second anyway, and what arrives within ``live_linger_ms`` sent
+    together (fewer requests for the producer and the broker at many matches)."""
     policy = RetryPolicy.of(settings)
-
     options: dict[str, Any] = (
-        {"acks": 1, "linger_ms": 0} if low_latency else {"acks": "all", "enable_idempotence": True}
+        {"acks": 1, "linger_ms": settings.live_linger_ms}
+        if low_latency
+        else {"acks": "all", "enable_idempotence": True}
     )
     what = f"{service}: Kafka producer"
     producer = await started(AIOKafkaProducer, settings, what, policy, stop, **options)

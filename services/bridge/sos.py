@@ -152,7 +152,12 @@ def _guid(data: Any) -> str | None:
 
 def _num(value: Any) -> float | None:
     """A finite number from a JSON value (some builds send numbers as strings), else None."""
-    if isinstance(value, bool) or value is None:
+    kind = type(value)
+    if kind is float:  # most values: ~90 per update
+        return value if math.isfinite(value) else None
+    if kind is int:
+        return float(value)
+    if kind is bool or value is None:
         return None
     try:
         number = float(value)

@@ -19,6 +19,7 @@ from services.cli import (
     retry,
     stack,
     supervisor,
+    validate,
 )
 from shared.settings import get_settings
 
@@ -33,6 +34,7 @@ COMMAND_MODULES = (
     live,
     models,
     analysis,
+    validate,
 )
 
 

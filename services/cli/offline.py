@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
+import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,11 +23,14 @@ from shared.settings import Settings
 
 if TYPE_CHECKING:
     from services.featurizer.features import FeatureTable
+    from services.scorer.score import ImpactModel, PlayerScore, ScoredReplay
+    from shared.frames import ParsedReplay
 
 OUT_OF_SCOPE_NOTE = (
     "out of scope: the impact model is trained for Soccar on standard arenas (shared/scope.py); "
     "these scores are indicative only"
 )
+TEAM_NAMES = ("blue", "orange")
 IMPACT_LEGEND = (
     "impact: value added by the player's touches, 100 = one goal "
     "(offence: team P(score) raised; defence: team P(concede) lowered)"
@@ -50,7 +55,19 @@ def register(commands: argparse._SubParsersAction) -> None:
     score = commands.add_parser("score", help="score replay files offline (no servers needed)")
     score.add_argument("paths", nargs="+", type=Path, help="replay files or folders")
     score.add_argument("--model", type=Path, help="ONNX model (default: the shipped model)")
+    score.add_argument(
+        "--format", choices=SCORE_FORMATS, default="table",
+        help="a table per replay, one JSON document, or CSV with one row per player",
+    )  # fmt: skip
     score.set_defaults(func=cmd_score)
+
+    report = commands.add_parser(
+        "report", help="one replay's scores as a self-contained HTML page (charts, table)"
+    )
+    report.add_argument("replay", type=Path, help="a replay file")
+    report.add_argument("--out", type=Path, required=True, help="folder for REPLAY.html")
+    report.add_argument("--model", type=Path, help="ONNX model (default: the shipped model)")
+    report.set_defaults(func=cmd_report)
 
 
 def featurize_replays(
@@ -81,44 +98,149 @@ def featurize_replays(
     return tables
 
 
+SCORE_FORMATS = ("table", "json", "csv")
+# One row per player of each scored replay (`rlimpact score --format csv`), in this order; the
+# JSON format has the same fields per player (PLAYER_FIELDS) under its replay (REPLAY_FIELDS).
+REPLAY_FIELDS = (
+    "file",
+    "replay_id",
+    "team_size",
+    "frames",
+    "goals",
+    "game_mode",
+    "map",
+    "in_scope",
+)
+PLAYER_FIELDS = (
+    "player", "team", "platform_id", "impact", "offence", "defence", "impact_per_minute", "touches",
+)  # fmt: skip
+CSV_COLUMNS = ("file", "replay_id", "in_scope", *PLAYER_FIELDS)
+
+
 def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
-    from services.featurizer.features import featurize
     from services.parser.parse import ReplayParseError
-    from services.parser.validate import parse_valid_replay
-    from services.scorer.score import score_table
-    from shared.scope import in_scope
-    from shared.storage import sha256_file
 
     model = load_impact_model(args.model, settings)
     files = list(replay_files(args.paths))
+    replays: list[dict[str, object]] = []
     failures = 0
-    print(f"model {model.version}\n{IMPACT_LEGEND}")
+    if args.format == "table":
+        print(f"model {model.version}\n{IMPACT_LEGEND}")
     for path in tqdm(files, desc="score", unit="replay", disable=len(files) < 2, file=sys.stderr):
         try:
-            parsed = parse_valid_replay(path, sha256_file(path), settings.fps, settings.validation)
+            parsed, _, scored = score_file(path, model, settings)
         except ReplayParseError as error:
             failures += 1
-            print(f"\n{path.name}: rejected: {error.reason}")
+            replays.append({"file": path.name, "rejected": error.reason})
+            if args.format == "table":
+                print(f"\n{path.name}: rejected: {error.reason}")
+            else:
+                print(f"{path.name}: rejected: {error.reason}", file=sys.stderr)
             continue
-        scores = score_table(featurize(parsed, settings.horizon_seconds), model)
-        print(
-            f"\n{path.name}  ({parsed.team_size}v{parsed.team_size}, {parsed.n_frames} frames, "
-            f"{len(parsed.goals)} goals, {parsed.game_mode or 'mode unknown'} on "
-            f"{parsed.map_name or 'an unknown arena'})"
-        )
-        if not in_scope(parsed.map_name, parsed.game_mode):
-            print(f"  {OUT_OF_SCOPE_NOTE}")
-        print(
-            f"  {'player':<24} {'team':<7} {'impact':>8} {'offence':>8} {'defence':>8} "
-            f"{'per min':>8} {'touches':>8}"
-        )
-        for score in sorted(scores, key=lambda s: (s.team, -s.impact)):
-            team = "blue" if score.team == 0 else "orange"
-            print(
-                f"  {score.name[:24]:<24} {team:<7} {score.impact:>8.1f} {score.offence:>8.1f} "
-                f"{score.defence:>8.1f} {score.impact_per_minute:>8.2f} {score.touches:>8d}"
-            )
+        replay = replay_json(path, parsed, scored.scores)
+        replays.append(replay)
+        if args.format == "table":
+            print_score_table(replay)
+    if args.format == "json":
+        print(json.dumps({"model": model.version, "legend": IMPACT_LEGEND, "replays": replays},
+                         indent=2, ensure_ascii=False))  # fmt: skip
+    elif args.format == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(CSV_COLUMNS)
+        for replay in replays:
+            for player in replay.get("players", []):  # type: ignore[attr-defined]
+                writer.writerow([replay["file"], replay["replay_id"], replay["in_scope"]]
+                                + [player[f] for f in PLAYER_FIELDS])  # fmt: skip
     return 1 if failures == len(files) else 0
+
+
+def score_file(
+    path: Path, model: ImpactModel, settings: Settings
+) -> tuple[ParsedReplay, FeatureTable, ScoredReplay]:
+    """Parse, validate, featurize and score one replay file (ReplayParseError if unusable)."""
+    from services.featurizer.features import featurize
+    from services.parser.validate import parse_valid_replay
+    from services.scorer.score import score_replay
+    from shared.storage import sha256_file
+
+    parsed = parse_valid_replay(path, sha256_file(path), settings.fps, settings.validation)
+    table = featurize(parsed, settings.horizon_seconds)
+    return parsed, table, score_replay(table, model)
+
+
+def replay_json(path: Path, parsed: ParsedReplay, scores: list[PlayerScore]) -> dict[str, object]:
+    """A scored replay with REPLAY_FIELDS and its ``players``, each with PLAYER_FIELDS."""
+    from shared.scope import in_scope
+
+    ids = {p.index: p.platform_id for p in parsed.players}
+    ordered = sorted(scores, key=lambda s: (s.team, -s.impact))
+    return {
+        "file": path.name,
+        "replay_id": parsed.replay_id,
+        "team_size": parsed.team_size,
+        "frames": parsed.n_frames,
+        "goals": [sum(g.team == t for g in parsed.goals) for t in (0, 1)],
+        "game_mode": parsed.game_mode,
+        "map": parsed.map_name,
+        "in_scope": in_scope(parsed.map_name, parsed.game_mode),
+        "players": [
+            {
+                "player": s.name,
+                "team": TEAM_NAMES[s.team],
+                "platform_id": ids.get(s.player_index),
+                "impact": round(s.impact, 3),
+                "offence": round(s.offence, 3),
+                "defence": round(s.defence, 3),
+                "impact_per_minute": round(s.impact_per_minute, 4),
+                "touches": s.touches,
+            }
+            for s in ordered
+        ],
+    }
+
+
+def print_score_table(replay: dict) -> None:
+    goals = replay["goals"]
+    print(
+        f"\n{replay['file']}  ({replay['team_size']}v{replay['team_size']}, {replay['frames']} "
+        f"frames, {sum(goals)} goals, {replay['game_mode'] or 'mode unknown'} on "
+        f"{replay['map'] or 'an unknown arena'})"
+    )
+    if not replay["in_scope"]:
+        print(f"  {OUT_OF_SCOPE_NOTE}")
+    print(
+        f"  {'player':<24} {'team':<7} {'impact':>8} {'offence':>8} {'defence':>8} "
+        f"{'per min':>8} {'touches':>8}"
+    )
+    for p in replay["players"]:
+        print(
+            f"  {p['player'][:24]:<24} {p['team']:<7} {p['impact']:>8.1f} {p['offence']:>8.1f} "
+            f"{p['defence']:>8.1f} {p['impact_per_minute']:>8.2f} {p['touches']:>8d}"
+        )
+
+
+def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
+    from services.parser.parse import ReplayParseError
+    from services.scorer.report import report_html
+    from shared.scope import in_scope
+
+    model = load_impact_model(args.model, settings)
+    try:
+        parsed, table, scored = score_file(args.replay, model, settings)
+    except ReplayParseError as error:
+        raise SystemExit(f"rlimpact: {args.replay.name}: rejected: {error.reason}") from None
+    notes = [f"model {model.version}", IMPACT_LEGEND]
+    if not in_scope(parsed.map_name, parsed.game_mode):
+        notes.append(OUT_OF_SCOPE_NOTE)
+    title = (
+        f"{args.replay.name}: {parsed.team_size}v{parsed.team_size}, "
+        f"{parsed.game_mode or 'mode unknown'} on {parsed.map_name or 'an unknown arena'}"
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    page = args.out / f"{args.replay.stem}.html"
+    page.write_text(report_html(table, scored, title, notes), encoding="utf-8")
+    print(f"wrote {page}")
+    return 0
 
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:

@@ -4,9 +4,9 @@ streams (SSE, JSON, the live page) for browsers and overlays.
 Live frames are consumed in batches as they come (a consumer group, so instances share the
 matches by partition; a new group starts at the end of the topic: old frames are stale). All
 frames of a batch are scored together and each match with new frames gets one ``scores.live``
-update, so under load updates are merged rather than delayed. Offsets are committed
-automatically: after a crash a few frames may be scored twice or not at all (and the totals
-start again from zero); the durable record of a match is its replay.
+update, so under load updates are merged rather than delayed. Each match's state lives in
+Kafka too (``services/live/changelog.py``): a restarted instance, or the one a match moves to
+in a rebalance, goes on from the same totals, with no frame counted twice or lost.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ import asyncio
 import logging
 import time
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import RecordMetadata
 
+from services.live.changelog import StateLog
 from services.live.model import LiveModel
 from services.live.state import LiveScorer
 from services.live.web import ScoreHub, feed_hub, serve_web
@@ -39,6 +40,10 @@ NAME = "live"
 log = logging.getLogger(NAME)
 MAX_BATCH = 2000
 LAG_INTERVAL_SECONDS = 1.0
+COMMIT_INTERVAL_SECONDS = 0.5
+# A killed instance's matches move on once the group notices it is gone (the broker's minimum)
+SESSION_TIMEOUT_MS = 6000
+HEARTBEAT_INTERVAL_MS = 1000
 
 
 class LiveLoop:
@@ -46,46 +51,63 @@ class LiveLoop:
         self.ctx, self.model, self.producer = ctx, model, producer
         settings = ctx.settings
         self.scorer = LiveScorer(settings.horizon_seconds)
+        self.state = StateLog(settings, self.scorer, NAME)
+        self.lock = asyncio.Lock()  # a batch and a rebalance do not interleave
         self._sending: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
         settings = self.ctx.settings
         consumer = AIOKafkaConsumer(
-            LIVE_FRAMES.name,
             bootstrap_servers=settings.kafka_bootstrap,
             group_id=settings.consumer_group(NAME),
-            enable_auto_commit=True,
+            enable_auto_commit=False,
             auto_offset_reset="latest",
             fetch_max_wait_ms=100,
+            session_timeout_ms=SESSION_TIMEOUT_MS,
+            heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
         )
+        await self.state.start()
         await consumer.start()
-        lag_due = 0.0
+        consumer.subscribe([LIVE_FRAMES.name], listener=_Rebalance(self, consumer))
+        lag_due = commit_due = 0.0
         try:
             while not self.ctx.stop.is_set():
                 batches = await consumer.getmany(timeout_ms=200, max_records=MAX_BATCH)
-                if time.monotonic() >= lag_due:  # not on every poll: polls come every few ms
+                now = time.monotonic()
+                if now >= lag_due:  # not on every poll: polls come every few ms
                     await record_lag(consumer, NAME)
-                    lag_due = time.monotonic() + LAG_INTERVAL_SECONDS
+                    lag_due = now + LAG_INTERVAL_SECONDS
                 records = [record for partition in batches.values() for record in partition]
-                if records:
-                    await self.handle(records)
-                followed = self.scorer.forget_idle(
-                    time.monotonic(), settings.live_match_idle_seconds
-                )
+                async with self.lock:
+                    if records:
+                        await self.handle(records)
+                    followed = self.scorer.forget_idle(now, settings.live_match_idle_seconds)
+                    await self.state.save_due(now)
+                if now >= commit_due:
+                    self.state.commit_soon(consumer)
+                    commit_due = now + COMMIT_INTERVAL_SECONDS
                 metrics.LIVE_MATCHES.labels(NAME).set(followed)
         finally:
             await asyncio.gather(*self._sending, return_exceptions=True)
+            async with self.lock:  # a clean stop: the next owner reads nothing again
+                await self.state.release(consumer, set(self.state.owned))
             await consumer.stop()
+            await self.state.stop()
 
     async def handle(self, records: list[ConsumerRecord]) -> None:
-        frames = [frame for record in records if (frame := await self._decode(record))]
+        records = [r for r in records if r.partition in self.state.owned]  # not revoked since
+        decoded = [(record, await self._decode(record)) for record in records]
+        for record in records:
+            self.state.read(record.partition, record.offset)
+        frames = [frame for _, frame in decoded if frame is not None]
+        positions = [(r.partition, r.offset) for r, frame in decoded if frame is not None]
         current = self.model.current
         if current is None:
             metrics.LIVE_FRAMES_SKIPPED.labels(NAME, "no_model").inc(len(frames))
             return
         with metrics.PROCESSING_SECONDS.labels(NAME).time():
             try:
-                updates, skipped = self.scorer.score(frames, current, time.monotonic())
+                updates, skipped = self.scorer.score(frames, current, time.monotonic(), positions)
             except Exception as error:  # one bad batch must not stop live scoring
                 log.exception("live batch of %d frames not scored", len(frames))
                 metrics.ERRORS.labels(NAME, type(error).__name__).inc()
@@ -123,6 +145,21 @@ class LiveLoop:
         except EventDecodeError as error:
             await dead_letter(self.producer, NAME, record, "invalid_event", str(error))
             return None
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Partitions go only once their states are saved; new ones come with theirs restored."""
+
+    def __init__(self, loop: LiveLoop, consumer: AIOKafkaConsumer) -> None:
+        self.loop, self.consumer = loop, consumer
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        async with self.loop.lock:
+            await self.loop.state.release(self.consumer, {tp.partition for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        async with self.loop.lock:
+            await self.loop.state.take({tp.partition for tp in assigned})
 
 
 async def run(ctx: ServiceContext) -> None:

@@ -117,6 +117,13 @@ class MatchState:
     touch_counts: dict[str, int] = field(default_factory=dict)
     started_at: float | None = None  # receipt time of the first frame (when no game time)
     last_seen: float = 0.0
+    # Where the state stands in its input: the live.frames partition of the match, the offset
+    # of the last record it reflects, and of the first one since its last snapshot (-1: none);
+    # when the next snapshot is due (see services/live/changelog.py).
+    partition: int = -1
+    offset: int = -1
+    unsaved_from: int = -1
+    snapshot_due: float = 0.0
 
     @property
     def layout(self) -> tuple[int, ...]:
@@ -366,20 +373,35 @@ class LiveScorer:
     def __init__(self, horizon_seconds: float) -> None:
         self.horizon_seconds = horizon_seconds  # the model's: what P(score) looks ahead
         self.matches: dict[str, MatchState] = {}
+        self.closed: list[MatchState] = []  # ended or forgotten since the caller last looked
+        self.closed_at: dict[str, int] = {}  # closed match -> offset of its last frame
 
     def score(
-        self, frames: list[LiveFrame], model: ScoringModel, now: float
+        self,
+        frames: list[LiveFrame],
+        model: ScoringModel,
+        now: float,
+        positions: list[tuple[int, int]] | None = None,
     ) -> tuple[list[LiveScore], dict[str, int]]:
         """One update per match with new frames (and one for each match that ended), and the
-        number of frames skipped by reason."""
+        number of frames skipped by reason. ``positions``: each frame's (partition, offset)
+        in live.frames; a frame at or before the offset its match's state reflects (read
+        again after a restart or a rebalance) is skipped as ``replayed``."""
         skipped: dict[str, int] = {}
         ended: list[MatchState] = []
-        for frame in frames:
+        for i, frame in enumerate(frames):
+            partition, offset = positions[i] if positions is not None else (-1, -1)
             state = self.matches.get(frame.match_id)
+            done = state.offset if state is not None else self.closed_at.get(frame.match_id, -1)
+            if offset >= 0 and offset <= done:
+                skipped["replayed"] = skipped.get("replayed", 0) + 1
+                continue
             if state is None:
                 state = MatchState(frame.match_id)
                 self.matches[frame.match_id] = state
-            state.last_seen = now
+            state.last_seen, state.partition, state.offset = now, partition, offset
+            if state.unsaved_from < 0:
+                state.unsaved_from = offset
             if frame.status == "ended":
                 ended.append(state)
                 state.latest = frame
@@ -392,8 +414,15 @@ class LiveScorer:
             if not state.pending:
                 state.finish()
                 updates.append(self._live_score(state, model, [], None))
-            self.matches.pop(state.match_id, None)
+            self._close(state)
         return updates, skipped
+
+    def _close(self, state: MatchState) -> None:
+        """Forget a match; its frames so far stay done (``closed_at``, ``closed``)."""
+        self.matches.pop(state.match_id, None)
+        self.closed.append(state)
+        if state.offset >= 0:
+            self.closed_at[state.match_id] = state.offset
 
     def drop_pending(self) -> None:
         """After a failure: forget the frames not scored yet (so they are not tried again) and
@@ -401,10 +430,12 @@ class LiveScorer:
         for state in self.matches.values():
             if state.pending or (state.stream and state.stream.dirty_from < state.stream.n_frames):
                 state.restart(state.players)
+                if state.unsaved_from < 0:
+                    state.unsaved_from = state.offset
 
     def forget_idle(self, now: float, idle_seconds: float) -> int:
-        for match_id in [m for m, s in self.matches.items() if now - s.last_seen > idle_seconds]:
-            del self.matches[match_id]
+        for state in [s for s in self.matches.values() if now - s.last_seen > idle_seconds]:
+            self._close(state)
         return len(self.matches)
 
     def _score(

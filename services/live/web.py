@@ -1,8 +1,9 @@
 """Score streams for browsers and overlays: Server-Sent Events, a JSON snapshot, the live page.
 
-The streams are fed from Kafka (``scores.live`` and ``scores.emitted``, read from their end
-by a consumer outside any group), so every instance of the live service shows every match,
-whichever instance scored it. They come in batches at most 50 ms apart.
+The streams are fed from Kafka (``scores.live`` and ``scores.emitted``, read by a consumer
+outside any group), so every instance of the live service shows every match, whichever
+instance scored it. They come in batches at most 50 ms apart. A (re)started instance begins
+``scores.live`` a few seconds back, so that the page shows the matches in progress at once.
 
 - ``GET /``: the live page (each player's impact, updating while the match plays).
 - ``GET /scores/stream[?match=ID]``: ``text/event-stream``; ``event: live`` carries a
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -37,6 +39,8 @@ CLIENT_QUEUE = 256  # updates buffered per client; a slower client loses the old
 HEARTBEAT_SECONDS = 15.0
 HUB_BATCH_MS = 50
 HUB_FETCH_MIN_BYTES = 1 << 20
+HUB_LOOK_BACK_SECONDS = 5.0  # at start: long enough to find every match in progress
+HUB_ASSIGN_SECONDS = 10.0
 PAGE = "live.html"
 
 
@@ -81,7 +85,8 @@ class ScoreHub:
 
 
 async def feed_hub(hub: ScoreHub, settings: Settings, stop: asyncio.Event) -> None:
-    """Publish everything that appears on scores.live and scores.emitted from now on."""
+    """Publish everything that appears on scores.live (from a few seconds back) and
+    scores.emitted (from now on)."""
     consumer = AIOKafkaConsumer(
         SCORES_LIVE.name,
         SCORES_EMITTED.name,
@@ -96,6 +101,7 @@ async def feed_hub(hub: ScoreHub, settings: Settings, stop: asyncio.Event) -> No
     )
     await consumer.start()
     try:
+        await _start_recent(consumer)
         while not stop.is_set():
             batches = await consumer.getmany(timeout_ms=500, max_records=500)
             for records in batches.values():
@@ -104,6 +110,20 @@ async def feed_hub(hub: ScoreHub, settings: Settings, stop: asyncio.Event) -> No
                         hub.publish(event)
     finally:
         await consumer.stop()
+
+
+async def _start_recent(consumer: AIOKafkaConsumer) -> None:
+    """Move to ``HUB_LOOK_BACK_SECONDS`` back on scores.live, once the partitions are known."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + HUB_ASSIGN_SECONDS
+    while not consumer.assignment() and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    live = [tp for tp in consumer.assignment() if tp.topic == SCORES_LIVE.name]
+    since = int((time.time() - HUB_LOOK_BACK_SECONDS) * 1000)
+    found = await consumer.offsets_for_times({tp: since for tp in live})
+    for tp, at in found.items():
+        if at is not None:  # else nothing as recent: stay at the end
+            consumer.seek(tp, at.offset)
 
 
 def _stream_event(topic: str, raw: bytes) -> StreamEvent | None:

@@ -4,23 +4,35 @@ The model gives, for each live frame, P(team k scores within the horizon) for bo
 mean over the rows of both teams' players: a blue row's P(concede) is a forecast of orange
 scoring). The state value for team k is ``P(k scores) - P(k concedes)``.
 
-Impact is credited per ball touch, VAEP-style: a touch is worth the change in its team's
-P(score) (offence) and the fall in its P(concede) (defence) from the frame before the touch to
-the frame before the next touch by anyone, or to the end of play: a goal sets P(score) to 1 for
-the scoring team and to 0 for the other, so the touch before a goal takes the goal's credit.
-A player's impact is the sum over the player's touches, x100 (100 points = one goal's worth);
-``impact_per_minute`` divides it by the live minutes of the replay.
+Impact is credited per ball touch, VAEP-style, in two parts, each in goals:
 
-Documented choice on off-ball play: it is not credited on its own. The value the team gains
-between a touch and the next one goes to the player who made the first touch, so positioning
-(a teammate's run, a defender's shadowing) counts only through the touches it leads to or
-prevents.
+- the *change*: the touch is worth the change in its team's P(score) (offence) and the fall in
+  its P(concede) (defence) from the frame before the touch to the frame before the next touch
+  by anyone, or to the end of play: a goal sets P(score) to 1 for the scoring team and to 0
+  for the other, so the touch before a goal takes the goal's credit;
+- the *held* value: the expected goals for (offence) and against (minus, defence) while the
+  possession the touch starts lasts, up to the next touch or the end of play. P(score within
+  the horizon) / horizon is a goal rate, so summed over the frames (x the frame step) it is the
+  expected number of goals of that time. A touch that keeps the ball where the team threatens
+  earns, one that leaves it in front of its own goal costs, however the forecast ends up.
+
+A player's impact is the sum over the player's touches, x100 (100 points = one goal's worth);
+``impact_per_minute`` divides it by the live minutes of the replay. The change alone sums, per
+team, to little more than its goal difference, which says little about the rest of a match;
+the held value adds how much of the play the team's touches kept threatening (``rlimpact
+validate`` measures both: README, *How far impact can be trusted*).
+
+Off-ball play is credited through the held value only: the value the team holds between a touch
+and the next one goes to the player who made the first touch, so positioning (a teammate's run,
+a defender's shadowing) counts through the touches it leads to or prevents and the threat the
+team keeps meanwhile.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import onnxruntime as ort
@@ -34,6 +46,8 @@ META_SCHEMA = "rlimpact.feature_schema_version"
 IMPACT_SCALE = 100.0
 SECONDS_PER_MINUTE = 60.0
 DEMOLISHED = FEATURE_NAMES.index("demolished")
+# The forecast's horizon (the shipped model's P(score within 10 s)): P / horizon is a goal rate
+FORECAST_HORIZON_SECONDS = 10.0
 
 
 class ModelSchemaError(ValueError):
@@ -58,8 +72,10 @@ class TouchCredit:
     frame: int
     player_index: int
     team: int
-    offence: float  # change of the team's P(score), in probability (not x100)
-    defence: float  # fall of the team's P(concede)
+    offence: float  # change of the team's P(score) + held_for, in goals (not x100)
+    defence: float  # fall of the team's P(concede) - held_against
+    held_for: float = 0.0  # expected goals for until the next touch or the end of play
+    held_against: float = 0.0  # expected goals against meanwhile
 
     @property
     def value(self) -> float:
@@ -83,8 +99,14 @@ def load_onnx(path: Path) -> tuple[ort.InferenceSession, dict[str, str]]:
     return session, meta
 
 
+class Predictor(Protocol):
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """[N, F] float32 -> [N, 2] (P(score), P(concede)) per feature row."""
+        ...
+
+
 class ImpactModel:
-    """An ONNX impact model loaded in onnxruntime (CPU)."""
+    """An ONNX impact model loaded in onnxruntime (CPU): a :class:`Predictor`."""
 
     def __init__(self, path: Path) -> None:
         self._session, meta = load_onnx(path)
@@ -96,7 +118,7 @@ class ImpactModel:
         return probabilities
 
 
-def predict_table(table: FeatureTable, model: ImpactModel) -> np.ndarray:
+def predict_table(table: FeatureTable, model: Predictor) -> np.ndarray:
     """[T, P, 2] per-row probabilities (P(player's team scores), P(it concedes))."""
     n_frames, n_players, n_features = table.features.shape
     rows = np.ascontiguousarray(table.features.reshape(-1, n_features), dtype=np.float32)
@@ -129,12 +151,15 @@ def team_probability(
     return result
 
 
-def credit_touches(table: FeatureTable, p_score: np.ndarray) -> list[TouchCredit]:
+def credit_touches(
+    table: FeatureTable, p_score: np.ndarray, horizon: float = FORECAST_HORIZON_SECONDS
+) -> list[TouchCredit]:
     """One credit per live touch; ``p_score`` [T, 2] from :func:`team_score_probability`."""
     live = table.live
     teams = np.array([p.team for p in table.players])
     stretches = _live_stretches(live)
     outcome = _stretch_outcomes(table, stretches)
+    held = _expected_goals_so_far(table, p_score, horizon)
     credits: list[TouchCredit] = []
     for (start, stop), final in zip(stretches, outcome, strict=True):
         frames, players = np.nonzero(table.touched[start:stop])
@@ -142,20 +167,33 @@ def credit_touches(table: FeatureTable, p_score: np.ndarray) -> list[TouchCredit
         for i, (frame, player) in enumerate(zip(frames, players, strict=True)):
             before = p_score[max(frame - 1, start)]
             if i + 1 < len(frames):
-                after = p_score[max(frames[i + 1] - 1, start)]
+                until = int(frames[i + 1])
+                after = p_score[max(until - 1, start)]
             else:
+                until = int(stop)
                 after = final if final is not None else p_score[stop - 1]
             team = int(teams[player])
+            expected = held[until] - held[frame]
             credits.append(
                 TouchCredit(
                     frame=int(frame),
                     player_index=int(player),
                     team=team,
-                    offence=float(after[team] - before[team]),
-                    defence=float(before[1 - team] - after[1 - team]),
+                    offence=float(after[team] - before[team] + expected[team]),
+                    defence=float(before[1 - team] - after[1 - team] - expected[1 - team]),
+                    held_for=float(expected[team]),
+                    held_against=float(expected[1 - team]),
                 )
             )
     return credits
+
+
+def _expected_goals_so_far(table: FeatureTable, p_score: np.ndarray, horizon: float) -> np.ndarray:
+    """[T + 1, 2]: row i holds each team's expected goals over the frames before frame i, from
+    the goal rate P(score within the horizon) / horizon over each frame's step."""
+    step = frame_step(table)
+    rate = np.where(table.live[:, None], p_score, 0.0) * (step / horizon)
+    return np.concatenate([np.zeros((1, 2)), np.cumsum(rate, axis=0)])
 
 
 def _live_stretches(live: np.ndarray) -> list[tuple[int, int]]:
@@ -185,11 +223,15 @@ def _stretch_outcomes(
     return outcomes
 
 
-def live_minutes(table: FeatureTable) -> float:
+def frame_step(table: FeatureTable) -> float:
+    """Seconds between frames (the median step; 0 for fewer than two frames)."""
     if table.time.shape[0] < 2:
         return 0.0
-    step = float(np.median(np.diff(table.time)))
-    return float(table.live.sum()) * step / SECONDS_PER_MINUTE
+    return float(np.median(np.diff(table.time)))
+
+
+def live_minutes(table: FeatureTable) -> float:
+    return float(table.live.sum()) * frame_step(table) / SECONDS_PER_MINUTE
 
 
 def score_credits(table: FeatureTable, credits: list[TouchCredit]) -> list[PlayerScore]:
@@ -221,6 +263,22 @@ def score_credits(table: FeatureTable, credits: list[TouchCredit]) -> list[Playe
     return scores
 
 
-def score_table(table: FeatureTable, model: ImpactModel) -> list[PlayerScore]:
+@dataclass(frozen=True)
+class ScoredReplay:
+    """Everything a replay's scores are made of: each team's P(score) per frame [T, 2], the
+    credit of every touch, and the per-player sums."""
+
+    p_score: np.ndarray
+    credits: list[TouchCredit]
+    scores: list[PlayerScore]
+
+
+def score_replay(table: FeatureTable, model: Predictor) -> ScoredReplay:
+    """The one scoring path (``rlimpact score``, ``report``, ``validate``, the scorer)."""
     p_score = team_score_probability(table, predict_table(table, model))
-    return score_credits(table, credit_touches(table, p_score))
+    credits = credit_touches(table, p_score)
+    return ScoredReplay(p_score, credits, score_credits(table, credits))
+
+
+def score_table(table: FeatureTable, model: ImpactModel) -> list[PlayerScore]:
+    return score_replay(table, model).scores

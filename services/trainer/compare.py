@@ -10,7 +10,7 @@ forecasts of all folds are scored together.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from services.featurizer.features import FeatureTable
@@ -45,6 +45,36 @@ def replay_folds(tables: list[FeatureTable], folds: int, seed: int) -> list[list
         raise ValueError(f"cannot deal {len(tables)} replays into {folds} folds (2 or more)")
     ranked = shuffled_by_replay(tables, seed)
     return [ranked[fold::folds] for fold in range(folds)]
+
+
+def fold_splits(
+    scoped: list[FeatureTable], folds: int, config: TrainConfig
+) -> Iterator[tuple[list[FeatureTable], list[FeatureTable], list[FeatureTable]]]:
+    """Per fold of ``scoped`` (dealt by ``config.seed``): (held out, training, early-stopping)
+    replays, the last two split from the other folds by ``config.val_fraction``."""
+    for held_out in replay_folds(scoped, folds, config.seed):
+        ids = {t.replay_id for t in held_out}
+        rest = [t for t in scoped if t.replay_id not in ids]
+        train, val = split_by_replay(rest, config.val_fraction, config.seed)
+        yield held_out, train, val
+
+
+def out_of_fold_models(
+    tables: list[FeatureTable],
+    config: TrainConfig,
+    folds: int,
+    on_fold: Callable[[], None] | None = None,
+) -> dict[str, TorchPredictor]:
+    """Replay id -> the recipe ``config`` trained without that replay's fold, for each in-scope
+    replay: forecasts of matches the model never saw, whichever replay it is."""
+    scoped, _ = scoped_tables(tables)
+    models: dict[str, TorchPredictor] = {}
+    for held_out, train, val in fold_splits(scoped, folds, config):
+        predictor = TorchPredictor(train_on_split(train, val, config, progress=False).model)
+        models.update({t.replay_id: predictor for t in held_out})
+        if on_fold is not None:
+            on_fold()
+    return models
 
 
 @dataclass(frozen=True)
@@ -83,10 +113,8 @@ def cross_validate(
         raise ValueError(f"the share of training replays must be in (0, 1], got {train_share}")
     scoped, other = scoped_tables(tables)
     done = []
-    for held_out in replay_folds(scoped, folds, model.seed):
+    for held_out, train, val in fold_splits(scoped, folds, model):
         ids = {t.replay_id for t in held_out}
-        rest = [t for t in scoped if t.replay_id not in ids]
-        train, val = split_by_replay(rest, model.val_fraction, model.seed)
         if train_share < 1:
             train = shuffled_by_replay(train, model.seed)[: max(1, round(train_share * len(train)))]
         results = {}

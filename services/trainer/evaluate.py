@@ -15,12 +15,11 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
 from services.featurizer.features import FeatureTable
-from services.scorer.score import PlayerScore, TouchCredit, team_score_probability
+from services.scorer.score import PlayerScore, Predictor, TouchCredit, team_score_probability
 
 EPSILON = 1e-7
 EVENTS = ("score", "concede")
@@ -31,12 +30,6 @@ CALIBRATION_BINS = 10
 CALIBRATION_FILE = "calibration.png"
 IMPACT_FILE = "impact.png"
 TEAM_COLOURS = ("tab:blue", "tab:orange")
-
-
-class Predictor(Protocol):
-    def predict(self, features: np.ndarray) -> np.ndarray:
-        """[N, F] float32 -> [N, 2] (P(score), P(concede)) per feature row."""
-        ...
 
 
 def binary_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
@@ -154,8 +147,14 @@ class TeamForecasts:
 def table_forecasts(table: FeatureTable, probabilities: np.ndarray) -> TeamForecasts:
     """``probabilities`` [T, P, 2] per row -> forecasts for each team that has players (all
     rows from replay number 0)."""
+    return team_forecasts(table, team_score_probability(table, probabilities))
+
+
+def team_forecasts(table: FeatureTable, p_score: np.ndarray) -> TeamForecasts:
+    """Each team's P(score) [T, 2] (:func:`team_score_probability`) -> the forecasts of its
+    live frames for each team that has players (all rows from replay number 0)."""
     live = table.live
-    p_team = team_score_probability(table, probabilities)[live]  # [L, 2]
+    p_team = p_score[live]  # [L, 2]
     teams = np.array([p.team for p in table.players])
     parts = []
     for team in (0, 1):

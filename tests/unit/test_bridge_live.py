@@ -18,6 +18,7 @@ from services.featurizer.features import (
     featurize,
     stream_rows,
 )
+from services.live import snapshot
 from services.live.state import LiveScorer, MatchState, ScoringModel
 from services.parser.parse import parse_replay_file
 from services.scorer.score import (
@@ -318,3 +319,64 @@ def test_two_cars_touching_the_ball_in_one_frame_are_each_credited_once(parsed, 
     }
     totals = scorer.matches["m"].totals
     assert {p.index: totals[f"id-{p.index}"].touches for p in parsed.players} == expected
+
+
+def _scored(scorer: LiveScorer, frames: list[LiveFrame], model, offsets: range, batch: int):
+    updates = []
+    for i in range(0, len(frames), batch):
+        positions = [(3, o) for o in offsets[i : i + batch]]
+        updates += scorer.score(frames[i : i + batch], model, 0.0, positions)[0]
+    return updates
+
+
+def test_a_restored_snapshot_goes_on_exactly_as_the_match_it_was_taken_from(parsed, model):
+    """A match snapshotted mid-play (touches waiting for their outcome, frames dropped from the
+    window), restored in another scorer and fed the frames since its offset, ends with the
+    totals of the undisturbed match, bit for bit; the frames it already reflects, read again
+    after a restart, are skipped, not counted twice."""
+    stop = int(np.searchsorted(parsed.time, parsed.goals[1].time)) + 2 * FPS
+    frames = plugin_frames(parsed, "m", 0, stop)
+    offsets = range(100, 100 + stop)
+    undisturbed = LiveScorer(horizon_seconds=10.0)
+    _scored(undisturbed, frames, model, offsets, 5)
+
+    cut = int(np.searchsorted(parsed.time, parsed.goals[0].time)) + 3 * FPS + 7
+    first = LiveScorer(horizon_seconds=10.0)
+    _scored(first, frames[:cut], model, offsets[:cut], 5)
+    before = first.matches["m"]
+    assert before.stream is not None and before.stream.first > 0, "frames were dropped"
+    raw = snapshot.encode(before)
+    restored = snapshot.decode(raw)
+    assert restored.offset == offsets[cut - 1] and restored.state is not None
+
+    second = LiveScorer(horizon_seconds=10.0)
+    second.matches["m"] = restored.state
+    replay_from = cut - 40  # the committed offset lags the snapshot
+    updates = _scored(second, frames[replay_from:], model, offsets[replay_from:], 5)
+    assert sum(len(u.frames_received_at) for u in updates) == stop - cut
+
+    want, got = undisturbed.matches["m"].totals, second.matches["m"].totals
+    assert sum(t.touches for t in want.values()) > 20
+    assert {k: (t.offence, t.defence, t.touches, t.n) for k, t in got.items()} == {
+        k: (t.offence, t.defence, t.touches, t.n) for k, t in want.items()
+    }
+
+
+def test_a_closed_match_stays_closed_for_the_frames_it_had(parsed, model):
+    scorer = LiveScorer(horizon_seconds=10.0)
+    frames = plugin_frames(parsed, "m", 500, 510)
+    end = LiveFrame(match_id="m", source="plugin", seq=10, received_at=utcnow(), status="ended")
+    _scored(scorer, [*frames, end], model, range(0, 11), 11)
+    assert scorer.matches == {} and [s.match_id for s in scorer.closed] == ["m"]
+    closed = snapshot.decode(snapshot.encode_closed("m", 10))
+    assert closed.state is None and closed.offset == 10
+
+    again = LiveScorer(horizon_seconds=10.0)
+    again.closed_at["m"] = closed.offset
+    updates, skipped = again.score([*frames, end], model, 0.0, [(3, o) for o in range(11)])
+    assert updates == [] and skipped == {"replayed": 11}
+
+
+def test_snapshots_refuse_what_they_cannot_read():
+    with pytest.raises(snapshot.SnapshotError):
+        snapshot.decode(b"not a snapshot")

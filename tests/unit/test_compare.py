@@ -16,6 +16,8 @@ from services.trainer.compare import (
     MODEL,
     baseline_config,
     cross_validate,
+    fold_splits,
+    out_of_fold_models,
     replay_folds,
 )
 from services.trainer.evaluate import TeamForecasts
@@ -141,3 +143,21 @@ def test_an_impact_model_of_no_networks_is_refused_by_the_config_and_the_command
     for command in (["crossval"], ["train", "--local", str(tmp_path)]):
         with pytest.raises(SystemExit, match="--members: an impact model needs at least one"):
             main([*command, "--members", "0"])
+
+
+def test_out_of_fold_models_forecast_each_replay_with_a_model_that_never_saw_it(tables):
+    scoped, other = scoped_tables(tables)
+    heard = []
+    models = out_of_fold_models(tables, QUICK, folds=2, on_fold=lambda: heard.append(1))
+    assert len(heard) == 2 and set(models) == {t.replay_id for t in scoped}
+    assert not set(models) & {t.replay_id for t in other}
+    assert len({id(m) for m in models.values()}) == 2
+    splits = list(fold_splits(scoped, 2, QUICK))
+    for held_out, train, val in splits:
+        (model,) = {id(models[t.replay_id]) for t in held_out}
+        trained_here = {t.replay_id for t in train + val}
+        assert not trained_here & {t.replay_id for t in held_out}
+        others = {id(models[i]) for i in trained_here}
+        assert model not in others  # each replay it trained on is forecast by the other model
+    rows = scoped[0].features[:50].reshape(-1, scoped[0].features.shape[-1])
+    assert models[scoped[0].replay_id].predict(rows).shape == (len(rows), 2)

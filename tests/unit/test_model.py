@@ -127,9 +127,10 @@ def test_one_score_per_player(exported, tables):
 
 
 def test_touch_credits_add_up_to_how_each_segment_ended(exported, tables):
-    """Each touch is credited until the next one, so the credits chain: per segment, team 0's
-    credits minus team 1's equal the change of V0 = P(0 scores) - P(1 scores) from before the
-    first touch to the segment's end, where a goal makes V0 = +1 or -1."""
+    """Each touch is credited until the next one, so the changes chain: per segment, team 0's
+    credits minus team 1's, less the expected goals held, equal the change of V0 = P(0 scores)
+    - P(1 scores) from before the first touch to the segment's end, where a goal makes V0 = +1
+    or -1; the held values add up to V0's goal rate over the frames from the first touch on."""
     _, path = exported
     table = tables[0]
     p_score = team_score_probability(table, predict_table(table, ImpactModel(path)))
@@ -144,11 +145,21 @@ def test_touch_credits_add_up_to_how_each_segment_ended(exported, tables):
             continue
         end = {0: 1.0, 1: -1.0}.get(goal_at.get(int(stop), -1), value[stop - 1])
         expected += end - value[max(touched[0] - 1, start)]
-    signed = sum(c.value if c.team == 0 else -c.value for c in credits)
-    assert signed == pytest.approx(expected, abs=1e-9)
+    sign = {0: 1.0, 1: -1.0}
+    held = sum(sign[c.team] * (c.held_for - c.held_against) for c in credits)
+    change = sum(sign[c.team] * c.value for c in credits) - held
+    assert change == pytest.approx(expected, abs=1e-9)
+    step = float(np.median(np.diff(table.time)))
+    first_touch = {}
+    for start, stop in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True):
+        touched = np.flatnonzero(table.touched[start:stop].any(axis=1)) + start
+        if touched.size:
+            first_touch[int(touched[0])] = int(stop)
+    rate = sum(value[a:b].sum() for a, b in first_touch.items()) * step / 10.0
+    assert held == pytest.approx(rate, abs=1e-9)
     scores = score_credits(table, credits)
     by_team = [sum(s.impact for s in scores if s.team == team) for team in (0, 1)]
-    assert by_team[0] - by_team[1] == pytest.approx(IMPACT_SCALE * expected, abs=1e-6)
+    assert by_team[0] - by_team[1] == pytest.approx(IMPACT_SCALE * (expected + held), abs=1e-6)
 
 
 def _synthetic(touches: list[tuple[int, int]], goal_frame: int | None) -> FeatureTable:
@@ -182,16 +193,24 @@ def test_a_touch_is_credited_from_before_it_to_before_the_next_touch():
     p_score[5, 1] = 0.1  # and orange's dip just before orange touches
     first, second = credit_touches(table, p_score)
     assert (first.player_index, second.player_index) == (0, 1)
-    assert first.offence == pytest.approx(p_score[5, 0] - p_score[1, 0])
-    assert first.defence == pytest.approx(p_score[1, 1] - p_score[5, 1])
-    assert second.offence == pytest.approx(p_score[9, 1] - p_score[5, 1])  # to the end of play
-    assert second.defence == pytest.approx(p_score[5, 0] - p_score[9, 0])
+    # held: the goal rate P / 10 s over the 0.1 s frames from the touch to the next one
+    assert first.held_for == pytest.approx(p_score[2:6, 0].sum() * 0.01)
+    assert first.held_against == pytest.approx(p_score[2:6, 1].sum() * 0.01)
+    assert second.held_for == pytest.approx(p_score[6:10, 1].sum() * 0.01)  # to the end of play
+    assert second.held_against == pytest.approx(p_score[6:10, 0].sum() * 0.01)
+    assert first.offence == pytest.approx(p_score[5, 0] - p_score[1, 0] + first.held_for)
+    assert first.defence == pytest.approx(p_score[1, 1] - p_score[5, 1] - first.held_against)
+    assert second.offence == pytest.approx(p_score[9, 1] - p_score[5, 1] + second.held_for)
+    assert second.defence == pytest.approx(p_score[5, 0] - p_score[9, 0] - second.held_against)
 
 
 def test_the_touch_before_a_goal_takes_the_goal_and_an_own_goal_costs():
     p_score = np.full((10, 2), 0.2)
     (scorer,) = credit_touches(_synthetic([(3, 0)], goal_frame=8), p_score)
-    assert scorer.offence == pytest.approx(0.8) and scorer.defence == pytest.approx(0.2)
+    held = 5 * 0.2 * 0.01  # frames 3 to 7 at 0.2 each side, then the goal
+    assert scorer.held_for == pytest.approx(held) == pytest.approx(scorer.held_against)
+    assert scorer.offence == pytest.approx(0.8 + held)
+    assert scorer.defence == pytest.approx(0.2 - held)
     (own_goal,) = credit_touches(_synthetic([(3, 1)], goal_frame=8), p_score)
     assert own_goal.team == 1 and own_goal.value == pytest.approx(-1.0)
 

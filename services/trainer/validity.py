@@ -1,0 +1,514 @@
+"""How far player ratings can be trusted, without skill labels. Pure numpy, no I/O but the plot.
+
+Two questions, as the field asks them of football ratings (Hvattum & Gelade 2021, VAEP
+against plus-minus):
+
+- **reliability**: does a player get a similar rating on other data of the same skill? Within
+  a match, the first half against the second (split-half); across matches, for players who
+  come back (by platform id), their odd appearances against their even ones. Ratings differ
+  in level between team sizes (a 1v1 player touches the ball more than a 3v3 one), which
+  inflates any correlation pooled over team sizes; so each half's ratings are standardised
+  per team size before they are pooled, and each team size is also reported alone.
+- **predictive validity**: does a team's rating edge in the earlier part of a match (its
+  players' ratings per minute minus the other team's) forecast the goal difference of the
+  later part? Spearman's rank correlation, each match seen from both teams' sides.
+
+Every measure comes with a 95 % interval from resampling whole matches (players, for the
+across-match reliability) with replacement, and every rating is measured next to simple
+baselines on the same data and draws: touches per minute, the team's mean P(score), the goal
+difference so far, the header's in-game score points (whole matches only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from services.featurizer.features import FEATURE_NAMES, FeatureTable
+from services.scorer.score import IMPACT_SCALE, SECONDS_PER_MINUTE, TouchCredit
+
+ROUNDS = 1000
+LEVEL = 0.95
+TEAM_SIZE = FEATURE_NAMES.index("team_size")
+TEAM_SIZE_SCALE = 4.0  # features.py stores team_size / 4
+DEMOLISHED = FEATURE_NAMES.index("demolished")
+MIN_PRESENCE = 0.5  # a player counts in a part when on the pitch for this share of its frames
+MIN_LIVE_MINUTES = 2.0  # shorter replays (clips, aborted matches) are too short to cut in parts
+IMPACT = "impact"
+PLAYER_METRICS = ("impact", "offence", "defence", "touches")
+TEAM_METRICS = ("mean P(score)", "goal difference")
+POOLED = "pooled"
+
+
+@dataclass(frozen=True)
+class MatchParts:
+    """One match cut into parts of equal live time: what each player and team did in each."""
+
+    match_id: str
+    team_size: int
+    teams: np.ndarray  # [P] 0 or 1
+    player_keys: tuple[str, ...]  # platform id, else the name: who the player is across matches
+    minutes: np.ndarray  # [K] live minutes of each part
+    present: np.ndarray  # [K, P] bool: on the pitch for most of the part
+    player_totals: dict[str, np.ndarray]  # rating -> [K, P] sum over the part (rate: / minutes)
+    p_score: np.ndarray  # [K, 2] each team's mean P(score) over the part's live frames
+    goals: np.ndarray  # [K, 2] goals each team scored in the part
+    whole_match: dict[str, np.ndarray] = field(default_factory=dict)  # rating -> [P], NaN: none
+
+    @property
+    def n_parts(self) -> int:
+        return int(self.minutes.shape[0])
+
+    def rates(self, rating: str, parts: slice = slice(None)) -> np.ndarray:
+        """[P] the rating per live minute over ``parts``."""
+        minutes = self.minutes[parts].sum()
+        return self.player_totals[rating][parts].sum(axis=0) / max(minutes, 1e-9)
+
+    def team_edge(self, metric: str, parts: slice) -> float:
+        """Team 0's edge over team 1 over ``parts``: a player rating's per-minute sums, the mean
+        P(score) or the goals."""
+        if metric == "goal difference":
+            goals = self.goals[parts].sum(axis=0)
+            return float(goals[0] - goals[1])
+        if metric == "mean P(score)":
+            weights = self.minutes[parts]
+            mean = (self.p_score[parts] * weights[:, None]).sum(axis=0) / max(weights.sum(), 1e-9)
+            return float(mean[0] - mean[1])
+        rates = self.rates(metric, parts)
+        return float(rates[self.teams == 0].sum() - rates[self.teams == 1].sum())
+
+
+def part_bounds(live: np.ndarray, n_parts: int) -> np.ndarray:
+    """[n_parts + 1] frame indices cutting the table into parts of equal live frames."""
+    live_index = np.flatnonzero(live)
+    if not live_index.size:
+        return np.zeros(n_parts + 1, dtype=np.int64)
+    cuts = [live_index[round(i * live_index.size / n_parts)] for i in range(n_parts)]
+    return np.array([0, *cuts[1:], live.shape[0]], dtype=np.int64)
+
+
+def table_team_size(table: FeatureTable) -> int:
+    return round(float(table.features[0, 0, TEAM_SIZE]) * TEAM_SIZE_SCALE)
+
+
+def match_parts(
+    table: FeatureTable,
+    p_score: np.ndarray,
+    credits: Sequence[TouchCredit],
+    n_parts: int = 2,
+    whole_match: dict[str, np.ndarray] | None = None,
+) -> MatchParts:
+    """``table`` cut into ``n_parts`` of equal live time; ``p_score`` [T, 2] and ``credits``
+    as :mod:`services.scorer.score` makes them (impact in points: x IMPACT_SCALE)."""
+    bounds = part_bounds(table.live, n_parts)
+    part_of_frame = np.searchsorted(bounds, np.arange(table.time.shape[0]), side="right") - 1
+    n_players = len(table.players)
+    totals = {name: np.zeros((n_parts, n_players)) for name in PLAYER_METRICS}
+    for credit in credits:
+        part, player = part_of_frame[credit.frame], credit.player_index
+        totals["offence"][part, player] += IMPACT_SCALE * credit.offence
+        totals["defence"][part, player] += IMPACT_SCALE * credit.defence
+        totals["touches"][part, player] += 1
+    totals["impact"] = totals["offence"] + totals["defence"]
+    step = float(np.median(np.diff(table.time))) if table.time.shape[0] > 1 else 0.0
+    on_pitch = (table.features[:, :, DEMOLISHED] < 0.5) & table.live[:, None]
+    minutes, present, p_mean = np.zeros(n_parts), np.zeros((n_parts, n_players), bool), []
+    for part in range(n_parts):
+        frames = slice(bounds[part], bounds[part + 1])
+        live = table.live[frames]
+        minutes[part] = live.sum() * step / SECONDS_PER_MINUTE
+        present[part] = on_pitch[frames].sum(axis=0) >= MIN_PRESENCE * max(live.sum(), 1)
+        p_mean.append(p_score[frames][live].mean(axis=0) if live.any() else np.zeros(2))
+    goals = np.zeros((n_parts, 2))
+    goal_frames = np.searchsorted(table.time, [g.time for g in table.goals], side="left")
+    for goal, frame in zip(table.goals, goal_frames, strict=True):
+        # a goal belongs to the part of the live frame that ends with it
+        goals[part_of_frame[min(max(frame - 1, 0), len(part_of_frame) - 1)], goal.team] += 1
+    return MatchParts(
+        match_id=table.replay_id,
+        team_size=table_team_size(table),
+        teams=np.array([p.team for p in table.players]),
+        player_keys=tuple(p.platform_id or f"name:{p.name}" for p in table.players),
+        minutes=minutes,
+        present=present,
+        player_totals=totals,
+        p_score=np.array(p_mean),
+        goals=goals,
+        whole_match=whole_match or {},
+    )
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks from 1, ties sharing their average rank."""
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    return ((ends - counts + 1 + ends) / 2.0)[inverse]
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> float:
+    if x.size < 3:
+        return float("nan")
+    x, y = x - x.mean(), y - y.mean()
+    denominator = np.sqrt((x * x).sum() * (y * y).sum())
+    return float((x * y).sum() / denominator) if denominator > 0 else float("nan")
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    return pearson(ranks(x), ranks(y)) if x.size >= 3 else float("nan")
+
+
+def standardised(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """``values`` z-scored within each group (a group with no spread gives zeros)."""
+    result = np.zeros(values.shape)
+    for group in np.unique(groups):
+        chosen = groups == group
+        spread = values[chosen].std()
+        result[chosen] = (values[chosen] - values[chosen].mean()) / spread if spread > 0 else 0.0
+    return result
+
+
+@dataclass(frozen=True)
+class Estimate:
+    value: float
+    low: float
+    high: float
+    n: int  # observations the value rests on (pairs of halves, matches, players)
+
+    def as_json(self) -> dict[str, float]:
+        return {"value": self.value, "low": self.low, "high": self.high, "n": self.n}
+
+    def __str__(self) -> str:
+        return f"{self.value:+.3f} [{self.low:+.3f}, {self.high:+.3f}]"
+
+
+# Observations of one unit of resampling (a match, a player): named arrays of equal length
+Unit = dict[str, np.ndarray]
+Statistic = Callable[[Unit], float]
+
+
+def joined(units: Sequence[Unit], chosen: np.ndarray) -> Unit:
+    names = units[0].keys() if units else ()
+    return {name: np.concatenate([units[i][name] for i in chosen]) for name in names}
+
+
+def bootstrap(
+    units: Sequence[Unit],
+    statistics: dict[str, Statistic],
+    rounds: int = ROUNDS,
+    seed: int = 0,
+    count: str | None = None,
+) -> dict[str, Estimate]:
+    """Each statistic on all ``units`` together, with the middle LEVEL of its values over
+    ``rounds`` resamples of the units with replacement (the same draws for every statistic,
+    so that their differences can be compared draw by draw; see :func:`differences`)."""
+    draws = bootstrap_draws(units, statistics, rounds, seed)
+    every = joined(units, np.arange(len(units)))
+    n = int(every[count].size) if count and units else len(units)
+    return {
+        name: estimate(statistic(every) if units else float("nan"), draws[name], n)
+        for name, statistic in statistics.items()
+    }
+
+
+def bootstrap_draws(
+    units: Sequence[Unit], statistics: dict[str, Statistic], rounds: int, seed: int
+) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    values: dict[str, list[float]] = {name: [] for name in statistics}
+    for _ in range(rounds if len(units) >= 2 else 0):
+        sample = joined(units, rng.integers(0, len(units), len(units)))
+        for name, statistic in statistics.items():
+            values[name].append(statistic(sample))
+    return {name: np.array(v) for name, v in values.items()}
+
+
+def estimate(value: float, draws: np.ndarray, n: int) -> Estimate:
+    draws = draws[~np.isnan(draws)]
+    if not draws.size:
+        return Estimate(value, float("nan"), float("nan"), n)
+    tail = (1 - LEVEL) / 2
+    low, high = np.quantile(draws, [tail, 1 - tail])
+    return Estimate(value, float(low), float(high), n)
+
+
+def differences(
+    units: Sequence[Unit],
+    statistics: dict[str, Statistic],
+    first: str,
+    rounds: int = ROUNDS,
+    seed: int = 0,
+) -> dict[str, Estimate]:
+    """``first``'s statistic minus each other's, with intervals over the same draws."""
+    draws = bootstrap_draws(units, statistics, rounds, seed)
+    every = joined(units, np.arange(len(units))) if units else {}
+    result = {}
+    for name, statistic in statistics.items():
+        if name == first or not units:
+            continue
+        value = statistics[first](every) - statistic(every)
+        result[f"{first} - {name}"] = estimate(value, draws[first] - draws[name], len(units))
+    return result
+
+
+# ---------------------------------------------------------------- reliability
+
+
+def split_half_units(matches: Sequence[MatchParts], ratings: Sequence[str]) -> list[Unit]:
+    """Per match: each player present in both halves, the rating per minute in each half.
+    The matches must be cut in two parts."""
+    units = []
+    for match in matches:
+        if match.n_parts != 2:
+            raise ValueError(
+                f"split-half reliability needs matches in 2 parts, got {match.n_parts}"
+            )
+        both = match.present.all(axis=0)
+        unit: Unit = {"team_size": np.full(int(both.sum()), match.team_size)}
+        for rating in ratings:
+            unit[f"{rating}/1"] = match.rates(rating, slice(0, 1))[both]
+            unit[f"{rating}/2"] = match.rates(rating, slice(1, 2))[both]
+        units.append(unit)
+    return units
+
+
+def split_half_statistic(rating: str, team_size: int | None = None) -> Statistic:
+    """Pearson r of the two halves' ratings: within ``team_size``, or (None) pooled over team
+    sizes after standardising each half per team size."""
+
+    def statistic(unit: Unit) -> float:
+        first, second, sizes = unit[f"{rating}/1"], unit[f"{rating}/2"], unit["team_size"]
+        if team_size is not None:
+            chosen = sizes == team_size
+            return pearson(first[chosen], second[chosen])
+        return pearson(standardised(first, sizes), standardised(second, sizes))
+
+    return statistic
+
+
+def split_half_raw_statistic(rating: str) -> Statistic:
+    """Pooled over team sizes without standardising: what mixing team sizes inflates."""
+    return lambda unit: pearson(unit[f"{rating}/1"], unit[f"{rating}/2"])
+
+
+@dataclass(frozen=True)
+class Reliability:
+    pooled: dict[str, Estimate]  # rating -> r, standardised per team size, pooled
+    raw: dict[str, Estimate]  # rating -> r, pooled without standardising
+    by_team_size: dict[int, dict[str, Estimate]]
+    versus: dict[str, Estimate]  # "impact - touches" ...: pooled r differences
+
+
+def split_half_reliability(
+    matches: Sequence[MatchParts],
+    ratings: Sequence[str] = PLAYER_METRICS,
+    rounds: int = ROUNDS,
+    min_pairs: int = 20,
+) -> Reliability:
+    """:func:`split_half_statistic` of each rating pooled and per team size (those with at least
+    ``min_pairs`` players in both halves), intervals over resampled matches."""
+    units = split_half_units(matches, ratings)
+    pooled = {r: split_half_statistic(r) for r in ratings}
+    sizes = np.concatenate([u["team_size"] for u in units]) if units else np.zeros(0)
+    by_size = {}
+    for size in sorted(set(sizes.astype(int).tolist())):
+        if (sizes == size).sum() >= min_pairs:
+            statistics = {r: split_half_statistic(r, size) for r in ratings}
+            by_size[size] = bootstrap(units, statistics, rounds)
+            by_size[size] = {
+                r: Estimate(e.value, e.low, e.high, int((sizes == size).sum()))
+                for r, e in by_size[size].items()
+            }
+    return Reliability(
+        pooled=bootstrap(units, pooled, rounds, count="team_size"),
+        raw=bootstrap(
+            units, {r: split_half_raw_statistic(r) for r in ratings}, rounds, count="team_size"
+        ),
+        by_team_size=by_size,
+        versus=differences(units, pooled, ratings[0], rounds),
+    )
+
+
+def across_match_units(matches: Sequence[MatchParts], ratings: Sequence[str]) -> list[Unit]:
+    """Per player who plays in 2 or more matches (by platform id, never by name): the mean of
+    the player's standardised whole-match ratings over odd appearances, and over even ones."""
+    rows: dict[str, list[tuple[int, dict[str, float]]]] = {}
+    per_rating: dict[str, list[float]] = {r: [] for r in ratings}
+    sizes: list[int] = []
+    owners: list[str] = []
+    for match in matches:
+        present = match.present.any(axis=0)
+        values = {r: _whole_match(match, r) for r in ratings}
+        for player, key in enumerate(match.player_keys):
+            if not present[player] or key.startswith("name:"):
+                continue
+            owners.append(key)
+            sizes.append(match.team_size)
+            for rating in ratings:
+                per_rating[rating].append(values[rating][player])
+    if not owners:
+        return []
+    size_array = np.array(sizes)
+    z = {}
+    for rating, values in per_rating.items():
+        array = np.array(values)
+        known = ~np.isnan(array)
+        z[rating] = np.full(array.shape, np.nan)
+        z[rating][known] = standardised(array[known], size_array[known])
+    for i, key in enumerate(owners):
+        rows.setdefault(key, []).append((i, {r: float(z[r][i]) for r in ratings}))
+    units = []
+    for appearances in rows.values():
+        if len(appearances) < 2:
+            continue
+        unit: Unit = {"players": np.ones(1)}
+        for rating in ratings:
+            values = np.array([a[1][rating] for a in appearances])
+            unit[f"{rating}/1"] = np.array([_known_mean(values[0::2])])
+            unit[f"{rating}/2"] = np.array([_known_mean(values[1::2])])
+        units.append(unit)
+    return units
+
+
+def _known_mean(values: np.ndarray) -> float:
+    known = values[~np.isnan(values)]
+    return float(known.mean()) if known.size else float("nan")
+
+
+def _whole_match(match: MatchParts, rating: str) -> np.ndarray:
+    if rating in match.whole_match:
+        return match.whole_match[rating] / max(match.minutes.sum(), 1e-9)
+    if rating in match.player_totals:
+        return match.rates(rating)
+    return np.full(match.teams.shape[0], np.nan)
+
+
+def across_match_reliability(
+    matches: Sequence[MatchParts], ratings: Sequence[str], rounds: int = ROUNDS
+) -> dict[str, Estimate]:
+    """Pearson r of odd against even appearances per recurring player (see
+    :func:`across_match_units`), intervals over resampled players; a rating some matches lack
+    (the header's score points) counts the players who have it in both."""
+    units = across_match_units(matches, ratings)
+
+    def statistic(rating: str) -> Statistic:
+        def r(unit: Unit) -> float:
+            first, second = unit[f"{rating}/1"], unit[f"{rating}/2"]
+            known = ~(np.isnan(first) | np.isnan(second))
+            return pearson(first[known], second[known])
+
+        return r
+
+    return bootstrap(units, {r: statistic(r) for r in ratings}, rounds, count="players")
+
+
+# ---------------------------------------------------------------- predictive validity
+
+
+def prediction_units(
+    matches: Sequence[MatchParts], metrics: Sequence[str], split: int
+) -> list[Unit]:
+    """Per match, from each team's side: its edge in each metric over the parts before
+    ``split``, and its goal difference over the parts from ``split`` on."""
+    units = []
+    for match in matches:
+        before, after = slice(0, split), slice(split, None)
+        unit: Unit = {"later": np.array([1.0, -1.0]) * match.team_edge("goal difference", after)}
+        for metric in metrics:
+            unit[metric] = np.array([1.0, -1.0]) * match.team_edge(metric, before)
+        units.append(unit)
+    return units
+
+
+def prediction_statistic(metric: str) -> Statistic:
+    return lambda unit: spearman(unit[metric], unit["later"])
+
+
+@dataclass(frozen=True)
+class Prediction:
+    split: int  # the earlier part is parts [0, split), of n_parts
+    n_parts: int
+    spearman: dict[str, Estimate]  # metric -> rank correlation with the later goal difference
+    versus: dict[str, Estimate]  # "impact - <metric>"
+
+    @property
+    def label(self) -> str:
+        """'first 1/4 -> the rest': which parts forecast which."""
+        if (self.split, self.n_parts) == (1, 2):
+            return "first half -> second"
+        return f"first {self.split}/{self.n_parts} -> the rest"
+
+
+def predictive_validity(
+    matches: Sequence[MatchParts],
+    metrics: Sequence[str] = (*PLAYER_METRICS, *TEAM_METRICS),
+    split: int | None = None,
+    rounds: int = ROUNDS,
+) -> Prediction:
+    """Spearman of each metric's earlier edge with the later goal difference (:func:
+    `prediction_units`; ``split`` defaults to half the parts), intervals over resampled
+    matches, and the first metric's margin over each other one."""
+    n_parts = matches[0].n_parts if matches else 2
+    split = n_parts // 2 if split is None else split
+    units = prediction_units(matches, metrics, split)
+    statistics = {m: prediction_statistic(m) for m in metrics}
+    return Prediction(
+        split=split,
+        n_parts=n_parts,
+        spearman=bootstrap(units, statistics, rounds),
+        versus=differences(units, statistics, metrics[0], rounds),
+    )
+
+
+# ---------------------------------------------------------------- report
+
+
+def estimates_json(estimates: dict[str, Estimate]) -> dict[str, dict[str, float]]:
+    return {name: e.as_json() for name, e in estimates.items()}
+
+
+def validity_plot(
+    reliability: Reliability,
+    predictions: Sequence[Prediction],
+    across: dict[str, Estimate],
+    path: Path,
+    title: str,
+) -> None:
+    """Bars with 95 % intervals: split-half reliability (within team size, pooled), across
+    matches, and predictive validity of each split."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    panels = [
+        ("split-half r (standardised per team size)", reliability.pooled),
+        ("across-match r (recurring players)", across),
+        *((f"Spearman: {p.label} goal difference", p.spearman) for p in predictions),
+    ]
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), squeeze=False)
+    for ax, (label, estimates) in zip(axes[0], panels, strict=True):
+        names = list(estimates)
+        values = np.array([estimates[n].value for n in names])
+        errors = np.array(
+            [
+                [estimates[n].value - estimates[n].low for n in names],
+                [estimates[n].high - estimates[n].value for n in names],
+            ]
+        )
+        colours = ["tab:red" if n == IMPACT else "tab:grey" for n in names]
+        ax.bar(np.arange(len(names)), np.nan_to_num(values), color=colours)
+        ax.errorbar(np.arange(len(names)), values, yerr=np.nan_to_num(errors), fmt="none",
+                    ecolor="black", capsize=3)  # fmt: skip
+        ax.axhline(0, color="black", linewidth=0.6)
+        ax.set_xticks(np.arange(len(names)), names, rotation=35, ha="right")
+        ax.set_title(label, fontsize=9)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
