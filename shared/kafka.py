@@ -43,7 +43,15 @@ from shared.events import (
     decode,
     encode,
 )
-from shared.retry import OutageLog, RetryPolicy, Stopped, describe, is_transient, retry_transient
+from shared.retry import (
+    OutageLog,
+    RetryPolicy,
+    Stopped,
+    describe,
+    is_transient,
+    retry_transient,
+    sleep_backoff,
+)
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -593,7 +601,7 @@ async def _handle(
                     replay_id = getattr(event, "replay_id", None)
                     await rejecter.reject(record, "handler_failed", describe(error), replay_id)
                     return _Handled()
-        await backoff.sleep(stop)
+        await sleep_backoff(backoff, stop)
         if stop.is_set():
             return None
 

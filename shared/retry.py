@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import errno
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -24,6 +23,9 @@ from aiokafka import errors as kafka_errors
 from asyncpg.exceptions import _base as pg_errors
 from minio.error import S3Error, ServerError
 from urllib3 import exceptions as http_errors
+
+from shared.backoff import Backoff
+from shared.storage import BlobStoreUnavailable
 
 if TYPE_CHECKING:
     from shared.settings import Settings
@@ -99,7 +101,7 @@ def _is_transient_one(error: BaseException) -> bool:
         return not isinstance(error, ASYNCPG_CLIENT_ERRORS)
     if isinstance(error, kafka_errors.KafkaError):
         return isinstance(error, TRANSIENT_KAFKA) or error.retriable
-    if isinstance(error, (*TRANSIENT_HTTP, ServerError)):
+    if isinstance(error, (*TRANSIENT_HTTP, ServerError, BlobStoreUnavailable)):
         return True
     if isinstance(error, S3Error):
         return error.code in TRANSIENT_S3_CODES
@@ -112,39 +114,14 @@ def _is_transient_one(error: BaseException) -> bool:
     return False
 
 
-def backoff_delay(
-    attempt: int, base: float, cap: float, rng: Callable[[], float] = random.random
-) -> float:
-    """Seconds to wait before retry number ``attempt`` (1, 2, …): exponential from ``base``,
-    capped at ``cap``, with "equal jitter" (between half the step and the whole step), so
-    services that lost the same dependency do not all come back in the same instant."""
-    step = min(cap, base * 2 ** max(attempt - 1, 0))
-    return step / 2 + rng() * step / 2
-
-
-@dataclass
-class Backoff:
-    """Successive delays of one outage; :meth:`reset` once the work succeeds."""
-
-    base: float
-    cap: float
-    attempt: int = 0
-
-    def next_delay(self) -> float:
-        self.attempt += 1
-        return backoff_delay(self.attempt, self.base, self.cap)
-
-    def reset(self) -> None:
-        self.attempt = 0
-
-    async def sleep(self, stop: asyncio.Event | None = None) -> None:
-        """Wait the next delay, or less if ``stop`` is set meanwhile."""
-        delay = self.next_delay()
-        if stop is None:
-            await asyncio.sleep(delay)
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), delay)
+async def sleep_backoff(backoff: Backoff, stop: asyncio.Event | None = None) -> None:
+    """Wait the backoff's next delay, or less if ``stop`` is set meanwhile."""
+    delay = backoff.next_delay()
+    if stop is None:
+        await asyncio.sleep(delay)
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), delay)
 
 
 @dataclass
@@ -206,7 +183,7 @@ class RetryPolicy:
         return cls(settings.retry_base_seconds, settings.retry_max_seconds)
 
     def backoff(self) -> Backoff:
-        return Backoff(self.base_seconds, self.max_seconds)
+        return Backoff(self.max_seconds, self.base_seconds)
 
 
 async def retry_transient(
@@ -228,7 +205,7 @@ async def retry_transient(
             if not is_transient(error):
                 raise
             outage.failed(error)
-            await backoff.sleep(stop)
+            await sleep_backoff(backoff, stop)
             if stop is not None and stop.is_set():
                 raise Stopped(f"stopped while waiting: {what}") from error
             continue

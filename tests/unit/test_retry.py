@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import random
 
 import asyncpg
 import pytest
@@ -18,15 +17,15 @@ from services.parser.parse import ReplayParseError
 from services.parser.workers import WorkerTimeout
 from shared.events import EventDecodeError
 from shared.retry import (
-    Backoff,
     OutageLog,
     RateLimit,
     RetryPolicy,
     Stopped,
-    backoff_delay,
     is_transient,
     retry_transient,
+    sleep_backoff,
 )
+from shared.storage import BlobStoreUnavailable
 
 
 def _s3(code: str) -> S3Error:
@@ -62,6 +61,7 @@ TRANSIENT = [
     http_errors.ReadTimeoutError(None, "/bucket", "read timed out"),  # type: ignore[arg-type]
     http_errors.ProtocolError("Connection aborted."),
     _s3("SlowDown"),
+    BlobStoreUnavailable("cannot reach s3://blobs/frames/ab.npz: connection refused"),
     _s3("ServiceUnavailable"),
     ExceptionGroup("tasks", [ValueError("x"), ConnectionRefusedError()]),
 ]
@@ -115,31 +115,30 @@ def test_worker_timeout_chained_from_a_timeout_stays_the_replays_fault():
         assert not is_transient(error)
 
 
-def test_backoff_doubles_from_the_base_up_to_the_cap_with_jitter():
-    lowest = [backoff_delay(n, 0.5, 10.0, rng=lambda: 0.0) for n in range(1, 9)]
-    highest = [backoff_delay(n, 0.5, 10.0, rng=lambda: 1.0) for n in range(1, 9)]
-    assert highest == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0, 10.0]
-    assert lowest == [h / 2 for h in highest]  # equal jitter: between half a step and a step
-    rng = random.Random(7)
-    drawn = [backoff_delay(40, 0.5, 10.0, rng=rng.random) for _ in range(200)]
-    assert all(5.0 <= d <= 10.0 for d in drawn), "capped, however many attempts"
-    assert len({round(d, 6) for d in drawn}) > 150, "jittered: services do not retry in step"
+def test_the_retry_backoff_doubles_from_the_base_up_to_the_cap_with_jitter():
+    policy = RetryPolicy(base_seconds=0.5, max_seconds=10.0)
+    steps = [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0, 10.0, 10.0, 10.0]
+    runs = [[b.next_delay() for _ in steps] for b in (policy.backoff() for _ in range(200))]
+    for n, step in enumerate(steps):
+        drawn = [run[n] for run in runs]
+        assert all(step / 2 <= d <= step for d in drawn), "between half a step and a step"
+        assert len({round(d, 9) for d in drawn}) > 150, "jittered: no two services in step"
+    assert max(max(run) for run in runs) <= 10.0, "capped, however many attempts"
 
 
-def test_backoff_counts_attempts_and_resets():
-    backoff = Backoff(0.5, 10.0)
-    delays = [backoff.next_delay() for _ in range(12)]
-    assert all(0.25 <= d <= 10.0 for d in delays)
-    assert backoff.attempt == 12
+def test_the_backoff_restarts_from_the_base_once_reset():
+    backoff = RetryPolicy(base_seconds=0.5, max_seconds=10.0).backoff()
+    for _ in range(12):
+        backoff.next_delay()
     backoff.reset()
     assert backoff.next_delay() <= 0.5
 
 
-async def test_backoff_sleep_ends_early_when_stopped():
+async def test_a_backoff_wait_ends_early_when_stopped():
     stop = asyncio.Event()
     stop.set()
     started = asyncio.get_running_loop().time()
-    await Backoff(30.0, 30.0).sleep(stop)
+    await sleep_backoff(RetryPolicy(30.0, 30.0).backoff(), stop)
     assert asyncio.get_running_loop().time() - started < 1.0
 
 
