@@ -180,11 +180,13 @@ async def event_producer(
     *,
     low_latency: bool = False,
     stop: asyncio.Event | None = None,
+    policy: RetryPolicy | None = None,
 ) -> AsyncIterator[EventProducer]:
     """``low_latency`` (the live path): the leader's ack only, for frames and live scores that
     are superseded 30 times a second anyway, and what arrives within ``live_linger_ms`` sent
-    together (fewer requests for the producer and the broker at many matches)."""
-    policy = RetryPolicy.of(settings)
+    together (fewer requests for the producer and the broker at many matches). ``policy``:
+    how long a start or a send waits for Kafka (default: as long as it is down)."""
+    policy = policy or RetryPolicy.of(settings)
     options: dict[str, Any] = (
         {"acks": 1, "linger_ms": settings.live_linger_ms}
         if low_latency

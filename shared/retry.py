@@ -177,6 +177,7 @@ class RetryPolicy:
     base_seconds: float = 0.5
     max_seconds: float = 10.0
     log_every_seconds: float = 30.0
+    attempts: int | None = None  # None: for as long as the outage lasts (services)
 
     @classmethod
     def of(cls, settings: Settings) -> RetryPolicy:
@@ -194,15 +195,15 @@ async def retry_transient(
     stop: asyncio.Event | None = None,
 ) -> T:
     """``await operation()`` until it succeeds; a transient failure is retried with backoff for
-    as long as it lasts, any other failure is raised at once. Raises :class:`Stopped` when
-    ``stop`` is set while waiting."""
+    as long as it lasts (or ``policy.attempts`` tries), any other failure is raised at once.
+    Raises :class:`Stopped` when ``stop`` is set while waiting."""
     backoff = policy.backoff()
     outage = OutageLog(log, what, policy.log_every_seconds)
     while True:
         try:
             result = await operation()
         except Exception as error:
-            if not is_transient(error):
+            if not is_transient(error) or outage.failures + 1 == policy.attempts:
                 raise
             outage.failed(error)
             await sleep_backoff(backoff, stop)

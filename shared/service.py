@@ -45,6 +45,7 @@ class ServiceContext:
     pool: asyncpg.Pool
     producer: EventProducer
     stop: asyncio.Event
+    policy: RetryPolicy | None = None  # how long to wait for a dependency; None: as long as down
 
     async def fail_replay(
         self,
@@ -97,9 +98,8 @@ class ServiceContext:
 
     async def retry(self, operation: Callable[[], Awaitable[T]], what: str) -> T:
         """``operation()``, waiting with backoff while a dependency is down."""
-        return await retry_transient(
-            operation, f"{self.name}: {what}", RetryPolicy.of(self.settings), log, self.stop
-        )
+        policy = self.policy or RetryPolicy.of(self.settings)
+        return await retry_transient(operation, f"{self.name}: {what}", policy, log, self.stop)
 
 
 def run_service(
@@ -136,10 +136,13 @@ def configure_logging(name: str) -> None:
 
 
 @asynccontextmanager
-async def service_context(name: str, settings: Settings) -> AsyncIterator[ServiceContext]:
+async def service_context(
+    name: str, settings: Settings, *, wait: bool = False
+) -> AsyncIterator[ServiceContext]:
     """Database (migrated), topics (created) and a producer: what a service or the CLI needs.
-    Each waits, with backoff, until its dependency is up."""
-    policy = RetryPolicy.of(settings)
+    With ``wait`` (a service), each waits with backoff until its dependency is up, and sends
+    wait while Kafka is away; without (a command), a dependency that is down is an error."""
+    policy = RetryPolicy.of(settings) if wait else RetryPolicy(attempts=1)
     stop = asyncio.Event()
 
     async def wait_for(operation: Callable[[], Awaitable[T]], what: str) -> T:
@@ -149,8 +152,8 @@ async def service_context(name: str, settings: Settings) -> AsyncIterator[Servic
     try:
         await wait_for(lambda: db.migrate(pool), "migrating Postgres")
         await wait_for(lambda: ensure_topics(settings), "creating the Kafka topics")
-        async with event_producer(settings, name, stop=stop) as producer:
-            yield ServiceContext(name, settings, pool, producer, stop)
+        async with event_producer(settings, name, stop=stop, policy=policy) as producer:
+            yield ServiceContext(name, settings, pool, producer, stop, policy)
     finally:
         await pool.close()
 
@@ -158,7 +161,7 @@ async def service_context(name: str, settings: Settings) -> AsyncIterator[Servic
 async def _main(
     name: str, settings: Settings, body: Callable[[ServiceContext], Awaitable[None]]
 ) -> None:
-    async with service_context(name, settings) as ctx:
+    async with service_context(name, settings, wait=True) as ctx:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, ctx.stop.set)

@@ -209,3 +209,16 @@ async def test_retry_transient_waits_out_an_outage_and_raises_poison_at_once():
     asyncio.get_running_loop().call_later(0.1, stop.set)
     with pytest.raises(Stopped):
         await retry_transient(down, "down", policy, log, stop)
+
+
+async def test_a_command_gives_up_on_a_dependency_that_is_down():
+    calls = []
+
+    async def down() -> None:
+        calls.append(1)
+        raise ConnectionRefusedError("refused")
+
+    policy = RetryPolicy(base_seconds=0.01, max_seconds=0.02, attempts=2)
+    with pytest.raises(ConnectionRefusedError):
+        await retry_transient(down, "down", policy, logging.getLogger("test.retry"))
+    assert len(calls) == 2
