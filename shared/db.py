@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from datetime import datetime
 from importlib import resources
 from typing import Any
 
@@ -14,10 +15,15 @@ from shared.events import PlayerInfo, ReplayUploaded
 from shared.settings import Settings
 
 MIGRATIONS_PACKAGE = "shared.migrations"
+CONNECT_TIMEOUT_SECONDS = 10.0
 
 
 async def connect(settings: Settings, *, min_size: int = 1, max_size: int = 4) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(settings.pg_dsn, min_size=min_size, max_size=max_size)
+    """A pool; a connection broken by a Postgres restart is replaced on its next acquire, and
+    the query that found it broken fails with a transient error (see :mod:`shared.retry`)."""
+    pool = await asyncpg.create_pool(
+        settings.pg_dsn, min_size=min_size, max_size=max_size, timeout=CONNECT_TIMEOUT_SECONDS
+    )
     if pool is None:  # pragma: no cover - asyncpg returns None only without awaiting
         raise RuntimeError("could not create the Postgres pool")
     return pool
@@ -76,17 +82,21 @@ async def set_status(
     stage: str,
     status: str,
     reason: str | None = None,
+    *,
+    only_from: Sequence[str] | None = None,
     **columns: Any,
 ) -> None:
     """Set a replay's status and record the change; a replay with no row (rejected at ingest,
-    before it was recorded) has no status to set."""
-    assignments = "".join(f", {name} = ${i}" for i, name in enumerate(columns, start=4))
+    before it was recorded) has no status to set. With ``only_from``, only a replay in one of
+    those states changes (a later stage may have moved it on already)."""
+    assignments = "".join(f", {name} = ${i}" for i, name in enumerate(columns, start=5))
     updated = await conn.fetchval(
         f"UPDATE replays SET status = $2, status_reason = $3, updated_at = now(){assignments}"
-        " WHERE id = $1 RETURNING id",
+        " WHERE id = $1 AND ($4::text[] IS NULL OR status = ANY($4::text[])) RETURNING id",
         replay_id,
         status,
         reason,
+        None if only_from is None else list(only_from),
         *columns.values(),
     )
     if updated is not None:
@@ -210,8 +220,9 @@ async def move_status(
 
 
 async def featurized_replays(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    """Replays with a feature table: featurized, and maybe scored already."""
     return await conn.fetch(
-        "SELECT id, features_uri FROM replays WHERE status = 'featurized' ORDER BY id"
+        "SELECT id, features_uri FROM replays WHERE status IN ('featurized', 'scored') ORDER BY id"
     )
 
 
@@ -430,6 +441,50 @@ async def unemitted_scores(
 async def replays_scored_with(conn: asyncpg.Connection, model_id: int) -> set[str]:
     rows = await conn.fetch("SELECT DISTINCT replay_id FROM scores WHERE model_id = $1", model_id)
     return {row["replay_id"] for row in rows}
+
+
+@dataclass(frozen=True)
+class ScoreKey:
+    replay_id: str
+    player_index: int
+    model_id: int
+
+
+async def unemitted_keys(conn: asyncpg.Connection) -> tuple[set[ScoreKey], datetime | None]:
+    """Every score row not marked as announced, and when the oldest was written."""
+    rows = await conn.fetch(
+        "SELECT replay_id, player_index, model_id, created_at FROM scores WHERE NOT emitted"
+    )
+    keys = {ScoreKey(r["replay_id"], r["player_index"], r["model_id"]) for r in rows}
+    return keys, min((r["created_at"] for r in rows), default=None)
+
+
+async def mark_keys_emitted(conn: asyncpg.Connection, keys: Sequence[ScoreKey]) -> None:
+    await conn.execute(
+        "UPDATE scores s SET emitted = true FROM unnest($1::text[], $2::int[], $3::int[])"
+        " AS k(replay_id, player_index, model_id) WHERE s.replay_id = k.replay_id"
+        " AND s.player_index = k.player_index AND s.model_id = k.model_id",
+        [k.replay_id for k in keys],
+        [k.player_index for k in keys],
+        [k.model_id for k in keys],
+    )
+
+
+async def mark_scored(conn: asyncpg.Connection, replay_id: str, model_id: int) -> bool:
+    """Set the replay ``scored`` when every score row of this model is announced; True if set
+    now (False: already scored, rows still unannounced, or not featurized yet)."""
+    async with conn.transaction():
+        done = await conn.fetchval(
+            "SELECT r.status IN ('featurized', 'failed') AND NOT EXISTS (SELECT 1 FROM scores s"
+            " WHERE s.replay_id = r.id AND s.model_id = $2 AND NOT s.emitted)"
+            " AND EXISTS (SELECT 1 FROM scores s WHERE s.replay_id = r.id AND s.model_id = $2)"
+            " FROM replays r WHERE r.id = $1 FOR UPDATE",
+            replay_id,
+            model_id,
+        )
+        if done:
+            await set_status(conn, replay_id, "scorer", "scored")
+    return bool(done)
 
 
 async def mark_emitted(

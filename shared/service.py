@@ -1,4 +1,8 @@
-"""Process scaffolding for a service: logging, /metrics, database, topics, graceful stop."""
+"""Process scaffolding for a service: logging, /metrics, database, topics, graceful stop.
+
+Start-up waits for its dependencies: a Postgres or Kafka that is not up yet (or restarting) is
+retried with backoff (:mod:`shared.retry`), so no service exits because one is down.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import asyncpg
 
@@ -22,8 +27,15 @@ from shared.events import (
     Stage,
     Topic,
 )
-from shared.kafka import EventProducer, ensure_topics, event_producer
+from shared.kafka import EventProducer, FailReplay, ensure_topics, event_producer
+from shared.retry import RateLimit, RetryPolicy, retry_transient
 from shared.settings import Settings, get_settings
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+CHATTY_LIBRARIES = ("aiokafka", "asyncpg")
+LIBRARY_LOG_WINDOW_SECONDS = 30.0
+LIBRARY_LOG_BURST = 3
 
 
 @dataclass
@@ -33,6 +45,7 @@ class ServiceContext:
     pool: asyncpg.Pool
     producer: EventProducer
     stop: asyncio.Event
+    policy: RetryPolicy | None = None  # how long to wait for a dependency; None: as long as down
 
     async def fail_replay(
         self,
@@ -43,11 +56,16 @@ class ServiceContext:
         uri: str | None = None,
         rule: str | None = None,
     ) -> None:
-        """Dead-letter a replay: ``failed`` in Postgres and a ``replay.failed`` event."""
+        """Dead-letter a replay: ``failed`` in Postgres and a ``replay.failed`` event; both wait
+        for their dependency if it is down."""
         metrics.ERRORS.labels(self.name, error_type).inc()
         logging.getLogger(self.name).warning("failed %s: %s", replay_id[:12], reason)
-        async with self.pool.acquire() as conn:
-            await db.set_status(conn, replay_id, stage, "failed", reason)
+
+        async def record() -> None:
+            async with self.pool.acquire() as conn:
+                await db.set_status(conn, replay_id, stage, "failed", reason)
+
+        await self.retry(record, f"marking {replay_id[:12]} failed")
         await self.producer.send(
             REPLAY_FAILED,
             ReplayFailed(
@@ -70,6 +88,19 @@ class ServiceContext:
             EVENTS_INVALID, InvalidEvent(topic=topic.name, reason=reason, raw=raw)
         )
 
+    def replay_failer(self, stage: Stage) -> FailReplay:
+        """For :func:`shared.kafka.consume`: what marks a replay of this stage failed."""
+
+        async def fail(replay_id: str, reason: str, error_type: str) -> None:
+            await self.fail_replay(replay_id, stage, reason, error_type)
+
+        return fail
+
+    async def retry(self, operation: Callable[[], Awaitable[T]], what: str) -> T:
+        """``operation()``, waiting with backoff while a dependency is down."""
+        policy = self.policy or RetryPolicy.of(self.settings)
+        return await retry_transient(operation, f"{self.name}: {what}", policy, log, self.stop)
+
 
 def run_service(
     name: str, body: Callable[[ServiceContext], Awaitable[None]], latency_bound: bool = False
@@ -83,23 +114,46 @@ def run_service(
     if latency_bound:
         gc.freeze()
         gc.set_threshold(20_000, 20, 20)
-    logging.basicConfig(
-        level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(name)
     settings = get_settings()
     metrics.serve(name, settings.metrics_host, settings.metrics_port(name))
     asyncio.run(_main(name, settings, body))
 
 
+def configure_logging(name: str) -> None:
+    """INFO for the services' own loggers. The libraries' own retry chatter while a broker
+    or database is down (a line, or a traceback, per reconnect attempt of every client) only
+    from warnings up, one line each, a few per minute: the services log each outage
+    themselves (:class:`shared.retry.OutageLog`)."""
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s"
+    )
+    for library in CHATTY_LIBRARIES:
+        logging.getLogger(library).setLevel(logging.WARNING)
+    limit = RateLimit(CHATTY_LIBRARIES, LIBRARY_LOG_WINDOW_SECONDS, LIBRARY_LOG_BURST)
+    for handler in logging.getLogger().handlers:  # a logger's own filters skip its children
+        handler.addFilter(limit)
+
+
 @asynccontextmanager
-async def service_context(name: str, settings: Settings) -> AsyncIterator[ServiceContext]:
-    """Database (migrated), topics (created) and a producer: what a service or the CLI needs."""
-    pool = await db.connect(settings)
+async def service_context(
+    name: str, settings: Settings, *, wait: bool = False
+) -> AsyncIterator[ServiceContext]:
+    """Database (migrated), topics (created) and a producer: what a service or the CLI needs.
+    With ``wait`` (a service), each waits with backoff until its dependency is up, and sends
+    wait while Kafka is away; without (a command), a dependency that is down is an error."""
+    policy = RetryPolicy.of(settings) if wait else RetryPolicy(attempts=1)
+    stop = asyncio.Event()
+
+    async def wait_for(operation: Callable[[], Awaitable[T]], what: str) -> T:
+        return await retry_transient(operation, f"{name}: {what}", policy, log, stop)
+
+    pool = await wait_for(lambda: db.connect(settings), "connecting to Postgres")
     try:
-        await db.migrate(pool)
-        await ensure_topics(settings)
-        async with event_producer(settings, name) as producer:
-            yield ServiceContext(name, settings, pool, producer, asyncio.Event())
+        await wait_for(lambda: db.migrate(pool), "migrating Postgres")
+        await wait_for(lambda: ensure_topics(settings), "creating the Kafka topics")
+        async with event_producer(settings, name, stop=stop, policy=policy) as producer:
+            yield ServiceContext(name, settings, pool, producer, stop, policy)
     finally:
         await pool.close()
 
@@ -107,7 +161,7 @@ async def service_context(name: str, settings: Settings) -> AsyncIterator[Servic
 async def _main(
     name: str, settings: Settings, body: Callable[[ServiceContext], Awaitable[None]]
 ) -> None:
-    async with service_context(name, settings) as ctx:
+    async with service_context(name, settings, wait=True) as ctx:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, ctx.stop.set)

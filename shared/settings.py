@@ -88,6 +88,12 @@ class Settings(BaseSettings):
     model_poll_seconds: float = 2.0
     consumer_group_prefix: str = "rlimpact"
 
+    # A dependency that is down (Postgres, Kafka, the blob store, S3) is waited for: the same
+    # work is retried with exponential backoff from retry_base_seconds, capped at
+    # retry_max_seconds and jittered, for as long as the outage lasts.
+    retry_base_seconds: float = Field(0.5, gt=0)
+    retry_max_seconds: float = Field(10.0, gt=0)
+
     # S3-compatible bucket source: the ingestor takes in new objects under s3_prefix (off while
     # s3_bucket is unset); `rlimpact upload` puts files under s3_upload_prefix. deploy/minio.sh
     # serves s3_endpoint locally with these credentials.
@@ -140,6 +146,8 @@ class Settings(BaseSettings):
     # from 0 and restarts one that exits after a jittered delay of supervisor_backoff_initial
     # seconds, doubling up to supervisor_backoff_max; a run of supervisor_healthy_seconds
     # resets the delay. On stop, children get SIGTERM, then SIGKILL after the grace period.
+    # The instance is also in the scorer's Kafka transactional id, so a restarted scorer fences
+    # the one it replaces.
     instance: int = Field(0, ge=0, description="this process's instance of its service")
     supervisor_backoff_initial_seconds: float = Field(0.5, gt=0)
     supervisor_backoff_max_seconds: float = Field(30.0, gt=0)

@@ -98,17 +98,14 @@ def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _promote(settings: Settings, ref: str) -> int:
     from shared import db
-    from shared.events import MODEL_PROMOTED, ModelPromoted
+    from shared.registry import announce
     from shared.service import service_context
 
     async with service_context("cli", settings) as ctx:
         async with ctx.pool.acquire() as conn:
             found = await _model(conn, ref)
             record = await db.promote_model(conn, found.id)
-        await ctx.producer.send(
-            MODEL_PROMOTED,
-            ModelPromoted(model_id=record.id, model_version=record.version, kind=record.kind),
-        )
+        await announce(ctx.producer, record)
     print(f"model {record.id} {record.version} is now the active {record.kind} model")
     return 0
 
@@ -122,8 +119,8 @@ async def _register(settings: Settings, file: Path, promote: bool) -> int:
     from services.scorer.score import ImpactModel, ModelSchemaError
     from services.scorer.skill import META_KIND, SkillModel
     from shared import db
+    from shared.registry import register_file
     from shared.service import service_context
-    from shared.storage import open_blob_store, sha256_file
 
     if not file.is_file():
         raise SystemExit(f"rlimpact: no such file: {file}")
@@ -135,22 +132,18 @@ async def _register(settings: Settings, file: Path, promote: bool) -> int:
         loaded = SkillModel(file) if kind == "skill" else ImpactModel(file)
     except (ModelSchemaError, RuntimeError, ValueError) as error:
         raise SystemExit(f"rlimpact: {file} is not a usable model: {error}") from error
-    sha256 = sha256_file(file)
-    uri = open_blob_store(settings).put_file("models", sha256, ".onnx", file)
     async with service_context("cli", settings) as ctx, ctx.pool.acquire() as conn:
         if existing := await db.find_model(conn, loaded.version):
             raise SystemExit(
                 f"rlimpact: version {loaded.version} is registered already (id {existing.id})"
             )
-        record = await db.register_model(
+        record = await register_file(
             conn,
-            name=kind,
-            version=loaded.version,
-            uri=uri,
-            sha256=sha256,
-            feature_schema_version=FEATURE_SCHEMA_VERSION,
-            metrics={},
+            settings,
+            file,
             kind=kind,
+            version=loaded.version,
+            feature_schema_version=FEATURE_SCHEMA_VERSION,
         )
     print(f"registered {kind} model {record.id} {record.version} as a candidate")
     return await _promote(settings, str(record.id)) if promote else 0

@@ -15,6 +15,7 @@ from shared import db
 from shared.events import FEATURES_READY, FRAMES_PARSED, FeaturesReady, FramesParsed
 from shared.frames import ParsedReplay, frames_suffix
 from shared.kafka import consume
+from shared.retry import is_transient
 from shared.service import ServiceContext, run_service
 from shared.storage import BlobOutsideStore, BlobStore, open_blob_store
 
@@ -71,6 +72,8 @@ async def run(ctx: ServiceContext) -> None:
                 featurize_to_store, event, ctx.settings.horizon_seconds, store
             )
         except (OSError, ValueError) as error:  # missing/corrupt frames file, bad contents
+            if is_transient(error):  # the blob store is down, not the replay bad: wait
+                raise
             reason = f"cannot featurize: {error}"
             await ctx.fail_replay(event.replay_id, "featurize", reason, type(error).__name__)
             return
@@ -82,7 +85,14 @@ async def run(ctx: ServiceContext) -> None:
         log.info("featurized %s", event.replay_id[:12])
 
     await consume(
-        ctx.settings, NAME, FRAMES_PARSED, FramesParsed, handle, ctx.producer, stop=ctx.stop
+        ctx.settings,
+        NAME,
+        FRAMES_PARSED,
+        FramesParsed,
+        handle,
+        ctx.producer,
+        stop=ctx.stop,
+        fail_replay=ctx.replay_failer("featurize"),
     )
 
 

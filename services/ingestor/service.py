@@ -115,9 +115,13 @@ async def ingest_file(
         event = await asyncio.to_thread(checked_upload)
     except IngestRejected as rejected:
         return await reject(ctx, uri, rejected.reason, source)
-    async with ctx.pool.acquire() as conn:
-        known = not await db.insert_replay(conn, event)
-        rows = await db.replay_states(conn, [event.replay_id]) if known else []
+
+    async def record() -> tuple[bool, list[asyncpg.Record]]:
+        async with ctx.pool.acquire() as conn:
+            known = not await db.insert_replay(conn, event)
+            return known, await db.replay_states(conn, [event.replay_id]) if known else []
+
+    known, rows = await ctx.retry(record, f"recording {event.replay_id[:12]}")  # waits out Postgres
     if known:
         return await known_content(event, rows[0] if rows else None, store, ctx, source)
     await publish(event, ctx)
@@ -172,8 +176,15 @@ def count_file(source: str, outcome: Outcome) -> None:
 
 async def publish(event: ReplayUploaded, ctx: ServiceContext) -> None:
     await ctx.producer.send(REPLAY_UPLOADED, event)
-    async with ctx.pool.acquire() as conn:
-        await db.set_status(conn, event.replay_id, "ingest", "uploaded")
+
+    async def record() -> None:
+        async with ctx.pool.acquire() as conn:
+            # the parser may have dealt with it already: its status stands
+            await db.set_status(
+                conn, event.replay_id, "ingest", "uploaded", only_from=("received",)
+            )
+
+    await ctx.retry(record, f"recording {event.replay_id[:12]} as announced")
 
 
 async def republish_unannounced(ctx: ServiceContext) -> int:

@@ -93,6 +93,7 @@ async def feed_hub(hub: ScoreHub, settings: Settings, stop: asyncio.Event) -> No
         bootstrap_servers=settings.kafka_bootstrap,
         group_id=None,
         auto_offset_reset="latest",
+        isolation_level="read_committed",  # scores.emitted is written in transactions
         # batches at most HUB_BATCH_MS apart, not a fetch per update: a screen cannot tell,
         # and the live scoring beside it in this process keeps the CPU
         fetch_min_bytes=HUB_FETCH_MIN_BYTES,

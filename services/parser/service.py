@@ -166,6 +166,7 @@ async def run(ctx: ServiceContext) -> None:
             ctx.producer,
             batch_size=ctx.settings.parser_workers,
             stop=ctx.stop,
+            fail_replay=ctx.replay_failer("parse"),
         )
 
 

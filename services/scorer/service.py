@@ -1,7 +1,13 @@
-"""Scorer service: scores each featurized replay once per model; waits while no model is active.
+"""Scorer service: scores each featurized replay once per model, exactly once on Kafka.
 
-Rows are written first (idempotent by replay, player and model), then announced, then marked
-as announced, so a crash at any point neither loses nor duplicates a score.
+Rows are written first (idempotent by replay, player and model); then the ``scores.emitted``
+events and the ``features.ready`` offsets are committed in one Kafka transaction; then the rows
+are marked as announced and the replay ``scored``. A ``read_committed`` reader of
+``scores.emitted`` sees each (replay, player, model) once, however the scorer dies: before the
+commit, the transaction is aborted and the input consumed again; after it, the rows announced
+but not marked are found on ``scores.emitted`` at the next start (after this instance's
+transactional id fenced the dead process) and marked, so a later duplicate ``features.ready``
+announces nothing.
 
 Hot reload: the active impact model (and skill model, if any) is re-read from the registry
 when a ``model.promoted`` event arrives (every scorer instance reads that topic, outside any
@@ -17,17 +23,19 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import TypeGuard, TypeVar
 
 from aiokafka import AIOKafkaConsumer
 
 from services.featurizer.dataset import read_stored_features
+from services.featurizer.features import FEATURE_SCHEMA_VERSION
 from services.scorer.score import ImpactModel, ModelSchemaError, score_table
 from services.scorer.skill import SkillModel, estimate_skill
 from shared import db, metrics
-from shared.db import ModelRecord, ScoreRow
+from shared.db import ModelRecord, ScoreKey, ScoreRow, StoredScore
 from shared.events import (
     FEATURES_READY,
     MODEL_PROMOTED,
@@ -38,11 +46,22 @@ from shared.events import (
     ScoreEmitted,
     decode,
 )
-from shared.kafka import consume
+from shared.kafka import (
+    Emission,
+    committed_records_since,
+    consume_in_transactions,
+    started,
+)
+from shared.registry import DEFAULT_MODEL_FILE, ensure_active_impact_model
+from shared.retry import RetryPolicy, Stopped, is_transient
 from shared.service import ServiceContext, run_service
+from shared.settings import Settings
 from shared.storage import BlobOutsideStore, BlobStore, open_blob_store, open_checked
 
 NAME = "scorer"
+# Event timestamps come from this host's clock, score rows' from Postgres's: the start-up scan
+# of scores.emitted begins this long before the oldest unmarked row.
+CLOCK_MARGIN = timedelta(minutes=5)
 log = logging.getLogger(NAME)
 L = TypeVar("L")
 
@@ -84,7 +103,12 @@ async def _load_checked(record: ModelRecord, store: BlobStore, model: Callable[[
 
 
 class ActiveModel:
-    """Follows the ``models`` table: loads the active models when they change (hot reload)."""
+    """Follows the ``models`` table: loads the active models when they change (hot reload).
+
+    When no impact model is active at all (a fresh stack), the shipped model
+    (``models/default/impact.onnx``) is registered and promoted first, so replays are scored
+    with no manual step, and with the model the live service uses too.
+    """
 
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
@@ -92,6 +116,8 @@ class ActiveModel:
         self.skill: LoadedSkill | None = None
         self._checked_at = 0.0
         self._failed: set[int] = set()  # model ids that would not load: not retried
+        self._no_default = False  # the shipped model could not be registered: not retried
+        self._said_waiting = False
         self.store = open_blob_store(ctx.settings)
 
     def request_refresh(self) -> None:
@@ -107,6 +133,9 @@ class ActiveModel:
         async with self.ctx.pool.acquire() as conn:
             impact = await db.active_model(conn, "impact")
             skill = await db.active_model(conn, "skill")
+        if impact is None and await self._promote_default():
+            async with self.ctx.pool.acquire() as conn:
+                impact = await db.active_model(conn, "impact")
         self._checked_at = time.monotonic()
         if self._wanted(impact, self.current) and (loaded := await self._load(load_impact, impact)):
             self.current = loaded
@@ -118,6 +147,36 @@ class ActiveModel:
         elif self._wanted(skill, self.skill) and (new := await self._load(load_skill, skill)):
             self.skill = new
             log.info("now estimating skill with %s (id %d)", new.record.version, new.record.id)
+
+    async def _promote_default(self) -> bool:
+        """Make the shipped model the active impact model; False if it cannot be."""
+        if self._no_default:
+            return False
+        path = self.ctx.settings.default_model_dir / DEFAULT_MODEL_FILE
+        try:
+            shipped = await asyncio.to_thread(ImpactModel, path)
+        except (ModelSchemaError, OSError, RuntimeError, ValueError) as error:
+            self._no_default = True
+            metrics.ERRORS.labels(NAME, "model_load").inc()
+            log.error("the shipped model %s cannot be used: %s", path, error)
+            return False
+        try:
+            await ensure_active_impact_model(
+                self.ctx.pool,
+                self.ctx.producer,
+                self.ctx.settings,
+                path,
+                version=shipped.version,
+                feature_schema_version=FEATURE_SCHEMA_VERSION,
+            )
+        except Exception as error:
+            if is_transient(error):
+                raise
+            self._no_default = True
+            metrics.ERRORS.labels(NAME, "model_register").inc()
+            log.error("the shipped model %s could not be registered: %s", path, error)
+            return False
+        return True
 
     def _wanted(
         self, record: ModelRecord | None, loaded: LoadedModel | LoadedSkill | None
@@ -133,19 +192,24 @@ class ActiveModel:
         try:
             return await loader(record, self.store)
         except (ModelSchemaError, OSError, RuntimeError, ValueError) as error:
+            if is_transient(error):  # the blob store is down: try again later
+                raise
             self._failed.add(record.id)
             metrics.ERRORS.labels(NAME, "model_load").inc()
             log.error("model %s not loaded, keeping the current one: %s", record.version, error)
             return None
 
     async def wait_until_ready(self) -> None:
-        """Before each batch: re-check the registry now and then; block while there is no model."""
+        """Before each batch: re-check the registry now and then; block while there is no model.
+        A database that is down makes this raise a transient error: the caller retries it."""
         while not self.ctx.stop.is_set():
             if time.monotonic() - self._checked_at >= self.ctx.settings.model_poll_seconds:
                 await self.refresh()
             if self.current is not None:
                 return
-            log.info("no active model yet: waiting (nothing is consumed meanwhile)")
+            if not self._said_waiting:
+                log.info("no usable impact model: waiting (nothing is consumed meanwhile)")
+                self._said_waiting = True
             await asyncio.sleep(self.ctx.settings.model_poll_seconds)
 
 
@@ -153,15 +217,19 @@ async def follow_promotions(ctx: ServiceContext, active: ActiveModel) -> None:
     """Every ``model.promoted`` event makes this instance re-read the registry at once.
 
     No consumer group: every scorer instance sees every promotion. Starts at the end of the
-    topic: what was promoted before this instance started is in the registry already.
+    topic: what was promoted before this instance started is in the registry already (and the
+    registry poll catches anything missed while Kafka was away).
     """
-    consumer = AIOKafkaConsumer(
+    consumer = await started(
+        AIOKafkaConsumer,
+        ctx.settings,
+        f"{NAME}: Kafka consumer of {MODEL_PROMOTED.name}",
+        RetryPolicy.of(ctx.settings),
+        ctx.stop,
         MODEL_PROMOTED.name,
-        bootstrap_servers=ctx.settings.kafka_bootstrap,
         group_id=None,
         auto_offset_reset="latest",
     )
-    await consumer.start()
     try:
         while not ctx.stop.is_set():
             batches = await consumer.getmany(timeout_ms=500)
@@ -177,12 +245,11 @@ async def follow_promotions(ctx: ServiceContext, active: ActiveModel) -> None:
         await consumer.stop()
 
 
-async def score_replay(
+async def stored_scores(
     ctx: ServiceContext, replay_id: str, features_uri: str, scorers: Scorers
-) -> int:
-    """Score one stored replay with ``scorers``, record and announce it; return the number of
-    ``scores.emitted`` events sent (0 when it was scored and announced with this model before).
-    """
+) -> list[StoredScore]:
+    """Score one stored replay with ``scorers`` and record the rows (a replay scored with this
+    model before keeps its rows); return the rows not announced yet."""
     table = await asyncio.to_thread(
         read_stored_features, open_blob_store(ctx.settings), features_uri
     )
@@ -208,65 +275,132 @@ async def score_replay(
     ]
     async with ctx.pool.acquire() as conn:
         await db.insert_scores(conn, rows)
-        pending = await db.unemitted_scores(conn, replay_id, model_id)
-    versions = {model_id: scorers.impact.record.version}
-    if skill:
-        versions[skill.record.id] = skill.record.version
-    for stored in pending:
-        row = stored.row
-        await ctx.producer.send(
-            SCORES_EMITTED,
-            ScoreEmitted(
-                replay_id=replay_id,
-                player_index=row.player_index,
-                player_name=stored.name,
-                team=stored.team,
-                model_id=model_id,
-                model_version=versions[model_id],
-                impact=row.impact,
-                offence=row.offence,
-                defence=row.defence,
-                impact_per_minute=row.impact_per_minute,
-                touches=row.touches,
-                n_frames=row.n_frames,
-                skill=row.skill,
-                skill_model_id=row.skill_model_id,
-                skill_model_version=versions.get(row.skill_model_id or -1),
-            ),
+        return await db.unemitted_scores(conn, replay_id, model_id)
+
+
+def score_events(pending: list[StoredScore], scorers: Scorers) -> list[ScoreEmitted]:
+    """The ``scores.emitted`` events announcing ``pending``."""
+    impact = scorers.impact.record
+    versions = {impact.id: impact.version}
+    if scorers.skill:
+        versions[scorers.skill.record.id] = scorers.skill.record.version
+    return [
+        ScoreEmitted(
+            replay_id=row.replay_id,
+            player_index=row.player_index,
+            player_name=stored.name,
+            team=stored.team,
+            model_id=impact.id,
+            model_version=impact.version,
+            impact=row.impact,
+            offence=row.offence,
+            defence=row.defence,
+            impact_per_minute=row.impact_per_minute,
+            touches=row.touches,
+            n_frames=row.n_frames,
+            skill=row.skill,
+            skill_model_id=row.skill_model_id,
+            skill_model_version=versions.get(row.skill_model_id or -1),
         )
+        for stored in pending
+        for row in (stored.row,)
+    ]
+
+
+async def score_replay(
+    ctx: ServiceContext, replay_id: str, features_uri: str, scorers: Scorers
+) -> int:
+    """Score, record and announce one replay outside the scorer's transactions (``rlimpact
+    rescore``); return the number of ``scores.emitted`` events sent (0 when it was scored and
+    announced with this model before). A crash between a send and the mark that follows it
+    can announce a row twice; the scorer service's own path cannot."""
+    pending = await stored_scores(ctx, replay_id, features_uri, scorers)
+    for event in score_events(pending, scorers):
+        await ctx.producer.send(SCORES_EMITTED, event)
+    model_id = scorers.impact.record.id
     async with ctx.pool.acquire() as conn:
         await db.mark_emitted(conn, replay_id, model_id, [s.row.player_index for s in pending])
     return len(pending)
 
 
+async def mark_announced_before(ctx: ServiceContext) -> int:
+    """Start-up, after the previous scorer of this instance was fenced: score rows it had
+    announced (its transaction committed) but not yet marked when it died are found on
+    ``scores.emitted`` and marked, so a later duplicate ``features.ready`` does not announce
+    them again. Returns how many were marked."""
+    async with ctx.pool.acquire() as conn:
+        unmarked, oldest = await db.unemitted_keys(conn)
+    if oldest is None:
+        return 0
+    policy = RetryPolicy.of(ctx.settings)
+    found: set[ScoreKey] = set()
+    since = oldest - CLOCK_MARGIN
+    async for record in committed_records_since(ctx.settings, SCORES_EMITTED, since, policy):
+        try:
+            event = decode(ScoreEmitted, record.value)
+        except EventDecodeError:
+            continue
+        key = ScoreKey(event.replay_id, event.player_index, event.model_id)
+        if key in unmarked:
+            found.add(key)
+    async with ctx.pool.acquire() as conn:
+        await db.mark_keys_emitted(conn, sorted(found, key=astuple))
+        for replay_id, model_id in sorted({(k.replay_id, k.model_id) for k in found}):
+            await db.mark_scored(conn, replay_id, model_id)
+    log.info(
+        "start-up: %d of %d unmarked score rows had been announced; marked",
+        len(found),
+        len(unmarked),
+    )
+    return len(found)
+
+
+def transactional_id(settings: Settings) -> str:
+    return f"{settings.consumer_group_prefix}-{NAME}-{settings.instance}"
+
+
 async def run(ctx: ServiceContext) -> None:
     active = ActiveModel(ctx)
 
-    async def handle(event: FeaturesReady) -> None:
+    async def handle(event: FeaturesReady) -> Emission:
         try:
             active.store.expect(event.features_uri, "features", event.replay_id, ".parquet")
         except BlobOutsideStore as error:
             await ctx.refuse_event(FEATURES_READY, event, str(error))
-            return
-        scorers = active.scorers  # consume() calls wait_until_ready before each batch
-        await score_replay(ctx, event.replay_id, event.features_uri, scorers)
-        log.info("scored %s with %s", event.replay_id[:12], scorers.impact.record.version)
+            return Emission([])  # nothing to announce; its offset is committed all the same
+        scorers = active.scorers  # wait_until_ready runs before each batch
+        pending = await stored_scores(ctx, event.replay_id, event.features_uri, scorers)
+        model = scorers.impact.record
+
+        async def committed() -> None:
+            # one transaction: a replay whose rows are marked is also scored
+            async with ctx.pool.acquire() as conn, conn.transaction():
+                indexes = [s.row.player_index for s in pending]
+                await db.mark_emitted(conn, event.replay_id, model.id, indexes)
+                await db.mark_scored(conn, event.replay_id, model.id)
+            log.info("scored %s with %s", event.replay_id[:12], model.version)
+
+        events = [(SCORES_EMITTED, e) for e in score_events(pending, scorers)]
+        return Emission(events, committed)
 
     promotions = asyncio.create_task(follow_promotions(ctx, active))
     try:
-        await consume(
+        await consume_in_transactions(
             ctx.settings,
             NAME,
             FEATURES_READY,
             FeaturesReady,
             handle,
             ctx.producer,
+            transactional_id=transactional_id(ctx.settings),
+            after_fencing=lambda: mark_announced_before(ctx),
             before_batch=active.wait_until_ready,
             stop=ctx.stop,
+            fail_replay=ctx.replay_failer("score"),
         )
     finally:
         promotions.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        with contextlib.suppress(asyncio.CancelledError, Stopped):
             await promotions
 
 

@@ -160,6 +160,7 @@ async def events_on(stack: Stack, topic: Topic, event_type: type[E]) -> AsyncIte
         bootstrap_servers=stack.settings.kafka_bootstrap,
         auto_offset_reset="earliest",
         group_id=None,
+        isolation_level="read_committed",  # what the scorer's transactions promise
     )
     await consumer.start()
     events: list[E] = []

@@ -152,7 +152,7 @@ async def _settled(pg: asyncpg.Connection, timeout: float) -> None:
     async def done() -> bool:
         return not await pg.fetchval(
             "SELECT count(*) FROM replays WHERE source = 'ballchasing'"
-            " AND status NOT IN ('featurized', 'failed')"
+            " AND status NOT IN ('featurized', 'scored', 'failed')"
         )
 
     await wait_for(done, timeout, "the collected replays to be parsed and featurized")

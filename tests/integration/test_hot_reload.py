@@ -145,7 +145,7 @@ async def test_a_promotion_under_load_switches_without_loss_or_duplicates(
 
     async def settled() -> bool:
         n = await pg.fetchval(
-            "SELECT count(*) FROM replays WHERE id = ANY($1) AND status IN ('featurized','failed')",
+            "SELECT count(*) FROM replays WHERE id = ANY($1) AND status IN ('scored','failed')",
             list(ids),
         )
         return n == len(ids)
@@ -153,7 +153,7 @@ async def test_a_promotion_under_load_switches_without_loss_or_duplicates(
     await wait_for(settled, TIMEOUT, "every streamed replay featurized or failed")
     players = await pg.fetch(
         "SELECT p.replay_id, p.player_index FROM replay_players p JOIN replays r"
-        " ON r.id = p.replay_id WHERE r.status = 'featurized' AND r.id = ANY($1)",
+        " ON r.id = p.replay_id WHERE r.status = 'scored' AND r.id = ANY($1)",
         list(ids),
     )
     expected = defaultdict(set)
@@ -205,7 +205,7 @@ async def test_a_promotion_under_load_switches_without_loss_or_duplicates(
 
     # The scorer switched in place: same process, never restarted.
     assert scorer.poll() is None and stack.processes["scorer"].pid == scorer.pid
-    assert stack.log("scorer").count(" started; ") == starts_before == 1
+    assert stack.log("scorer").count(" started; ") == starts_before
 
 
 async def test_rescore_scores_stored_replays_with_another_model_and_the_skill_model(
@@ -234,7 +234,7 @@ async def test_rescore_scores_stored_replays_with_another_model_and_the_skill_mo
     assert result.returncode == 0, result.stderr
     missing = await pg.fetchval(
         "SELECT count(*) FROM replay_players p JOIN replays r ON r.id = p.replay_id"
-        " WHERE r.status = 'featurized' AND NOT EXISTS (SELECT 1 FROM scores s"
+        " WHERE r.status IN ('featurized', 'scored') AND NOT EXISTS (SELECT 1 FROM scores s"
         " WHERE s.replay_id = p.replay_id AND s.player_index = p.player_index"
         " AND s.model_id = $1)",
         old,

@@ -282,7 +282,7 @@ async def _parsed(pg: asyncpg.Connection, mine: set[str]) -> None:
     async def settled() -> bool:
         n = await pg.fetchval(
             "SELECT count(*) FROM replays WHERE id = ANY($1::text[])"
-            " AND status IN ('parsed', 'featurized', 'failed')",
+            " AND status IN ('parsed', 'featurized', 'scored', 'failed')",
             list(mine),
         )
         return n == len(mine)
@@ -300,7 +300,7 @@ async def _forget(pg: asyncpg.Connection, mine: set[str]) -> None:
     async def featurized() -> bool:
         n = await pg.fetchval(
             "SELECT count(*) FROM replays WHERE id = ANY($1::text[])"
-            " AND status NOT IN ('featurized', 'failed')",
+            " AND status NOT IN ('featurized', 'scored', 'failed')",
             list(mine),
         )
         return n == 0

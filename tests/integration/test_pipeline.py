@@ -1,9 +1,10 @@
 """The whole pipeline, five service processes on real Kafka and Postgres.
 
-Replays are dropped into the watched folder; the test then checks, from Postgres and from the
-Kafka topics themselves, that every player of every parsed replay is scored exactly once, that
-every bad file is dead-lettered with a reason, and that dropping the same files again adds
-nothing.
+Replays are dropped into the watched folder of a fresh stack, with no model registered; the
+test then checks, from Postgres and from the Kafka topics themselves, that the shipped model
+was promoted by the stack itself and every player of every parsed replay is scored exactly
+once, that every bad file is dead-lettered with a reason, that training promotes a model, and
+that dropping the same files again adds nothing.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from dataclasses import dataclass
 import asyncpg
 import pytest
 
+from services.scorer.score import ImpactModel
 from shared.events import (
     REPLAY_FAILED,
     SCORES_EMITTED,
     ReplayFailed,
     ScoreEmitted,
 )
+from shared.registry import DEFAULT_MODEL_FILE
 from shared.settings import SERVICE_NAMES
 from tests.integration.conftest import Stack, events_on, wait_for
 
@@ -85,25 +88,25 @@ async def test_replays_flow_to_exactly_one_score_per_player(
     async def settled() -> bool:
         n = await _count(
             pg,
-            "SELECT count(*) FROM replays WHERE status IN ('featurized','failed') AND id = ANY($1)",
+            "SELECT count(*) FROM replays WHERE status IN ('scored','failed') AND id = ANY($1)",
             ids,
         )
         return n == total
 
-    await wait_for(settled, STAGE_TIMEOUT, f"{total} replays to be featurized or failed")
-    featurized = await _count(
-        pg, "SELECT count(*) FROM replays WHERE status = 'featurized' AND id = ANY($1)", ids
+    await wait_for(settled, STAGE_TIMEOUT, f"{total} replays to be scored or failed")
+    scored_replays = await _count(
+        pg, "SELECT count(*) FROM replays WHERE status = 'scored' AND id = ANY($1)", ids
     )
-    assert featurized == N_GOOD, "the chosen replays all parse"
+    assert scored_replays == N_GOOD, "the chosen replays all parse, and are scored"
+    # No model was registered: the stack promoted the shipped one by itself.
+    shipped = ImpactModel(stack.settings.default_model_dir / DEFAULT_MODEL_FILE).version
+    active = await pg.fetchrow("SELECT id, version FROM models WHERE status = 'active'")
+    assert active is not None and active["version"] == shipped
     scored = "SELECT count(*) FROM scores WHERE replay_id = ANY($1)"
-    assert await _count(pg, scored, ids) == 0, "no model yet: nothing scored"
-
-    train = stack.cli("train")
-    assert train.returncode == 0, train.stderr
     n_players = await _count(
         pg,
         "SELECT count(*) FROM replay_players p JOIN replays r ON r.id = p.replay_id"
-        " WHERE r.status = 'featurized' AND r.id = ANY($1)",
+        " WHERE r.status = 'scored' AND r.id = ANY($1)",
         ids,
     )
 
@@ -111,11 +114,12 @@ async def test_replays_flow_to_exactly_one_score_per_player(
         return len(_mine(collected.scores, ids)) >= n_players
 
     await wait_for(all_scored, STAGE_TIMEOUT, f"{n_players} scores.emitted events")
+    assert {e.model_id for e in _mine(collected.scores, ids)} == {active["id"]}
 
     rows = await pg.fetch(
         "SELECT p.replay_id, p.player_index, count(s.*) AS n FROM replay_players p"
         " JOIN replays r ON r.id = p.replay_id LEFT JOIN scores s USING (replay_id, player_index)"
-        " WHERE r.status = 'featurized' AND r.id = ANY($1) GROUP BY 1, 2",
+        " WHERE r.status = 'scored' AND r.id = ANY($1) GROUP BY 1, 2",
         ids,
     )
     assert len(rows) == n_players and all(row["n"] == 1 for row in rows)
@@ -130,6 +134,23 @@ async def test_replays_flow_to_exactly_one_score_per_player(
     for replay in bad:
         assert replay.sha256 in failed, f"{replay.path.name} has no replay.failed event"
         assert failed[replay.sha256].stage == "parse" and failed[replay.sha256].reason
+
+    # Training on the stored replays gives a model, promoted on request; replays already
+    # scored keep their one score per player.
+    train = stack.cli("train", "--promote", "always")
+    assert train.returncode == 0, train.stderr
+
+    async def trained() -> bool:
+        return await pg.fetchval(
+            "SELECT count(*) FROM models WHERE status = 'active' AND kind = 'impact'"
+            " AND version <> $1",
+            shipped,
+        )
+
+    await wait_for(trained, STAGE_TIMEOUT, "the trained model to be promoted")
+    assert await pg.fetchval("SELECT status FROM train_jobs ORDER BY id DESC LIMIT 1") == (
+        "succeeded"
+    )
 
     # The same files again, under new names: nothing new anywhere.
     replays_before = await pg.fetchval("SELECT count(*) FROM replays")
