@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -50,6 +51,7 @@ HUB_BATCH_MS = 50
 HUB_FETCH_MIN_BYTES = 1 << 20
 HUB_LOOK_BACK_SECONDS = 5.0  # at start: long enough to find every match in progress
 HUB_ASSIGN_SECONDS = 10.0
+ENDED_REMEMBERED = 1024
 PAGE = "live.html"
 OVERLAY = "overlay.html"
 SCRIPT = "chart.js"
@@ -73,18 +75,27 @@ class ScoreHub:
     timelines: dict[str, MatchTimeline] = field(default_factory=dict)
     clients: set[asyncio.Queue[StreamEvent]] = field(default_factory=set)
 
+    # matches seen to end: a late or repeated update of one starts no second timeline
+    ended: OrderedDict[str, None] = field(default_factory=OrderedDict)
+
     def publish(self, event: StreamEvent) -> None:
         events = [event]
-        if event.score is not None:
+        if event.score is not None and event.match_id not in self.ended:
             events.append(self._add_point(event.score))
             if event.ended:
                 self.latest.pop(event.match_id, None)
                 self.timelines.pop(event.match_id, None)
+                self._remember_ended(event.match_id)
             else:
                 self.latest[event.match_id] = event
         for queue in self.clients:
             for each in events:
                 _offer(queue, each)
+
+    def _remember_ended(self, match_id: str) -> None:
+        self.ended[match_id] = None
+        while len(self.ended) > ENDED_REMEMBERED:
+            self.ended.popitem(last=False)
 
     def _add_point(self, score: LiveScore) -> StreamEvent:
         timeline = self.timelines.setdefault(score.match_id, MatchTimeline(score.match_id))

@@ -84,6 +84,19 @@ def test_a_timeline_marks_each_goal_once_and_stays_bounded():
     assert timeline.points[-1].seconds == pytest.approx(100.0 + (3 * MAX_POINTS - 1) * 0.05)
 
 
+async def test_the_hub_keeps_one_timeline_per_match_and_none_after_it_ended():
+    hub = ScoreHub("live-test")
+    queue = hub.subscribe()
+    ended = _score(200.0, blue=1).model_copy(update={"status": "ended"})
+    await _publish(hub, [_score(290.0), _score(250.0, blue=1), ended, ended], pace=0)
+    kinds = [queue.get_nowait().kind for _ in range(queue.qsize())]
+    assert kinds == ["live", "point"] * 3 + ["live"], "a repeated end draws no second goal"
+    assert hub.timelines == {} and hub.latest == {}
+    await _publish(hub, [_score(290.0).model_copy(update={"match_id": "next"})], pace=0)
+    later = hub.subscribe()
+    assert [later.get_nowait().kind for _ in range(later.qsize())] == ["timeline", "live"]
+
+
 def test_pages_are_clamped_and_counted():
     assert paginate(0, 1).count == 1
     assert paginate(PER_PAGE * 2 + 1, 9).number == 3

@@ -1,0 +1,114 @@
+"""The live service's replay pages on the real stack: a replay dropped in the inbox is parsed,
+featurized and scored by the services; ``/replays`` lists it (from Postgres) and links to its
+report, rendered by the live service from the stored features through the blob store, which
+shows the match in headless Chromium like the page ``rlimpact report`` writes."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import shutil
+from collections.abc import Iterator
+
+import asyncpg
+import numpy as np
+import pytest
+from PIL import Image
+
+from shared.settings import Settings
+from tests.integration.conftest import Stack, wait_for
+from tests.support.chromium import headless_chromium
+
+pytestmark = pytest.mark.integration
+
+BLUE, ORANGE = (31, 119, 180), (255, 127, 14)
+SCORED_TIMEOUT = 300.0
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    with headless_chromium("1100,1400") as driver:
+        yield driver
+
+
+async def _active_impact_model(stack: Stack, pg: asyncpg.Connection) -> int:
+    """The active impact model's id; the shipped one is registered and promoted if none is."""
+
+    async def migrated() -> bool:
+        return await pg.fetchval("SELECT to_regclass('public.scores') IS NOT NULL")
+
+    await wait_for(migrated, 120, "the services to apply the migrations")
+    active = "SELECT id FROM models WHERE kind = 'impact' AND status = 'active'"
+    if (model_id := await pg.fetchval(active)) is not None:
+        return model_id
+    shipped = Settings().default_model_dir / "impact.onnx"
+    registered = stack.cli("models", "register", str(shipped), "--promote")
+    assert registered.returncode == 0, registered.stderr
+    return await pg.fetchval(active)
+
+
+async def test_a_scored_replay_is_listed_and_its_report_renders(
+    stack: Stack, pg: asyncpg.Connection, standard_replay, browser
+):
+    from selenium.webdriver.common.by import By
+
+    model_id = await _active_impact_model(stack, pg)
+    inbox = stack.settings.inbox_dir
+
+    async def inbox_ready() -> bool:
+        return inbox.exists()
+
+    await wait_for(inbox_ready, 60, "the ingestor to create its inbox")
+    shutil.copy(standard_replay.path, inbox / standard_replay.path.name)
+    replay_id = standard_replay.sha256
+
+    async def scored() -> int:
+        return await pg.fetchval(
+            "SELECT count(*) FROM scores WHERE replay_id = $1 AND model_id = $2",
+            replay_id,
+            model_id,
+        )
+
+    n_players = await wait_for(scored, SCORED_TIMEOUT, "the replay to be scored")
+    base = f"http://127.0.0.1:{stack.settings.live_http_port}"
+    await asyncio.to_thread(browser.get, f"{base}/replays")
+    listed = browser.find_elements(By.CSS_SELECTOR, "#replays a.report")
+    total = await pg.fetchval(
+        "SELECT count(DISTINCT replay_id) FROM scores WHERE model_id = $1", model_id
+    )
+    assert len(listed) == min(total, 50)
+    (link,) = [a for a in listed if a.get_attribute("href").endswith(f"/replays/{replay_id}")]
+    assert link.text == standard_replay.path.name
+    row = link.find_element(By.XPATH, "./ancestor::tr")
+    assert row.find_elements(By.TAG_NAME, "td")[2].text == str(n_players)
+
+    await asyncio.to_thread(link.click)
+    assert browser.current_url == f"{base}/replays/{replay_id}"
+    assert standard_replay.path.name in browser.title
+    rows = browser.find_elements(By.CSS_SELECTOR, "#players tbody tr")
+    assert len(rows) == n_players
+    stored = {
+        r["player_index"]: r["impact"]
+        for r in await pg.fetch(
+            "SELECT player_index, impact FROM scores WHERE replay_id = $1 AND model_id = $2",
+            replay_id,
+            model_id,
+        )
+    }
+    shown = {int(r.get_attribute("data-player")): r.find_element(By.CLASS_NAME, "impact").text
+             for r in rows}  # fmt: skip
+    assert {i: float(v) for i, v in shown.items()} == pytest.approx(stored, abs=0.051)
+    goals = browser.find_elements(By.CSS_SELECTOR, "#p-score line.goal")
+    assert len(goals) == standard_replay.goals
+    chart = Image.open(io.BytesIO(browser.find_element(By.ID, "p-score").screenshot_as_png))
+    pixels = np.asarray(chart.convert("RGB"), dtype=np.int32)
+    for colour in (BLUE, ORANGE):  # both teams' P(score) run across the match
+        hits = np.abs(pixels - np.array(colour)).sum(axis=2) < 40
+        assert hits.any(axis=0).sum() > 0.5 * chart.width
+
+    # a page past the last shows the last; an unknown replay is a clear 404 page
+    await asyncio.to_thread(browser.get, f"{base}/replays?page=999")
+    assert "page" in browser.find_element(By.TAG_NAME, "p").text
+    assert browser.find_elements(By.CSS_SELECTOR, "#replays a.report")
+    await asyncio.to_thread(browser.get, f"{base}/replays/{'0' * 64}")
+    assert "no scores with the active impact model" in browser.page_source
