@@ -8,7 +8,8 @@ instance scored it. They come in batches at most 50 ms apart. A (re)started inst
 - ``GET /``: the live page (each player's impact and each team's P(score) over the match,
   with the goals, updating while the match plays).
 - ``GET /overlay[?match=ID]``: the same for a broadcast (an OBS browser source): transparent
-  background, one match (without ``match``: the one updated last), its P(score) and top players.
+  background, one match (without ``match``: the first in progress, until it ends), its
+  P(score) and top players.
 - ``GET /scores/stream[?match=ID]``: ``text/event-stream``; ``event: live`` carries a
   ``LiveScore``, ``event: replay`` a ``ScoreEmitted`` (both as in ``shared/events.py``),
   ``event: point`` the update's P(score) point and new goals (``services/live/timeline.py``).
@@ -74,7 +75,6 @@ class ScoreHub:
     latest: dict[str, StreamEvent] = field(default_factory=dict)
     timelines: dict[str, MatchTimeline] = field(default_factory=dict)
     clients: set[asyncio.Queue[StreamEvent]] = field(default_factory=set)
-
     # matches seen to end: a late or repeated update of one starts no second timeline
     ended: OrderedDict[str, None] = field(default_factory=OrderedDict)
 

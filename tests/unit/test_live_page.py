@@ -207,6 +207,9 @@ async def test_the_live_page_draws_each_teams_p_score_with_the_goals(served, bro
     for team in (0, 1):
         runs = browser.find_elements(By.CSS_SELECTOR, f"{chart} polyline.team-{team}")
         assert len(runs) == _goals_so_far(final) + 1, "the line breaks at each goal"
+    overlay = browser.find_element(By.CSS_SELECTOR, f'section[data-match="{MATCH}"] a.overlay')
+    assert overlay.get_attribute("href") == f"{served.url}/overlay?match={MATCH}"
+    browser.save_screenshot(tmp_path / "live-page.png")
     shot = Image.open(io.BytesIO(browser.find_element(By.CSS_SELECTOR, chart).screenshot_as_png))
     shot.save(tmp_path / "live-chart.png")
     # the lines span the match so far (of the 5 minutes the axis shows) and follow the data

@@ -70,7 +70,8 @@ class TimelineChart {
 
   axes(x, y, start, end, peak) {
     const { width, height, margin } = this.o;
-    const parts = [];
+    const parts = [`<text x="6" y="14" font-size="12" fill="#9aa0a6">` +
+      `P(team scores within the horizon), by the game clock; goals dashed</text>`];
     for (const tick of [0, peak / 2, peak]) {
       const v = Number(tick.toFixed(2));
       parts.push(`<line x1="${margin}" x2="${width - margin}" y1="${y(v).toFixed(1)}" ` +
