@@ -17,6 +17,7 @@ from PIL import Image
 
 from shared.settings import Settings
 from tests.integration.conftest import Stack, wait_for
+from tests.integration.test_hostile_inbox import _forget as forget
 from tests.support.chromium import headless_chromium
 
 pytestmark = pytest.mark.integration
@@ -50,7 +51,6 @@ async def _active_impact_model(stack: Stack, pg: asyncpg.Connection) -> int:
 async def test_a_scored_replay_is_listed_and_its_report_renders(
     stack: Stack, pg: asyncpg.Connection, standard_replay, browser
 ):
-    from selenium.webdriver.common.by import By
 
     model_id = await _active_impact_model(stack, pg)
     inbox = stack.settings.inbox_dir
@@ -59,7 +59,21 @@ async def test_a_scored_replay_is_listed_and_its_report_renders(
         return inbox.exists()
 
     await wait_for(inbox_ready, 60, "the ingestor to create its inbox")
+    replay_id = standard_replay.sha256
+    known = await pg.fetchval("SELECT count(*) FROM replays WHERE id = $1", replay_id)
     shutil.copy(standard_replay.path, inbox / standard_replay.path.name)
+    try:
+        await _check_pages(stack, pg, standard_replay, browser, model_id)
+    finally:
+        if not known:  # the tests after this one find the stack as it was
+            await forget(pg, replay_id)
+
+
+async def _check_pages(
+    stack: Stack, pg: asyncpg.Connection, standard_replay, browser, model_id: int
+) -> None:
+    from selenium.webdriver.common.by import By
+
     replay_id = standard_replay.sha256
 
     async def scored() -> int:
