@@ -267,7 +267,10 @@ def replay_routes(app: web.Application, catalog: ReplayCatalog) -> None:
             text = f"The report of {replay_id} cannot be rendered: {error}"
             return _html(message_page("Report unavailable", text), 500)
         if page is None:
-            text = f"Replay {replay_id} has no scores with the active impact model."
+            text = (
+                f"Replay {replay_id} has no scores with the active impact model "
+                "(or no stored features)."
+            )
             return _html(message_page("No such replay", text), 404)
         return _html(page)
 

@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import shutil
 from collections.abc import Iterator
 
+import aiohttp
 import asyncpg
 import numpy as np
 import pytest
 from PIL import Image
 
+from services.live.replays import PER_PAGE
 from shared.settings import Settings
 from tests.integration.conftest import Stack, wait_for
 from tests.integration.test_hostile_inbox import _forget as forget
@@ -90,7 +93,7 @@ async def _check_pages(
     total = await pg.fetchval(
         "SELECT count(DISTINCT replay_id) FROM scores WHERE model_id = $1", model_id
     )
-    assert len(listed) == min(total, 50)
+    assert len(listed) == min(total, PER_PAGE)
     (link,) = [a for a in listed if a.get_attribute("href").endswith(f"/replays/{replay_id}")]
     assert link.text == standard_replay.path.name
     row = link.find_element(By.XPATH, "./ancestor::tr")
@@ -126,3 +129,53 @@ async def _check_pages(
     assert browser.find_elements(By.CSS_SELECTOR, "#replays a.report")
     await asyncio.to_thread(browser.get, f"{base}/replays/{'0' * 64}")
     assert "no scores with the active impact model" in browser.page_source
+
+
+async def test_many_scored_replays_are_paged(stack: Stack, pg: asyncpg.Connection):
+    """Past ``PER_PAGE`` replays, the list is paged through newer/older links, and every
+    replay is on exactly one page (rows made here, marked failed so no service touches them)."""
+    model_id = await _active_impact_model(stack, pg)
+    ids = [f"{n:064x}" for n in range(0xFA6E0, 0xFA6E0 + PER_PAGE + 7)]
+    async with pg.transaction():
+        for replay_id in ids:
+            await pg.execute(
+                "INSERT INTO replays (id, filename, uri, size_bytes, source, status)"
+                " VALUES ($1, $2, 'file:///nowhere', 1, 'test', 'failed')",
+                replay_id,
+                f"paged-{replay_id[-4:]}.replay",
+            )
+            await pg.execute(
+                "INSERT INTO replay_players (replay_id, player_index, name, team)"
+                " VALUES ($1, 0, 'p', 0)",
+                replay_id,
+            )
+            await pg.execute(
+                "INSERT INTO scores (replay_id, player_index, model_id, impact, n_frames)"
+                " VALUES ($1, 0, $2, 1.0, 1)",
+                replay_id,
+                model_id,
+            )
+    base = f"http://127.0.0.1:{stack.settings.live_http_port}/replays"
+    try:
+        total = await pg.fetchval(
+            "SELECT count(DISTINCT replay_id) FROM scores WHERE model_id = $1", model_id
+        )
+        pages = -(-total // PER_PAGE)
+        seen: list[str] = []
+        async with aiohttp.ClientSession() as session:
+            for number in range(1, pages + 1):
+                async with session.get(f"{base}?page={number}") as response:
+                    assert response.status == 200
+                    body = await response.text()
+                listed = re.findall(r'href="/replays/([0-9a-f]{64})"', body)
+                assert len(listed) == (PER_PAGE if number < pages else total - len(seen))
+                seen.extend(listed)
+                assert ('rel="next"' in body) == (number < pages)
+                assert ('rel="prev"' in body) == (number > 1)
+            async with session.get(f"{base}/{ids[0]}") as response:
+                assert response.status == 404  # scored, but no stored features to render
+        assert len(seen) == len(set(seen)) == total and set(ids) <= set(seen)
+    finally:
+        async with pg.transaction():
+            await pg.execute("DELETE FROM scores WHERE replay_id = ANY($1::text[])", ids)
+            await pg.execute("DELETE FROM replays WHERE id = ANY($1::text[])", ids)
