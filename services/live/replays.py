@@ -42,6 +42,15 @@ CACHED_REPORTS = 32
 PG_TIMEOUT_SECONDS = 3.0
 REPLAY_ID = re.compile(r"[0-9a-f]{64}")
 T = TypeVar("T")
+# what asyncpg raises when Postgres is gone: refused, reset, or (a pooled connection whose
+# server went away mid-protocol) an internal client error
+_CONNECTION_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+)
 
 
 class CatalogUnavailable(RuntimeError):
@@ -159,7 +168,7 @@ class ReplayCatalog:
                 pool = await self._connect()
                 async with pool.acquire() as conn:
                     return await work(conn)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+        except _CONNECTION_ERRORS as error:
             await self._drop_pool()
             reason = str(error) or type(error).__name__
             where = f"{self.settings.pg_host}:{self.settings.pg_port}"

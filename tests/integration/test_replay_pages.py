@@ -7,19 +7,26 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import re
 import shutil
+import socket
+import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import aiohttp
 import asyncpg
 import numpy as np
 import pytest
+from aiohttp import web
 from PIL import Image
 
-from services.live.replays import PER_PAGE
-from shared.settings import Settings
-from tests.integration.conftest import Stack, wait_for
+from services.live.replays import PER_PAGE, ReplayCatalog
+from services.live.web import ScoreHub, web_app
+from shared import db
+from shared.settings import REPO_ROOT, Settings
+from tests.integration.conftest import PORT_OFFSET, Stack, wait_for
 from tests.integration.test_hostile_inbox import _forget as forget
 from tests.support.chromium import headless_chromium
 
@@ -179,3 +186,69 @@ async def test_many_scored_replays_are_paged(stack: Stack, pg: asyncpg.Connectio
         async with pg.transaction():
             await pg.execute("DELETE FROM scores WHERE replay_id = ANY($1::text[])", ids)
             await pg.execute("DELETE FROM replays WHERE id = ANY($1::text[])", ids)
+
+
+@dataclass(frozen=True)
+class OwnPostgres:
+    settings: Settings
+    env: dict[str, str]
+
+    def run(self, command: str) -> None:
+        script = str(REPO_ROOT / "deploy" / "postgres.sh")
+        subprocess.run(["bash", script, command], env=self.env, check=command != "stop")
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[OwnPostgres]:
+    """A Postgres of this test's own (``deploy/postgres.sh``), to stop and start again."""
+    data_dir = REPO_ROOT / ".rlimpact" / f"test-pg-outage-{PORT_OFFSET}"
+    port = 15434 + PORT_OFFSET
+    env = {**os.environ, "RLIMPACT_DATA_DIR": str(data_dir), "RLIMPACT_PG_PORT": str(port)}
+    postgres = OwnPostgres(Settings(data_dir=data_dir, pg_port=port), env)
+    shutil.rmtree(data_dir, ignore_errors=True)
+    postgres.run("start")
+    try:
+        yield postgres
+    finally:
+        postgres.run("stop")
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+async def test_replay_pages_ride_out_a_postgres_outage(own_postgres: OwnPostgres):
+    """While Postgres is down the replay pages say so (503), the streams go on, and once it is
+    back the pages work again, with no restart."""
+    settings = own_postgres.settings
+    pool = await db.connect(settings)
+    await db.migrate(pool)
+    await pool.close()
+    runner = web.AppRunner(
+        web_app(ScoreHub("live-outage-test"), ReplayCatalog(settings)), shutdown_timeout=0.5
+    )
+    await runner.setup()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def replays() -> tuple[int, str]:
+                async with session.get(f"{base}/replays") as response:
+                    return response.status, await response.text()
+
+            status, body = await replays()
+            assert status == 200 and "No impact model is active yet" in body
+            own_postgres.run("stop")  # the pool's connection is gone with it
+            status, body = await replays()
+            assert status == 503 and f"127.0.0.1:{settings.pg_port} cannot be reached" in body
+            async with session.get(f"{base}/scores/latest") as response:
+                assert response.status == 200 and await response.json() == []
+            own_postgres.run("start")
+
+            async def back() -> bool:
+                return (await replays())[0] == 200
+
+            await wait_for(back, 30, "the replay pages to work again")
+    finally:
+        await runner.cleanup()
