@@ -146,7 +146,7 @@ class ReplayCatalog:
         self.settings = settings
         self.store = open_blob_store(settings)
         self._pool: asyncpg.Pool | None = None
-        self._models: dict[int, ImpactModel] = {}
+        self._model: tuple[int, ImpactModel] | None = None  # the active one, once loaded
         self._reports: OrderedDict[tuple[str, int], str] = OrderedDict()
         self._rendering = asyncio.Lock()  # one report at a time: the live scoring keeps the CPU
 
@@ -169,7 +169,7 @@ class ReplayCatalog:
                 async with pool.acquire() as conn:
                     return await work(conn)
         except _CONNECTION_ERRORS as error:
-            await self._drop_pool()
+            self._drop_pool()
             reason = str(error) or type(error).__name__
             where = f"{self.settings.pg_host}:{self.settings.pg_port}"
             raise CatalogUnavailable(f"Postgres at {where} cannot be reached: {reason}") from error
@@ -177,7 +177,7 @@ class ReplayCatalog:
     async def _query(self, sql: str, *args: object) -> list[asyncpg.Record]:
         return await self._run(lambda conn: conn.fetch(sql, *args))
 
-    async def _drop_pool(self) -> None:
+    def _drop_pool(self) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.terminate()
@@ -235,16 +235,19 @@ class ReplayCatalog:
 
     def _render(self, model: ModelRecord, row: asyncpg.Record) -> str:
         try:
-            impact = self._models.get(model.id)
-            if impact is None:
-                with open_checked(self.store, model.uri, model.sha256) as path:
-                    impact = self._models[model.id] = ImpactModel(path)
+            impact = self._load_model(model)
             table = read_stored_features(self.store, row["features_uri"])
         except BlobStoreUnavailable as error:
             raise CatalogUnavailable(f"the blob store cannot be reached: {error}") from error
         return replay_report_html(
             row["filename"], row["team_size"], model.version, table, score_replay(table, impact)
         )
+
+    def _load_model(self, model: ModelRecord) -> ImpactModel:
+        if self._model is None or self._model[0] != model.id:
+            with open_checked(self.store, model.uri, model.sha256) as path:
+                self._model = (model.id, ImpactModel(path))
+        return self._model[1]
 
 
 def _html(text: str, status: int = 200) -> web.Response:
