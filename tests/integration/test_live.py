@@ -179,6 +179,20 @@ def _page_shot(driver, match_id: str) -> PageShot:
     return PageShot(impacts, cells, Image.open(io.BytesIO(table)).convert("RGB"))
 
 
+def _chart_shot(driver, match_id: str) -> tuple[int, Image.Image]:
+    """The goal lines on the match's P(score) chart, and a screenshot of it."""
+    from selenium.webdriver.common.by import By
+
+    chart = driver.find_element(By.CSS_SELECTOR, f'section[data-match="{match_id}"] svg.timeline')
+    goals = len(chart.find_elements(By.CSS_SELECTOR, "line.goal"))
+    return goals, Image.open(io.BytesIO(chart.screenshot_as_png)).convert("RGB")
+
+
+def _columns_with(image: Image.Image, colour: tuple[int, int, int]) -> int:
+    hits = np.abs(np.asarray(image, dtype=np.int32) - np.array(colour)).sum(axis=2) < 40
+    return int(hits.any(axis=0).sum())
+
+
 def _rows_shown(driver, match_id: str) -> int:
     from selenium.webdriver.common.by import By
 
@@ -231,6 +245,13 @@ async def test_a_simulated_match_is_scored_live_and_shown_on_the_page(
         second = await asyncio.to_thread(_page_shot, browser, match_id)
         final = await _final_score(live, match_id)
 
+        async def goals_marked() -> bool:
+            goals, _ = await asyncio.to_thread(_chart_shot, browser, match_id)
+            return goals >= final.blue_goals + final.orange_goals
+
+        await wait_for(goals_marked, 30, "the chart to mark the match's goals")
+        goals_drawn, chart = await asyncio.to_thread(_chart_shot, browser, match_id)
+
     # The page: numbers from scores.live that change while the match plays, on screen too.
     assert set(first.impacts) == {p.id for p in final.players}
     changed = [p for p in first.impacts if first.impacts[p] != second.impacts[p]]
@@ -240,6 +261,13 @@ async def test_a_simulated_match_is_scored_live_and_shown_on_the_page(
     updates = live.scores_of(match_id)
     for player, shown in second.impacts.items():
         assert shown in {f"{p.impact:.2f}" for u in updates for p in u.players if p.id == player}
+
+    # The chart: each team's P(score) over the match so far (of the 5 minutes it spans).
+    assert goals_drawn == final.blue_goals + final.orange_goals
+    assert final.seconds_remaining is not None
+    played = (300.0 - final.seconds_remaining) / 300.0
+    for colour in ((31, 119, 180), (255, 127, 14)):
+        assert _columns_with(chart, colour) > 0.6 * played * chart.width
 
     # The bridge: every update of the game once, in order, none from a goal replay.
     frames = [f for f in live.frames_of(match_id) if f.status == "playing"]
