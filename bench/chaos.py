@@ -7,7 +7,9 @@ Starts Kafka and Postgres (``deploy/stack.sh``) and the services under their sup
 (``rlimpact supervise``), on the integration tests' ports (``RLIMPACT_TEST_PORT_OFFSET``), in
 a fresh ``--data-dir``. Then, first with no fault (the baseline row, unless
 ``--no-baseline``), then for each scenario of ``tests/chaos/scenarios.py``: ``--replays`` new
-replays in flight (good ones and a few unparseable ones) and one fault. Per run it prints:
+replays in flight (good ones and a few unparseable ones) and one fault. Last, on a second
+fresh stack that runs two instances of the parser, the featurizer and the scorer and keeps its
+blobs in a MinIO bucket, one instance of each of them is killed mid-stream. Per run it prints:
 
 - lost: parseable replays without one ``scores`` row and one committed ``scores.emitted``
   event per player and model (or failed);
@@ -37,7 +39,16 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # tests/ (the scenarios) is not an installed package
 
 from tests.chaos.replays import plan_batches  # noqa: E402
-from tests.chaos.scenarios import BASELINE, SCENARIOS, Outcome, run_scenario  # noqa: E402
+from tests.chaos.scenarios import (  # noqa: E402
+    BASELINE,
+    BLOB_BUCKET,
+    SCALE,
+    SCALED,
+    SCENARIOS,
+    Outcome,
+    Scenario,
+    run_scenario,
+)
 from tests.chaos.stack import ChaosStack, kill_all  # noqa: E402
 
 COLUMNS = (
@@ -77,16 +88,28 @@ def commit() -> str:
 
 
 async def bench(args: argparse.Namespace) -> list[Outcome]:
-    wanted = set(args.scenarios or [s.name for s in SCENARIOS])
+    """The single-instance scenarios on one stack, then the scaled one on a stack of its own
+    (two instances per replay stage, blobs in MinIO)."""
+    wanted = set(args.scenarios or [s.name for s in (*SCENARIOS, SCALED)])
     scenarios = [
         *([BASELINE] if args.baseline else []),
         *(s for s in SCENARIOS if s.name in wanted),
     ]
-    stack = ChaosStack.fresh(args.data_dir.resolve())
+    data_dir = args.data_dir.resolve()
+    outcomes = await run_on(ChaosStack.fresh(data_dir), scenarios, args.replays)
+    if SCALED.name in wanted:
+        scaled = ChaosStack.fresh(
+            data_dir.with_name(data_dir.name + "-scaled"), scale=SCALE, blob_bucket=BLOB_BUCKET
+        )
+        outcomes += await run_on(scaled, [SCALED], args.replays)
+    return outcomes
+
+
+async def run_on(stack: ChaosStack, scenarios: list[Scenario], replays: int) -> list[Outcome]:
     outcomes = []
     try:
         names = [scenario.name for scenario in scenarios]
-        batches = await plan_batches(names, stack.settings, stack.data_dir / "inputs", args.replays)
+        batches = await plan_batches(names, stack.settings, stack.data_dir / "inputs", replays)
         await stack.start()
         for scenario in scenarios:
             print(f"{scenario.name}: {len(batches[scenario.name])} replays ...", flush=True)
@@ -102,7 +125,7 @@ async def bench(args: argparse.Namespace) -> list[Outcome]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    names = [scenario.name for scenario in SCENARIOS]
+    names = [scenario.name for scenario in (*SCENARIOS, SCALED)]
     parser.add_argument("--scenarios", nargs="+", choices=names, help="default: all")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false")
     parser.add_argument("--replays", type=int, default=50, help="per run")

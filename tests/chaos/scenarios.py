@@ -33,7 +33,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from shared.events import SCORES_EMITTED, ScoreEmitted, decode
 from tests.chaos.replays import Replay
-from tests.chaos.stack import ChaosStack
+from tests.chaos.stack import ChaosStack, instance_label
 from tests.integration.conftest import wait_for
 
 FEED_PER_SECOND = 10.0
@@ -186,24 +186,44 @@ def kill_mid_stream(service: str, progress: Callable[[Run], Awaitable[int]], pas
     return fault
 
 
-async def kill_and_wait(run: Run, service: str) -> str:
-    """``kill -9`` the service; wait for the supervisor to start it again."""
-    stack = run.stack
-    pid = stack.kill9(service)
+async def kill_and_wait(run: Run, service: str, instance: int = 0) -> str:
+    """``kill -9`` an instance of the service; wait for the supervisor to start it again."""
+    stack, name = run.stack, instance_label(service, instance)
+    pid = stack.kill9(service, instance)
     if pid is None:
-        raise FaultNotInjected(f"{service} was not running")
+        raise FaultNotInjected(f"{name} was not running")
     run.kills += 1
     killed = time.monotonic()
 
     async def restarted() -> int | None:
-        new = stack.pid(service)
+        new = stack.pid(service, instance)
         return new if new not in (None, pid) else None
 
     try:
-        new = await wait_for(restarted, RESTART_SECONDS, f"{service} to be restarted", 0.1)
+        new = await wait_for(restarted, RESTART_SECONDS, f"{name} to be restarted", 0.1)
     except AssertionError:
-        return f"kill -9 {service} (pid {pid}): not restarted within {RESTART_SECONDS:g} s"
-    return f"kill -9 {service} (pid {pid}), back as pid {new} in {time.monotonic() - killed:.1f} s"
+        return f"kill -9 {name} (pid {pid}): not restarted within {RESTART_SECONDS:g} s"
+    return f"kill -9 {name} (pid {pid}), back as pid {new} in {time.monotonic() - killed:.1f} s"
+
+
+def kill_one_instance_of_each(instance: int = 1) -> Fault:
+    """On a stack that runs several instances of each replay stage: ``kill -9`` one instance
+    of the parser, the featurizer and the scorer, each once a few replays are past its
+    stage (the other instances take its partitions meanwhile)."""
+    stages = (
+        ("parser", parsed, "parsed"),
+        ("featurizer", featurized, "featurized"),
+        ("scorer", scored, "scored"),
+    )
+
+    async def fault(run: Run) -> str:
+        done = []
+        for service, progress, past in stages:
+            await run.wait_until(progress, f"{MID_STREAM} replays {past}")
+            done.append(await kill_and_wait(run, service, instance))
+        return "; ".join(done)
+
+    return fault
 
 
 def kill_after_emits(times: int = EMIT_KILLS) -> Fault:
@@ -259,6 +279,12 @@ SCENARIOS = (
     Scenario("kill-scorer", kill_mid_stream("scorer", scored, "scored")),
     Scenario(f"kill-scorer-after-emit-x{EMIT_KILLS}", kill_after_emits()),
 )
+
+
+# Two instances of each replay stage, blobs in S3 (MinIO): no two services share a disk.
+SCALE = {"parser": 2, "featurizer": 2, "scorer": 2}
+BLOB_BUCKET = "chaos-blobs"
+SCALED = Scenario("scaled-s3-kill-one-of-each", kill_one_instance_of_each())
 
 
 async def no_fault(_: Run) -> str:

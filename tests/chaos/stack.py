@@ -18,10 +18,12 @@ import subprocess
 import sys
 import time
 import urllib.error
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.cli import supervisor
+from services.ingestor.s3 import Bucket
 from shared import process
 from shared.settings import REPO_ROOT, SERVICE_NAMES, Settings
 from tests.integration.conftest import TEST_PORTS, stack_env, wait_for
@@ -31,14 +33,17 @@ START_SECONDS = 180.0
 SUPERVISOR_STOP_SECONDS = 60.0
 
 
-def chaos_env(data_dir: Path) -> dict[str, str]:
-    """The environment of the stack and of every service it runs: the integration tests'."""
+def chaos_env(data_dir: Path, blob_bucket: str | None = None) -> dict[str, str]:
+    """The environment of the stack and of every service it runs: the integration tests',
+    with blobs in the S3 bucket ``blob_bucket`` (MinIO) when one is given."""
+    blobs = {"RLIMPACT_BLOB_STORE": "s3", "RLIMPACT_BLOB_BUCKET": blob_bucket}
     return {
         **stack_env(data_dir),
         # A replay stranded by a fault is re-driven within seconds, not the default minutes,
         # so that the suite stays short; the reconciler itself is what is tested.
         "RLIMPACT_RECONCILE_INTERVAL_SECONDS": "5",
         "RLIMPACT_RECONCILE_AFTER_SECONDS": "30",
+        **(blobs if blob_bucket else {}),
     }
 
 
@@ -49,6 +54,7 @@ def chaos_settings(data_dir: Path) -> Settings:
         kafka_bootstrap=f"127.0.0.1:{TEST_PORTS['RLIMPACT_KAFKA_PORT']}",
         pg_port=int(TEST_PORTS["RLIMPACT_PG_PORT"]),
         metrics_base_port=int(TEST_PORTS["RLIMPACT_METRICS_BASE_PORT"]),
+        s3_endpoint=TEST_PORTS["RLIMPACT_S3_ENDPOINT"],
     )
 
 
@@ -77,14 +83,24 @@ class ChaosStack:
     env: dict[str, str]
     settings: Settings
     services: tuple[str, ...]
+    scale: Mapping[str, int] = field(default_factory=dict)  # instances, where more than one
+    blob_bucket: str | None = None  # blobs in this bucket of a MinIO the stack runs
     supervisor: subprocess.Popen[bytes] | None = None
 
     @classmethod
-    def fresh(cls, data_dir: Path, services: tuple[str, ...] = SERVICE_NAMES) -> ChaosStack:
+    def fresh(
+        cls,
+        data_dir: Path,
+        services: tuple[str, ...] = SERVICE_NAMES,
+        scale: Mapping[str, int] | None = None,
+        blob_bucket: str | None = None,
+    ) -> ChaosStack:
         """A new, empty data dir (anything left there by an interrupted run is stopped)."""
-        stack = cls(data_dir, chaos_env(data_dir), chaos_settings(data_dir), services)
+        env, settings = chaos_env(data_dir, blob_bucket), chaos_settings(data_dir)
+        stack = cls(data_dir, env, settings, services, dict(scale or {}), blob_bucket)
         if data_dir.exists():
             stack.deploy("stack", "stop", check=False)
+            stack.deploy("minio", "stop", check=False)
             shutil.rmtree(data_dir)
         (data_dir / "logs").mkdir(parents=True)
         return stack
@@ -92,8 +108,13 @@ class ChaosStack:
     # ------------------------------------------------------------ starting and stopping
 
     async def start(self) -> None:
-        """Kafka, Postgres, then the supervisor; returns once every service is up."""
+        """Kafka, Postgres (and MinIO with its bucket), then the supervisor; returns once every
+        service instance is up."""
         self.deploy("stack", "start")
+        if self.blob_bucket:
+            self.deploy("minio", "start")
+            Bucket(self.settings, self.blob_bucket).create()
+        scale = ",".join(f"{name}={count}" for name, count in self.scale.items())
         log = (self.data_dir / "logs" / "supervisor.log").open("ab")
         self.supervisor = subprocess.Popen(
             [
@@ -103,6 +124,7 @@ class ChaosStack:
                 "supervise",
                 "--services",
                 ",".join(self.services),
+                *(["--scale", scale] if scale else []),
             ],
             env=self.env,
             cwd=REPO_ROOT,
@@ -133,10 +155,12 @@ class ChaosStack:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.supervisor.wait(timeout=5)
         self.deploy("stack", "stop", check=False)
+        if self.blob_bucket:
+            self.deploy("minio", "stop", check=False)
         return processes_of(self.data_dir)
 
     def deploy(self, script: str, command: str, check: bool = True) -> None:
-        """``deploy/<script>.sh <command>``: the stack, Kafka or Postgres."""
+        """``deploy/<script>.sh <command>``: the stack, Kafka, Postgres or MinIO."""
         subprocess.run(
             ["bash", str(REPO_ROOT / "deploy" / f"{script}.sh"), command],
             env=self.env,
@@ -150,9 +174,9 @@ class ChaosStack:
         path = self.data_dir / "logs" / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def pid(self, service: str) -> int | None:
-        """The service's pid from the supervisor's pid file, if that process runs it."""
-        return supervisor.service_pid(self.settings, service, service)
+    def pid(self, service: str, instance: int = 0) -> int | None:
+        """The instance's pid from the supervisor's pid file, if that process runs it."""
+        return supervisor.service_pid(self.settings, instance_label(service, instance), service)
 
     def supervisor_pid(self) -> int | None:
         return supervisor.supervisor_pid(self.settings)
@@ -163,24 +187,36 @@ class ChaosStack:
         return sum(instance["restarts"] for instance in state["instances"])
 
     async def down_services(self) -> list[str]:
-        """The services with no live process or whose ``/metrics`` does not answer up."""
-        return [name for name in self.services if not await self._up(name)]
+        """The service instances with no live process or whose ``/metrics`` does not answer
+        up."""
+        return [
+            instance_label(name, instance)
+            for name in self.services
+            for instance in range(self.scale.get(name, 1))
+            if not await self._up(name, instance)
+        ]
 
-    async def _up(self, service: str) -> bool:
-        if self.pid(service) is None:
+    async def _up(self, service: str, instance: int) -> bool:
+        if self.pid(service, instance) is None:
             return False
+        port = self.settings.metrics_port(service, instance)
         try:
-            samples = await asyncio.to_thread(scrape, self.settings.metrics_port(service))
+            samples = await asyncio.to_thread(scrape, port)
         except (OSError, urllib.error.URLError):
             return False
         return total(samples, "rlimpact_up") == 1.0
 
-    def kill9(self, service: str) -> int | None:
-        """``kill -9`` the service's process (by its pid file); the pid, or None if none ran."""
-        pid = self.pid(service)
+    def kill9(self, service: str, instance: int = 0) -> int | None:
+        """``kill -9`` the instance's process (by its pid file); the pid, or None if none ran."""
+        pid = self.pid(service, instance)
         if pid is not None:
             os.kill(pid, signal.SIGKILL)
         return pid
+
+
+def instance_label(service: str, instance: int) -> str:
+    """The supervisor's name of an instance: ``parser``, ``parser-1``…"""
+    return supervisor.Instance(service, instance).label
 
 
 def kill_all(processes: list[tuple[int, str]]) -> None:

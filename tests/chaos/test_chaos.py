@@ -11,35 +11,21 @@ tests/chaos``, a step of its own in ``deploy/test.sh``. The scenarios are in
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 import pytest
 
-from shared.settings import REPO_ROOT
-from tests.chaos.replays import Replay, plan_batches
+from tests.chaos.harness import DATA_ROOT, Chaos, assert_nothing_left, started
 from tests.chaos.scenarios import SCENARIOS, Scenario, run_scenario
-from tests.chaos.stack import ChaosStack, kill_all
+from tests.chaos.stack import ChaosStack
 from tests.integration.conftest import PORT_OFFSET
 
 pytestmark = pytest.mark.chaos
 
 
-@dataclass
-class Chaos:
-    stack: ChaosStack = field(repr=False)
-    batches: dict[str, list[Replay]] = field(repr=False)
-
-
 @pytest.fixture(scope="module")
 async def chaos() -> AsyncIterator[Chaos]:
-    stack = ChaosStack.fresh(REPO_ROOT / ".rlimpact" / f"chaos-{PORT_OFFSET}")
-    try:
-        names = [scenario.name for scenario in SCENARIOS]
-        batches = await plan_batches(names, stack.settings, stack.data_dir / "inputs")
-        await stack.start()
-        yield Chaos(stack, batches)
-    finally:
-        kill_all(stack.stop())  # what a failed run left: test_nothing_is_left_behind says so
+    async with started(ChaosStack.fresh(DATA_ROOT / f"chaos-{PORT_OFFSET}"), SCENARIOS) as chaos:
+        yield chaos
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda scenario: scenario.name)
@@ -49,7 +35,4 @@ async def test_every_replay_ends_once_despite(chaos: Chaos, scenario: Scenario) 
 
 
 async def test_nothing_is_left_behind(chaos: Chaos) -> None:
-    leftovers = chaos.stack.stop()
-    assert not leftovers, "still running after the stack stopped:\n" + "\n".join(
-        f"{pid} {cmdline}" for pid, cmdline in leftovers
-    )
+    assert_nothing_left(chaos.stack)
