@@ -21,14 +21,14 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from services.cli.offline import replay_json, score_file
 from services.cli.common import load_impact_model
+from services.cli.offline import replay_json, score_file
 from shared.settings import get_settings
 
 try:  # the feature table's Parquet I/O moved to shared/ in the structure refactor
     from shared.features.dataset import write_features
 except ImportError:
-    from services.featurizer.dataset import write_features  # type: ignore[no-redef]
+    from shared.features.dataset import write_features  # type: ignore[no-redef]
 
 
 def table_digest(table: object, folder: Path) -> str:

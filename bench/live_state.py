@@ -30,8 +30,8 @@ from services.bridge.sos import SosSession
 from services.live import snapshot
 from services.live.state import LiveScorer, ScoringModel
 from services.parser.parse import parse_replay_file
-from services.scorer.score import ImpactModel
 from shared.events import LiveFrame, utcnow
+from shared.model import ImpactModel
 from shared.settings import REPO_ROOT, Settings
 
 RATE = 30.0

@@ -208,7 +208,7 @@ def _frames_parsed(store: BlobStore, state: ReplayState, players: list[PlayerInf
 def _features_ready(
     store: BlobStore, state: ReplayState, players: list[PlayerInfo]
 ) -> FeaturesReady:
-    from services.featurizer.dataset import feature_file_version
+    from shared.features.dataset import feature_file_version
 
     if state.features_uri is None or state.n_frames is None:
         raise FileNotFoundError("no features file recorded")

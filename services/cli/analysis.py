@@ -21,10 +21,10 @@ from services.cli.offline import featurize_replays
 from shared.settings import Settings
 
 if TYPE_CHECKING:
-    from services.featurizer.features import FeatureTable
     from services.trainer.compare import CrossValidation
     from services.trainer.evaluate import AucInterval
     from services.trainer.train import TrainConfig
+    from shared.features.table import FeatureTable
 
 Metrics = dict[str, dict[str, float]]  # per event, per metric name
 METRICS_FILE = "metrics.json"
@@ -80,12 +80,6 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
-    from services.scorer.score import (
-        credit_touches,
-        predict_table,
-        score_credits,
-        team_score_probability,
-    )
     from services.trainer.compare import BASELINE, MODEL, baseline_config
     from services.trainer.evaluate import (
         BALL_INPUTS,
@@ -99,6 +93,8 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
         impact_plot,
     )
     from services.trainer.train import scoped_tables, split_by_replay, train_impact_model
+    from shared.impact import credit_touches, score_credits, team_score_probability
+    from shared.model import predict_table
 
     out = args.out or settings.data_dir / "evaluate"
     folder = _replay_folder(args.replays, settings)
@@ -250,8 +246,8 @@ def _modes(tables: list[FeatureTable]) -> str:
 
 
 def cmd_dataset_export(args: argparse.Namespace, settings: Settings) -> int:
-    from services.featurizer.dataset import write_features
-    from services.featurizer.features import FEATURE_SCHEMA_VERSION, N_FEATURES
+    from shared.features.dataset import write_features
+    from shared.features.table import FEATURE_SCHEMA_VERSION, N_FEATURES
 
     tables = featurize_replays(args.paths, settings)
     if not tables:

@@ -7,13 +7,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from shared.model import DEFAULT_MODEL_FILE
 from shared.settings import Settings
 
 if TYPE_CHECKING:  # onnxruntime and torch are loaded only by the commands that need them
-    from services.scorer.score import ImpactModel
     from services.trainer.train import TrainConfig
-
-DEFAULT_MODEL_FILE = "impact.onnx"
+    from shared.model import ImpactModel
 
 
 def replay_files(paths: list[Path]) -> Iterator[Path]:
@@ -28,7 +27,7 @@ def replay_files(paths: list[Path]) -> Iterator[Path]:
 
 def load_impact_model(path: Path | None, settings: Settings) -> ImpactModel:
     """The model at ``path`` (default: the shipped one), or a clear error and exit."""
-    from services.scorer.score import ImpactModel, ModelSchemaError
+    from shared.model import ImpactModel, ModelSchemaError
 
     model_path = path or settings.default_model_dir / DEFAULT_MODEL_FILE
     if not model_path.exists():

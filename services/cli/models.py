@@ -118,11 +118,11 @@ def cmd_register(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _register(settings: Settings, file: Path, promote: bool) -> int:
-    from services.featurizer.features import FEATURE_SCHEMA_VERSION
-    from services.scorer.score import ImpactModel, ModelSchemaError
-    from services.scorer.skill import META_KIND, SkillModel
     from shared import db
+    from shared.features.table import FEATURE_SCHEMA_VERSION
+    from shared.model import META_KIND, ImpactModel, ModelSchemaError
     from shared.service import service_context
+    from shared.skill import SkillModel
     from shared.storage import open_blob_store, sha256_file
 
     if not file.is_file():
@@ -204,7 +204,6 @@ def cmd_train_skill(args: argparse.Namespace, settings: Settings) -> int:
             "rlimpact: offline skill training needs --planted-labels; real ratings live in "
             "Postgres ('rlimpact labels import'), and 'rlimpact train' trains on them"
         )
-    from services.featurizer.features import featurize
     from services.parser.parse import ReplayParseError, parse_replay_file
     from services.trainer.skill import (
         SkillConfig,
@@ -212,6 +211,7 @@ def cmd_train_skill(args: argparse.Namespace, settings: Settings) -> int:
         planted_ratings,
         train_skill_model,
     )
+    from shared.features.batch import featurize
     from shared.storage import sha256_file
 
     files = list(replay_files([args.local]))

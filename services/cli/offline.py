@@ -13,18 +13,19 @@ from typing import TYPE_CHECKING
 from tqdm import tqdm
 
 from services.cli.common import (
-    DEFAULT_MODEL_FILE,
     add_recipe_arguments,
     load_impact_model,
     recipe_config,
     replay_files,
 )
+from shared.model import DEFAULT_MODEL_FILE
 from shared.settings import Settings
 
 if TYPE_CHECKING:
-    from services.featurizer.features import FeatureTable
-    from services.scorer.score import ImpactModel, PlayerScore, ScoredReplay
+    from shared.features.table import FeatureTable
     from shared.frames import ParsedReplay
+    from shared.impact import PlayerScore, ScoredReplay
+    from shared.model import ImpactModel
 
 OUT_OF_SCOPE_NOTE = (
     "out of scope: the impact model is trained for Soccar on standard arenas (shared/scope.py); "
@@ -74,9 +75,9 @@ def featurize_replays(
     paths: list[Path], settings: Settings, desc: str = "featurize"
 ) -> list[tuple[Path, FeatureTable]]:
     """Parse, validate and featurize replay files; those that fail are reported and skipped."""
-    from services.featurizer.features import featurize
     from services.parser.parse import ReplayParseError
     from services.parser.validate import parse_valid_replay
+    from shared.features.batch import featurize
     from shared.storage import sha256_file
 
     tables = []
@@ -158,9 +159,9 @@ def score_file(
     path: Path, model: ImpactModel, settings: Settings
 ) -> tuple[ParsedReplay, FeatureTable, ScoredReplay]:
     """Parse, validate, featurize and score one replay file (ReplayParseError if unusable)."""
-    from services.featurizer.features import featurize
     from services.parser.validate import parse_valid_replay
-    from services.scorer.score import score_replay
+    from shared.features.batch import featurize
+    from shared.impact import score_replay
     from shared.storage import sha256_file
 
     parsed = parse_valid_replay(path, sha256_file(path), settings.fps, settings.validation)

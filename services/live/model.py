@@ -14,12 +14,11 @@ import logging
 import asyncpg
 
 from services.live.state import ScoringModel
-from services.scorer.score import ImpactModel, ModelSchemaError
 from shared import db, metrics
+from shared.model import DEFAULT_MODEL_FILE, ImpactModel, ModelSchemaError
 from shared.settings import Settings
 from shared.storage import open_blob_store, open_checked, read_trusted
 
-DEFAULT_MODEL_FILE = "impact.onnx"
 log = logging.getLogger(__name__)
 
 

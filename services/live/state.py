@@ -10,7 +10,7 @@ New frames are featurized incrementally (:class:`StreamFeaturizer`: the rows
 :func:`featurize` gives for the same frames, at a cost in proportion to the new frames) and
 scored with the replays' :class:`ImpactModel`, one ONNX call for the new rows of all matches.
 
-Impact is the replay scorer's, with the same functions (``services/scorer/score.py``): a touch
+Impact is the replay scorer's, with the same functions (``shared/impact.py``): a touch
 is credited once, when the frame before the next touch (or the goal, or the end of play after
 it) is known and settled (a kickoff is recognised a second late), and each player's credits
 add up to a running total. On the same frames it is the replay scorer's impact
@@ -24,21 +24,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from services.featurizer.features import (
-    FEATURE_SCHEMA_VERSION,
-    N_FEATURES,
-    FeatureTable,
-    StreamFeaturizer,
-    stream_rows,
-)
-from services.scorer.score import (
-    DEMOLISHED,
-    IMPACT_SCALE,
-    ImpactModel,
-    TouchCredit,
-    credit_touches,
-    team_probability,
-)
 from shared.events import (
     GoalInfo,
     LiveFrame,
@@ -47,7 +32,11 @@ from shared.events import (
     LiveScore,
     PlayerInfo,
 )
+from shared.features.stream import StreamFeaturizer, stream_rows
+from shared.features.table import FEATURE_SCHEMA_VERSION, N_FEATURES, FeatureTable
 from shared.frames import BALL_FIELDS, PLAYER_FIELDS
+from shared.impact import DEMOLISHED, IMPACT_SCALE, TouchCredit, credit_touches, team_probability
+from shared.model import ImpactModel
 
 # the order in which _row and _car write a frame's numbers
 _BALL_ROW = ("x", "y", "z", "vx", "vy", "vz")

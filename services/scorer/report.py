@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.featurizer.features import FeatureTable
-from services.scorer.score import IMPACT_SCALE, ScoredReplay
+from shared.features.table import FeatureTable
+from shared.impact import IMPACT_SCALE, ScoredReplay
 
 TEAM_COLOURS = ("#1f77b4", "#ff7f0e")  # blue, orange
 TEAM_NAMES = ("blue", "orange")

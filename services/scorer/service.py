@@ -23,9 +23,6 @@ from typing import TypeGuard, TypeVar
 
 from aiokafka import AIOKafkaConsumer
 
-from services.featurizer.dataset import read_stored_features
-from services.scorer.score import ImpactModel, ModelSchemaError, score_table
-from services.scorer.skill import SkillModel, estimate_skill
 from shared import db, metrics
 from shared.db import ModelRecord, ScoreRow
 from shared.events import (
@@ -38,8 +35,12 @@ from shared.events import (
     ScoreEmitted,
     decode,
 )
+from shared.features.dataset import read_stored_features
+from shared.impact import score_table
 from shared.kafka import consume
+from shared.model import ImpactModel, ModelSchemaError
 from shared.service import ServiceContext, run_service
+from shared.skill import SkillModel, estimate_skill
 from shared.storage import BlobOutsideStore, BlobStore, open_blob_store, open_checked
 
 NAME = "scorer"

@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from services.featurizer.features import FeatureTable
 from services.trainer.evaluate import BALL_INPUTS, TeamForecasts, TorchPredictor, forecasts
 from services.trainer.train import (
     TrainConfig,
@@ -22,6 +21,7 @@ from services.trainer.train import (
     split_by_replay,
     train_on_split,
 )
+from shared.features.table import FeatureTable
 
 MODEL = "model"
 BASELINE = "ball-only"

@@ -21,9 +21,6 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from services.featurizer.dataset import read_stored_features
-from services.featurizer.features import FEATURE_SCHEMA_VERSION, N_FEATURES, FeatureTable
-from services.scorer.skill import player_sequences
 from services.trainer.skill import (
     SKILL_SIGNATURE,
     PlayerKey,
@@ -41,8 +38,11 @@ from services.trainer.train import (
 )
 from shared import db
 from shared.events import MODEL_PROMOTED, TRAIN_REQUESTED, ModelPromoted, TrainRequested
+from shared.features.dataset import read_stored_features
+from shared.features.table import FEATURE_SCHEMA_VERSION, N_FEATURES, FeatureTable
 from shared.kafka import consume
 from shared.service import ServiceContext, run_service
+from shared.skill import player_sequences
 from shared.storage import open_blob_store, sha256_file
 
 NAME = "trainer"

@@ -7,7 +7,7 @@ features). Training crops random windows of each player's sequence; validation a
 read the whole replay. Replays are split into training and validation sets by file, as for
 the impact model. The ONNX graph outputs standardized ratings (label standard deviations from
 the label mean: values near 0, so torch and onnxruntime can be held to 1e-4); the label mean
-and deviation travel in its metadata, and :class:`services.scorer.skill.SkillModel` turns
+and deviation travel in its metadata, and :class:`shared.skill.SkillModel` turns
 them into MMR.
 
 Labels are ratings per (replay, player): from Postgres (``player_labels``) in the trainer
@@ -25,16 +25,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from services.featurizer.features import FEATURE_NAMES, N_FEATURES, FeatureTable
-from services.scorer.skill import (
-    DEFAULT_STRIDE,
-    META_RATING_MEAN,
-    META_RATING_STD,
-    META_STRIDE,
-    SKILL_INPUT,
-    SKILL_OUTPUT,
-    player_sequences,
-)
 from services.trainer.train import (
     FitConfig,
     OnnxSignature,
@@ -46,6 +36,16 @@ from services.trainer.train import (
     fit_metrics,
     split_by_replay,
     write_snapshot,
+)
+from shared.features.table import FEATURE_NAMES, N_FEATURES, FeatureTable
+from shared.skill import (
+    DEFAULT_STRIDE,
+    META_RATING_MEAN,
+    META_RATING_STD,
+    META_STRIDE,
+    SKILL_INPUT,
+    SKILL_OUTPUT,
+    player_sequences,
 )
 
 SKILL_SIGNATURE = OnnxSignature(

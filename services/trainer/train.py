@@ -31,19 +31,18 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from services.featurizer.features import (
+from services.trainer.evaluate import TorchPredictor, forecasts
+from services.trainer.evaluate import binary_metrics as binary_metrics  # re-exported
+from services.trainer.evaluate import roc_auc as roc_auc  # re-exported
+from services.trainer.targets import NO_AUX, AuxTargets, training_targets
+from shared.features.table import (
     FEATURE_NAMES,
     FEATURE_SCHEMA_VERSION,
     MIRROR_SIGNS,
     N_FEATURES,
     FeatureTable,
 )
-from services.scorer.score import INPUT_NAME, META_SCHEMA, META_VERSION, OUTPUT_NAME
-from services.scorer.skill import META_KIND
-from services.trainer.evaluate import TorchPredictor, forecasts
-from services.trainer.evaluate import binary_metrics as binary_metrics  # re-exported
-from services.trainer.evaluate import roc_auc as roc_auc  # re-exported
-from services.trainer.targets import NO_AUX, AuxTargets, training_targets
+from shared.model import INPUT_NAME, META_KIND, META_SCHEMA, META_VERSION, OUTPUT_NAME
 from shared.scope import in_scope
 
 CHECKPOINT_FILE = "checkpoint.pt"

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from services.featurizer.features import FEATURE_NAMES, FeatureTable
-from services.scorer.score import IMPACT_SCALE, SECONDS_PER_MINUTE, TouchCredit
+from shared.features.table import FEATURE_NAMES, FeatureTable
+from shared.impact import IMPACT_SCALE, SECONDS_PER_MINUTE, TouchCredit
 
 ROUNDS = 1000
 LEVEL = 0.95
@@ -102,7 +102,7 @@ def match_parts(
     whole_match: dict[str, np.ndarray] | None = None,
 ) -> MatchParts:
     """``table`` cut into ``n_parts`` of equal live time; ``p_score`` [T, 2] and ``credits``
-    as :mod:`services.scorer.score` makes them (impact in points: x IMPACT_SCALE)."""
+    as :mod:`shared.impact` makes them (impact in points: x IMPACT_SCALE)."""
     bounds = part_bounds(table.live, n_parts)
     part_of_frame = np.searchsorted(bounds, np.arange(table.time.shape[0]), side="right") - 1
     n_players = len(table.players)

@@ -21,7 +21,6 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from services.featurizer.features import featurize
 from services.parser.parse import parse_replay_file
 from services.trainer.skill import (
     SkillConfig,
@@ -31,6 +30,7 @@ from services.trainer.skill import (
 )
 from services.trainer.train import TrainConfig, export_onnx, train_impact_model
 from shared.events import SCORES_EMITTED, ScoreEmitted
+from shared.features.batch import featurize
 from tests.integration.conftest import Stack, events_on, wait_for
 
 pytestmark = pytest.mark.integration

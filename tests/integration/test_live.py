@@ -27,7 +27,6 @@ from aiokafka.partitioner import DefaultPartitioner
 from PIL import Image, ImageChops
 
 from services.bridge.simulator import PlaybackOptions, sos_messages
-from services.featurizer.features import FEATURE_SCHEMA_VERSION
 from services.live.model import LiveModel
 from services.live.state import LiveScorer, ScoringModel
 from services.parser.parse import parse_replay_file
@@ -40,6 +39,7 @@ from shared.events import (
     LiveScore,
     utcnow,
 )
+from shared.features.table import FEATURE_SCHEMA_VERSION
 from shared.frames import PLAYER_FIELD, ParsedReplay
 from shared.kafka import ensure_topics
 from shared.settings import REPO_ROOT

@@ -10,27 +10,16 @@ from datetime import timedelta
 import numpy as np
 import pytest
 
-from services.featurizer.features import (
-    FEATURE_SCHEMA_VERSION,
-    KEEP_SECONDS,
-    N_FEATURES,
-    StreamFeaturizer,
-    featurize,
-    stream_rows,
-)
 from services.live import snapshot
 from services.live.state import LiveScorer, MatchState, ScoringModel
 from services.parser.parse import parse_replay_file
-from services.scorer.score import (
-    INPUT_NAME,
-    META_SCHEMA,
-    META_VERSION,
-    OUTPUT_NAME,
-    ImpactModel,
-    score_table,
-)
 from shared.events import LiveBall, LiveFrame, LivePlayer, utcnow
+from shared.features.batch import featurize
+from shared.features.stream import KEEP_SECONDS, StreamFeaturizer, stream_rows
+from shared.features.table import FEATURE_SCHEMA_VERSION, N_FEATURES
 from shared.frames import PLAYER_FIELD, ParsedReplay
+from shared.impact import score_table
+from shared.model import INPUT_NAME, META_SCHEMA, META_VERSION, OUTPUT_NAME, ImpactModel
 
 FPS = 30
 

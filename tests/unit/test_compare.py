@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from services.cli import main
-from services.featurizer.features import FeatureTable, featurize
 from services.parser.parse import parse_replay_file
 from services.trainer.compare import (
     BASELINE,
@@ -22,6 +21,8 @@ from services.trainer.compare import (
 )
 from services.trainer.evaluate import TeamForecasts
 from services.trainer.train import TrainConfig, scoped_tables
+from shared.features.batch import featurize
+from shared.features.table import FeatureTable
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

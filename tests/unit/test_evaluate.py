@@ -10,8 +10,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from services.cli import main
-from services.featurizer.dataset import SCHEMA_VERSION_KEY, read_features
-from services.featurizer.features import FEATURE_SCHEMA_VERSION, FeatureTable, featurize
 from services.parser.parse import parse_replay_file
 from services.trainer.evaluate import (
     TeamForecasts,
@@ -24,6 +22,9 @@ from services.trainer.evaluate import (
     weighted_roc_auc,
 )
 from services.trainer.train import TrainConfig, export_onnx, train_impact_model
+from shared.features.batch import featurize
+from shared.features.dataset import SCHEMA_VERSION_KEY, read_features
+from shared.features.table import FEATURE_SCHEMA_VERSION, FeatureTable
 from shared.scope import in_scope
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

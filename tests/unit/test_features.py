@@ -6,18 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.featurizer.dataset import FeatureSchemaError, read_features, write_features
-from services.featurizer.features import (
-    FEATURE_NAMES,
-    MIRROR_SIGNS,
-    N_FEATURES,
-    FeatureTable,
-    featurize,
-    goal_within,
-    live_frames,
-)
 from services.parser.parse import parse_replay_file
 from shared.events import GoalInfo
+from shared.features.batch import featurize, goal_within
+from shared.features.context import live_frames
+from shared.features.dataset import FeatureSchemaError, read_features, write_features
+from shared.features.table import FEATURE_NAMES, MIRROR_SIGNS, N_FEATURES, FeatureTable
 from shared.frames import BALL_FIELD, PLAYER_FIELD, ParsedReplay
 
 COLUMN = {name: i for i, name in enumerate(FEATURE_NAMES)}
@@ -130,8 +124,9 @@ def test_a_ball_put_back_on_its_spot_does_not_restart_play():
 
 def test_touches_come_from_the_parser_in_live_frames(parsed: ParsedReplay, table: FeatureTable):
     expected = {(int(f), int(p)) for f, p in parsed.touches if table.live[f]}
-    assert expected and set(map(tuple, table.touch_events.tolist())) == expected
-    frame, player = table.touch_events[len(table.touch_events) // 2]
+    touches = np.argwhere(table.touched)  # [K, 2] (frame, player), by frame
+    assert expected and set(map(tuple, touches.tolist())) == expected
+    frame, player = touches[len(touches) // 2]
     team = table.players[player].team
     after = table.features[frame]
     assert after[player, COLUMN["touched_last"]] == 1.0
@@ -162,7 +157,7 @@ def test_parquet_round_trip_keeps_everything(table: FeatureTable, tmp_path: Path
 def test_reading_another_schema_version_fails_clearly(table: FeatureTable, tmp_path: Path):
     import pyarrow.parquet as pq
 
-    from services.featurizer.dataset import SCHEMA_VERSION_KEY, to_arrow
+    from shared.features.dataset import SCHEMA_VERSION_KEY, to_arrow
 
     arrow = to_arrow(table)
     metadata = {**arrow.schema.metadata, SCHEMA_VERSION_KEY: b"999"}

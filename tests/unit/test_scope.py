@@ -6,9 +6,9 @@ from dataclasses import replace
 
 import pytest
 
-from services.featurizer.features import featurize
 from services.parser.parse import parse_replay_file
 from services.trainer.train import TrainConfig, scoped_tables, train_impact_model
+from shared.features.batch import featurize
 from shared.scope import game_mode, in_scope, standard_arena
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")

@@ -7,10 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from services.featurizer.features import FEATURE_NAMES, FeatureTable, featurize
 from services.parser.parse import parse_replay_file
-from services.scorer.score import ModelSchemaError
-from services.scorer.skill import SkillModel, estimate_skill, player_sequences
 from services.trainer.skill import (
     PLANTED_MIN_SPEED,
     SKILL_SIGNATURE,
@@ -22,6 +19,10 @@ from services.trainer.skill import (
     train_skill_model,
 )
 from services.trainer.train import TrainResult, export_onnx, onnx_parity, train_impact_model
+from shared.features.batch import featurize
+from shared.features.table import FEATURE_NAMES, FeatureTable
+from shared.model import ModelSchemaError
+from shared.skill import SkillModel, estimate_skill, player_sequences
 
 N_REPLAYS = 36
 MIN_FRAMES = 1500  # 2.5 minutes at 10 fps

@@ -17,7 +17,6 @@ import pytest
 import torch
 from PIL import Image
 
-from services.featurizer.features import FEATURE_SCHEMA_VERSION, N_FEATURES, FeatureTable, featurize
 from services.parser.parse import parse_replay_file
 from services.trainer.train import (
     CHECKPOINT_FILE,
@@ -34,6 +33,8 @@ from services.trainer.train import (
     train_impact_model,
     weights_digest,
 )
+from shared.features.batch import featurize
+from shared.features.table import FEATURE_SCHEMA_VERSION, N_FEATURES, FeatureTable
 from shared.scope import in_scope
 from shared.settings import REPO_ROOT
 from tests.conftest import ManifestRow
@@ -44,7 +45,7 @@ FAST = TrainConfig(epochs=3, batch_size=4096, milestone_every=0)
 KILLABLE_RUN = """
 import sys
 from pathlib import Path
-from services.featurizer.features import featurize
+from shared.features.batch import featurize
 from services.parser.parse import parse_replay_file
 from services.trainer.train import TrainConfig, train_impact_model
 run_dir, epochs, *replays = sys.argv[1:]

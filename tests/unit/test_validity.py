@@ -11,10 +11,8 @@ import numpy as np
 import pytest
 
 from services.cli.validate import header_points
-from services.featurizer.features import featurize
 from services.parser.header import player_stats, player_stats_of_file
 from services.parser.parse import parse_replay_file
-from services.scorer.score import IMPACT_SCALE, TouchCredit, credit_touches, live_minutes
 from services.trainer.validity import (
     MatchParts,
     across_match_reliability,
@@ -27,6 +25,8 @@ from services.trainer.validity import (
     split_half_reliability,
     standardised,
 )
+from shared.features.batch import featurize
+from shared.impact import IMPACT_SCALE, TouchCredit, credit_touches, live_minutes
 from shared.scope import in_scope
 from tests.unit.test_cli import _cli
 

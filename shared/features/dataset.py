@@ -15,8 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from services.featurizer.features import FEATURE_NAMES, FEATURE_SCHEMA_VERSION, FeatureTable
 from shared.events import GoalInfo, PlayerInfo
+from shared.features.table import FEATURE_NAMES, FEATURE_SCHEMA_VERSION, FeatureTable
 from shared.storage import BlobStore
 
 SCHEMA_VERSION_KEY = b"rlimpact.feature_schema_version"

@@ -1,0 +1,299 @@
+"""The feature rows of frames: each player's view of the ball, itself, its teammates and
+opponents, its team and the segment's recent past, in ``FEATURE_NAMES`` order. Pure numpy.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from shared.features.context import TOUCH_MEMORY_SECONDS, GameContext, vector_length
+from shared.features.table import (
+    N_FEATURES,
+    OPPONENT_SLOTS,
+    OTHER_CAR_FIELDS,
+    TEAMMATE_SLOTS,
+)
+from shared.frames import BALL_FIELD, PLAYER_FIELD, ParsedReplay
+
+GOAL_Y = 5120.0
+SIDE_WALL_X = 4096.0
+POS_SCALE = 5120.0
+CAR_SPEED_SCALE = 2300.0
+BALL_SPEED_SCALE = 6000.0
+ON_GROUND_MAX_Z = 25.0
+WALL_MARGIN = 200.0  # a car off the ground this close to a wall is on the wall
+MATCH_SECONDS = 300.0
+SCORE_DIFF_CAP = 3.0
+GOALS_CAP = 5.0
+THIRD_Y = GOAL_Y / 3.0
+TOUCH_COUNT_SCALE = 5.0
+
+
+def feature_rows(parsed: ParsedReplay, context: GameContext, rows: np.ndarray) -> np.ndarray:
+    """[len(rows), P, N_FEATURES] float32: the features of the frames ``rows``; the features
+    of the recent past read the frames before them. Costs in proportion to ``len(rows)``."""
+    teams = np.array([player.team for player in parsed.players])
+    ball, cars = _oriented(parsed.ball[rows], parsed.cars[rows], teams)
+    result = np.zeros((rows.shape[0], teams.shape[0], N_FEATURES), dtype=np.float32)
+    # players with as many teammates (all of them when the teams are even) go in one pass
+    sizes = np.bincount(teams, minlength=2)[teams]
+    for size in np.unique(sizes):
+        group = np.flatnonzero(sizes == size)
+        result[:, group] = _players_block(ball, cars, parsed, teams, group, context, rows)
+    return result
+
+
+def _oriented(
+    ball: np.ndarray, cars: np.ndarray, teams: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Ball [T, P, 6] and cars [T, P(viewer), P, F] as seen by each viewer's team."""
+    sign = np.where(teams == 0, 1.0, -1.0).astype(np.float32)  # [P]
+    ball_view = np.repeat(ball[:, None, :], len(teams), axis=1).copy()
+    for axis in ("x", "y", "vx", "vy"):
+        ball_view[:, :, BALL_FIELD[axis]] *= sign
+    cars_view = np.repeat(cars[:, None, :, :], len(teams), axis=1).copy()
+    for axis in ("x", "y", "vx", "vy"):
+        cars_view[:, :, :, PLAYER_FIELD[axis]] *= sign[None, :, None]
+    cars_view[:, :, :, PLAYER_FIELD["yaw"]] += np.where(teams == 0, 0.0, np.pi)[None, :, None]
+    return ball_view, cars_view
+
+
+def _norm(vectors: np.ndarray) -> np.ndarray:
+    return vector_length(vectors, keepdims=True)
+
+
+def _players_block(
+    ball: np.ndarray,
+    view: np.ndarray,
+    parsed: ParsedReplay,
+    teams: np.ndarray,
+    group: np.ndarray,
+    context: GameContext,
+    rows: np.ndarray,
+) -> np.ndarray:
+    """[R, G, N_FEATURES] for the players ``group`` at frames ``rows``, in one pass; ``ball``
+    [R, P, 6] and ``view`` [R, P, P, F] of those frames in each viewer's frame. The players of
+    a group have as many teammates (and opponents) as each other: every (frame, player) pair
+    is one row of the same per-player computation."""
+    n_rows, size, n_players = rows.shape[0], group.shape[0], teams.shape[0]
+    viewer = np.tile(group, n_rows)  # [R'] the player each row is about, R' = R * G
+    frame = np.repeat(np.arange(n_rows), size)  # [R'] its position in ``rows``
+    row_team = teams[viewer]
+    by_viewer = view[:, group]  # [R, G, P, F]
+    seen = by_viewer.reshape(n_rows * size, n_players, -1)  # [R', P, F] in viewer's frame
+    member = np.arange(size)[:, None]  # [G, 1]: with [G, k] columns, picks k cars per viewer
+
+    def cars_of(columns: np.ndarray) -> np.ndarray:  # [R', k, F]
+        shape = (n_rows * size, columns.shape[1], by_viewer.shape[-1])
+        return by_viewer[:, member, columns].reshape(shape)
+
+    def dist_of(dist: np.ndarray, columns: np.ndarray) -> np.ndarray:  # [R', k]
+        return dist.reshape(n_rows, size, n_players)[:, member, columns].reshape(
+            n_rows * size, columns.shape[1]
+        )
+
+    every = np.arange(n_rows * size)
+    me = seen[every, viewer]
+    b = ball[:, group].reshape(n_rows * size, -1)
+    b_pos, b_vel = b[:, 0:3], b[:, 3:6]
+    pos, vel = me[:, 0:3], me[:, 6:9]
+    to_ball = b_pos - pos
+    ball_dist = vector_length(to_ball, axis=1)
+    rel_vel = b_vel - vel
+    closing = -np.sum(rel_vel * to_ball, axis=1) / np.maximum(ball_dist, 1.0)
+    own_goal = np.array([0.0, -GOAL_Y, 0.0], dtype=np.float32)
+    opp_goal = -own_goal
+    yaw, pitch = me[:, PLAYER_FIELD["yaw"]], me[:, PLAYER_FIELD["pitch"]]
+    same, mates_of, opps_of, team_of = _layout(tuple(teams.tolist()), tuple(group.tolist()))
+    team, opponents = same[viewer], ~same[viewer]  # [R', P]
+    mates_cars, opps_cars, team_cars = cars_of(mates_of), cars_of(opps_of), cars_of(team_of)
+    all_dist = vector_length(seen[:, :, 0:3] - b_pos[:, None, :], axis=2)  # [R', P]
+    absent = seen[:, :, PLAYER_FIELD["demolished"]] > 0.5
+    live_dist = np.where(absent, np.inf, all_dist)
+    team_dist = np.where(team, live_dist, np.inf)
+    opp_dist = np.where(opponents, live_dist, np.inf)
+    mates_dist, opps_dist = dist_of(live_dist, mates_of), dist_of(live_dist, opps_of)
+    on_ground = pos[:, 2:3] < ON_GROUND_MAX_Z
+    near_wall = (np.abs(pos[:, 0:1]) > SIDE_WALL_X - WALL_MARGIN) | (
+        np.abs(pos[:, 1:2]) > GOAL_Y - WALL_MARGIN
+    )
+    frame_rows = rows[frame]
+    toucher = context.last_toucher[frame_rows]
+    possession = np.where(toucher < 0, 0.0, np.where(teams[toucher] == row_team, 1.0, -1.0))
+    goals_for = context.goals_for[frame_rows]
+    scored, conceded = goals_for[every, row_team], goals_for[every, 1 - row_team]
+    columns = [
+        b_pos / POS_SCALE,
+        b_vel / BALL_SPEED_SCALE,
+        _norm(b_vel) / BALL_SPEED_SCALE,
+        pos / POS_SCALE,
+        vel / CAR_SPEED_SCALE,
+        _norm(vel) / CAR_SPEED_SCALE,
+        me[:, [PLAYER_FIELD["boost"], PLAYER_FIELD["jumping"], PLAYER_FIELD["demolished"]]],
+        on_ground,
+        ~on_ground & near_wall,
+        np.stack([np.cos(yaw), np.sin(yaw), pitch], axis=1),
+        to_ball / POS_SCALE,
+        ball_dist[:, None] / POS_SCALE,
+        rel_vel / BALL_SPEED_SCALE,
+        closing[:, None] / CAR_SPEED_SCALE,
+        (pos[:, 0:2] - own_goal[None, 0:2]) / POS_SCALE,
+        _norm(pos - own_goal) / POS_SCALE,
+        _norm(pos - opp_goal) / POS_SCALE,
+        _slots(mates_cars, pos, b_pos, mates_dist, TEAMMATE_SLOTS, defends=-1.0),
+        _slots(opps_cars, pos, b_pos, opps_dist, OPPONENT_SLOTS, 1.0),
+        _norm(b_pos - own_goal) / POS_SCALE,
+        _norm(b_pos - opp_goal) / POS_SCALE,
+        _speed_towards(b_pos, b_vel, opp_goal),
+        _speed_towards(b_pos, b_vel, own_goal),
+        np.mean(team_cars[:, :, 1] < b_pos[:, 1:2], axis=1, keepdims=True),
+        np.mean(opps_cars[:, :, 1] > b_pos[:, 1:2], axis=1, keepdims=True)
+        if opps_of.shape[1]
+        else np.zeros((len(pos), 1)),
+        _min_goal_dist(team_cars, own_goal),
+        _min_goal_dist(opps_cars, opp_goal),
+        _capped_dist(team_dist.min(axis=1)),
+        _capped_dist(opp_dist.min(axis=1)),
+        (np.argmin(team_dist, axis=1) == viewer)[:, None],
+        (team_dist.min(axis=1) <= opp_dist.min(axis=1))[:, None],
+        possession[:, None],
+        (toucher == viewer)[:, None],
+        context.since_touch[frame_rows, None] / TOUCH_MEMORY_SECONDS,
+        np.minimum(context.since_kickoff[frame_rows], MATCH_SECONDS)[:, None] / MATCH_SECONDS,
+        np.clip(scored - conceded, -SCORE_DIFF_CAP, SCORE_DIFF_CAP)[:, None] / SCORE_DIFF_CAP,
+        np.minimum(np.stack([scored, conceded], axis=1), GOALS_CAP) / GOALS_CAP,
+        parsed.seconds_remaining[frame_rows, None] / MATCH_SECONDS,
+        np.full((len(pos), 1), parsed.team_size / 4.0),
+        _team_past(parsed, teams, context, rows)[row_team, frame],
+    ]
+    out = np.concatenate([np.asarray(c, dtype=np.float32) for c in columns], axis=1)
+    return out.reshape(n_rows, size, N_FEATURES)
+
+
+@functools.cache
+def _layout(
+    teams: tuple[int, ...], group: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For a team layout: [P, P] same team; and for each player of ``group`` its teammates
+    [G, m], opponents and team (itself included) by column. Few layouts ever occur."""
+    team = np.array(teams)
+    index = np.arange(team.shape[0])
+    same = team[:, None] == team[None, :]
+    mates_of = np.stack([np.flatnonzero(same[p] & (index != p)) for p in group])
+    opps_of = np.stack([np.flatnonzero(~same[p]) for p in group])
+    team_of = np.stack([np.flatnonzero(same[p]) for p in group])
+    for array in (same, mates_of, opps_of, team_of):
+        array.flags.writeable = False  # shared by every call with this layout
+    return same, mates_of, opps_of, team_of
+
+
+def _team_past(
+    parsed: ParsedReplay, teams: np.ndarray, context: GameContext, rows: np.ndarray
+) -> np.ndarray:
+    """[2, R, 12] the recent past up to the frames ``rows`` as each team sees it: the ball
+    (1 s and 2 s ago, its mean y over 5 s and 10 s, the share of the last 10 s in either
+    third) and touches by each team over 5 s; none of it reaches back before the frame's
+    segment began.
+
+    Computed once, for team 0: team 1 sees the pitch turned round, so its numbers are team
+    0's with x and y negated and the thirds and teams swapped (exactly: negation is exact).
+    """
+    result = np.zeros((2, rows.shape[0], 12), dtype=np.float32)
+    if not rows.shape[0]:
+        return result
+    fps, start = context.frames_per_second, context.segment_start[rows]
+    end = rows + 1
+    begin_5s, begin_10s = (np.maximum(end - max(1, round(s * fps)), start) for s in (5.0, 10.0))
+    first = int(begin_10s.min())  # the windows' values: frames [first, end.max())
+    y = parsed.ball[first : int(end.max()), BALL_FIELD["y"]]
+    touched = context.touched[first : int(end.max())]
+    series = np.stack(
+        [
+            y,
+            y > THIRD_Y,
+            y < -THIRD_Y,
+            touched[:, teams == 0].any(axis=1),
+            touched[:, teams == 1].any(axis=1),
+        ],
+        axis=1,
+    ).astype(np.float64)
+    cumulative = np.concatenate((np.zeros((1, series.shape[1])), np.cumsum(series, axis=0)))
+
+    def total(column: int, begin: np.ndarray) -> np.ndarray:
+        return cumulative[end - first, column] - cumulative[begin - first, column]
+
+    def ago(seconds: float) -> np.ndarray:
+        return parsed.ball[np.maximum(rows - round(seconds * fps), start), 0:3] / POS_SCALE
+
+    n_5s, n_10s = end - begin_5s, end - begin_10s
+    mean_y = np.stack([total(0, begin_5s) / n_5s, total(0, begin_10s) / n_10s], axis=1)
+    attacking, defending = total(1, begin_10s) / n_10s, total(2, begin_10s) / n_10s
+    touches = [total(k, begin_5s) / TOUCH_COUNT_SCALE for k in (3, 4)]
+    one, two = ago(1.0), ago(2.0)
+    turned = np.array([-1.0, -1.0, 1.0], dtype=np.float32)
+    for team, (thirds, by_team, sign) in enumerate(
+        (((attacking, defending), touches, 1.0), ((defending, attacking), touches[::-1], -1.0))
+    ):
+        past = (
+            one * turned if team else one,
+            two * turned if team else two,
+            sign * mean_y / POS_SCALE,
+            np.stack([*thirds, *by_team], axis=1),
+        )
+        result[team] = np.concatenate([np.asarray(c, dtype=np.float32) for c in past], axis=1)
+    return result
+
+
+def _speed_towards(pos: np.ndarray, vel: np.ndarray, target: np.ndarray) -> np.ndarray:
+    direction = target[None, :] - pos
+    unit = direction / np.maximum(_norm(direction), 1.0)
+    return np.sum(vel * unit, axis=1, keepdims=True) / BALL_SPEED_SCALE
+
+
+def _min_goal_dist(cars: np.ndarray, goal: np.ndarray) -> np.ndarray:
+    """Distance of the car nearest to ``goal`` (a demolished car does not count)."""
+    if cars.shape[1] == 0:
+        return np.full((cars.shape[0], 1), 2.0)
+    dist = vector_length(cars[:, :, 0:3] - goal[None, None, :], axis=2)
+    dist = np.where(cars[:, :, PLAYER_FIELD["demolished"]] > 0.5, np.inf, dist)
+    return _capped_dist(dist.min(axis=1))
+
+
+def _capped_dist(dist: np.ndarray) -> np.ndarray:
+    """[T] -> [T, 1] scaled; 'nobody' (inf: everyone demolished or absent) reads as far away."""
+    return np.where(np.isfinite(dist), dist / POS_SCALE, 2.0)[:, None]
+
+
+def _slots(
+    others: np.ndarray,
+    pos: np.ndarray,
+    b_pos: np.ndarray,
+    dist: np.ndarray,
+    slots: int,
+    defends: float,
+) -> np.ndarray:
+    """Other cars nearest the ball first, padded with zeros (present=0) to ``slots``.
+
+    ``dist`` is inf for a demolished or absent car: it sorts last and reads as not present.
+    ``defends`` is the sign of the goal those cars defend (-1 own team, +1 opponents):
+    goal_side says whether the car is between the ball and that goal.
+    """
+    n_frames = pos.shape[0]
+    out = np.zeros((n_frames, slots, len(OTHER_CAR_FIELDS)), dtype=np.float32)
+    if others.shape[1] == 0:
+        return out.reshape(n_frames, -1)
+    order = np.argsort(dist, axis=1)[:, :slots]
+    row = np.arange(n_frames)[:, None]
+    chosen, chosen_dist = others[row, order], dist[row, order]
+    taken = chosen.shape[1]
+    present = np.isfinite(chosen_dist)[:, :, None]
+    out[:, :taken, 0] = 1.0
+    out[:, :taken, 1:4] = (chosen[:, :, 0:3] - pos[:, None, :]) / POS_SCALE
+    out[:, :taken, 4:6] = chosen[:, :, 6:8] / CAR_SPEED_SCALE
+    out[:, :taken, 6] = chosen[:, :, PLAYER_FIELD["boost"]]
+    out[:, :taken, 7] = np.where(present[:, :, 0], chosen_dist, 0.0) / POS_SCALE
+    out[:, :taken, 8] = defends * (chosen[:, :, 1] - b_pos[:, None, 1]) > 0
+    out[:, :taken] *= present
+    return out.reshape(n_frames, -1)

@@ -1,0 +1,72 @@
+"""The ONNX model contract: the graph's input and output names, the metadata keys, loading a
+model checked against the feature schema, and the impact model as a :class:`Predictor`.
+Shared by the scorer, the live service and the trainer (which writes what this reads).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from shared.features.table import FEATURE_SCHEMA_VERSION, FeatureTable
+
+if TYPE_CHECKING:  # loaded by load_onnx: importing the contract (the CLI does) stays cheap
+    import onnxruntime as ort
+
+INPUT_NAME = "features"
+OUTPUT_NAME = "probabilities"
+META_VERSION = "rlimpact.version"
+META_SCHEMA = "rlimpact.feature_schema_version"
+DEFAULT_MODEL_FILE = "impact.onnx"  # the shipped model's file in Settings.default_model_dir
+META_KIND = "rlimpact.kind"  # "skill" for a skill model; absent for an impact model
+
+
+class ModelSchemaError(ValueError):
+    """The model was trained on another feature schema than this code produces."""
+
+
+def load_onnx(path: Path) -> tuple[ort.InferenceSession, dict[str, str]]:
+    """A one-thread CPU session and the model's metadata, checked against our feature schema."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(
+        str(path), sess_options=options, providers=["CPUExecutionProvider"]
+    )
+    meta = session.get_modelmeta().custom_metadata_map
+    schema = int(meta.get(META_SCHEMA, "0"))
+    if schema != FEATURE_SCHEMA_VERSION:
+        raise ModelSchemaError(
+            f"{path}: model expects feature schema v{schema}, features are "
+            f"v{FEATURE_SCHEMA_VERSION}"
+        )
+    return session, meta
+
+
+class Predictor(Protocol):
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """[N, F] float32 -> [N, 2] (P(score), P(concede)) per feature row."""
+        ...
+
+
+class ImpactModel:
+    """An ONNX impact model loaded in onnxruntime (CPU): a :class:`Predictor`."""
+
+    def __init__(self, path: Path) -> None:
+        self._session, meta = load_onnx(path)
+        self.version = meta.get(META_VERSION, path.stem)
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """[N, F] float32 -> [N, 2] probabilities (score, concede)."""
+        (probabilities,) = self._session.run([OUTPUT_NAME], {INPUT_NAME: features})
+        return probabilities
+
+
+def predict_table(table: FeatureTable, model: Predictor) -> np.ndarray:
+    """[T, P, 2] per-row probabilities (P(player's team scores), P(it concedes))."""
+    n_frames, n_players, n_features = table.features.shape
+    rows = np.ascontiguousarray(table.features.reshape(-1, n_features), dtype=np.float32)
+    return model.predict(rows).reshape(n_frames, n_players, 2)
