@@ -81,6 +81,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     from services.trainer.compare import BASELINE, MODEL, baseline_config
+    from services.trainer.data import scoped_tables, split_by_replay
     from services.trainer.evaluate import (
         BALL_INPUTS,
         CALIBRATION_FILE,
@@ -92,7 +93,7 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
         format_report,
         impact_plot,
     )
-    from services.trainer.train import scoped_tables, split_by_replay, train_impact_model
+    from services.trainer.train import train_impact_model
     from shared.impact import credit_touches, score_credits, team_score_probability
     from shared.model import predict_table
 

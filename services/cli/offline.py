@@ -247,12 +247,10 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     if args.local is None:
         return asyncio.run(_request_training(settings, args.promote))
-    from services.trainer.train import (
-        export_onnx,
-        scoped_tables,
-        train_impact_model,
-        weights_digest,
-    )
+    from services.trainer.data import scoped_tables
+    from services.trainer.export import export_onnx
+    from services.trainer.network import weights_digest
+    from services.trainer.train import train_impact_model
 
     config = recipe_config(args)
     out = args.out or settings.default_model_dir / DEFAULT_MODEL_FILE

@@ -13,14 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from services.trainer.data import scoped_tables, shuffled_by_replay, split_by_replay
 from services.trainer.evaluate import BALL_INPUTS, TeamForecasts, TorchPredictor, forecasts
-from services.trainer.train import (
-    TrainConfig,
-    scoped_tables,
-    shuffled_by_replay,
-    split_by_replay,
-    train_on_split,
-)
+from services.trainer.train import TrainConfig, train_on_split
 from shared.features.table import FeatureTable
 
 MODEL = "model"

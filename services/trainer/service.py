@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
+from services.trainer.export import OnnxSignature, export_onnx, onnx_parity
 from services.trainer.skill import (
     SKILL_SIGNATURE,
     PlayerKey,
@@ -28,14 +29,7 @@ from services.trainer.skill import (
     export_skill_onnx,
     train_skill_model,
 )
-from services.trainer.train import (
-    OnnxSignature,
-    TrainConfig,
-    TrainResult,
-    export_onnx,
-    onnx_parity,
-    train_impact_model,
-)
+from services.trainer.train import TrainConfig, TrainResult, train_impact_model
 from shared import db
 from shared.events import MODEL_PROMOTED, TRAIN_REQUESTED, ModelPromoted, TrainRequested
 from shared.features.dataset import read_stored_features

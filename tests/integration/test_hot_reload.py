@@ -22,13 +22,14 @@ import asyncpg
 import pytest
 
 from services.parser.parse import parse_replay_file
+from services.trainer.export import export_onnx
 from services.trainer.skill import (
     SkillConfig,
     export_skill_onnx,
     planted_ratings,
     train_skill_model,
 )
-from services.trainer.train import TrainConfig, export_onnx, train_impact_model
+from services.trainer.train import TrainConfig, train_impact_model
 from shared.events import SCORES_EMITTED, ScoreEmitted
 from shared.features.batch import featurize
 from tests.integration.conftest import Stack, events_on, wait_for

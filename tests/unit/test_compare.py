@@ -19,8 +19,9 @@ from services.trainer.compare import (
     out_of_fold_models,
     replay_folds,
 )
+from services.trainer.data import scoped_tables
 from services.trainer.evaluate import TeamForecasts
-from services.trainer.train import TrainConfig, scoped_tables
+from services.trainer.train import TrainConfig
 from shared.features.batch import featurize
 from shared.features.table import FeatureTable
 

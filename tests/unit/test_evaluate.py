@@ -21,7 +21,8 @@ from services.trainer.evaluate import (
     table_forecasts,
     weighted_roc_auc,
 )
-from services.trainer.train import TrainConfig, export_onnx, train_impact_model
+from services.trainer.export import export_onnx
+from services.trainer.train import TrainConfig, train_impact_model
 from shared.features.batch import featurize
 from shared.features.dataset import SCHEMA_VERSION_KEY, read_features
 from shared.features.table import FEATURE_SCHEMA_VERSION, FeatureTable

@@ -10,15 +10,11 @@ import pytest
 import torch
 
 from services.parser.parse import parse_replay_file
+from services.trainer.data import split_by_replay, stack_rows
 from services.trainer.evaluate import BALL_INPUTS
-from services.trainer.train import (
-    ImpactNet,
-    TrainConfig,
-    export_onnx,
-    split_by_replay,
-    stack_rows,
-    train_impact_model,
-)
+from services.trainer.export import export_onnx
+from services.trainer.network import ImpactNet
+from services.trainer.train import TrainConfig, train_impact_model
 from shared.events import GoalInfo, PlayerInfo
 from shared.features.batch import featurize
 from shared.features.table import FEATURE_NAMES, MIRROR_SIGNS, N_FEATURES, FeatureTable

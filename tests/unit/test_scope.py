@@ -7,7 +7,8 @@ from dataclasses import replace
 import pytest
 
 from services.parser.parse import parse_replay_file
-from services.trainer.train import TrainConfig, scoped_tables, train_impact_model
+from services.trainer.data import scoped_tables
+from services.trainer.train import TrainConfig, train_impact_model
 from shared.features.batch import featurize
 from shared.scope import game_mode, in_scope, standard_arena
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from services.parser.parse import parse_replay_file
+from services.trainer.export import export_onnx, onnx_parity
 from services.trainer.skill import (
     PLANTED_MIN_SPEED,
     SKILL_SIGNATURE,
@@ -18,7 +19,7 @@ from services.trainer.skill import (
     regression_metrics,
     train_skill_model,
 )
-from services.trainer.train import TrainResult, export_onnx, onnx_parity, train_impact_model
+from services.trainer.train import TrainResult, train_impact_model
 from shared.features.batch import featurize
 from shared.features.table import FEATURE_NAMES, FeatureTable
 from shared.model import ModelSchemaError

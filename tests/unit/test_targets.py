@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from services.parser.parse import parse_replay_file
+from services.trainer.data import stack_rows
 from services.trainer.targets import BALL_Y, NO_AUX, AuxTargets, training_targets
-from services.trainer.train import stack_rows
 from shared.features.batch import featurize
 from shared.features.table import FeatureTable
 

@@ -18,21 +18,17 @@ import torch
 from PIL import Image
 
 from services.parser.parse import parse_replay_file
-from services.trainer.train import (
+from services.trainer.data import split_by_replay, stack_rows
+from services.trainer.export import export_onnx, onnx_parity
+from services.trainer.fit import (
     CHECKPOINT_FILE,
     LOSS_CURVE_FILE,
     MILESTONES_DIR,
-    ImpactEnsemble,
-    TrainConfig,
     data_hash,
-    export_onnx,
-    onnx_parity,
-    split_by_replay,
-    stack_rows,
     torch_threads,
-    train_impact_model,
-    weights_digest,
 )
+from services.trainer.network import ImpactEnsemble, weights_digest
+from services.trainer.train import TrainConfig, train_impact_model
 from shared.features.batch import featurize
 from shared.features.table import FEATURE_SCHEMA_VERSION, N_FEATURES, FeatureTable
 from shared.scope import in_scope
