@@ -22,7 +22,8 @@ from shared.settings import Settings
 
 if TYPE_CHECKING:
     from services.parser.header import PlayerStats
-    from services.trainer.validity import Estimate, MatchParts, Prediction, Reliability
+    from services.trainer.statistics import Estimate
+    from services.trainer.validity import MatchParts, Prediction, Reliability
     from shared.features.table import FeatureTable
     from shared.model import Predictor
 

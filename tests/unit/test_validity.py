@@ -13,17 +13,14 @@ import pytest
 from services.cli.validate import header_points
 from services.parser.header import player_stats, player_stats_of_file
 from services.parser.parse import parse_replay_file
+from services.trainer.statistics import pearson, ranks, spearman, standardised
 from services.trainer.validity import (
     MatchParts,
     across_match_reliability,
     match_parts,
     part_bounds,
-    pearson,
     predictive_validity,
-    ranks,
-    spearman,
     split_half_reliability,
-    standardised,
 )
 from shared.features.batch import featurize
 from shared.impact import IMPACT_SCALE, TouchCredit, credit_touches, live_minutes
