@@ -22,8 +22,8 @@ from shared.settings import Settings
 
 if TYPE_CHECKING:
     from services.trainer.compare import CrossValidation
+    from services.trainer.config import TrainConfig
     from services.trainer.evaluate import AucInterval
-    from services.trainer.train import TrainConfig
     from shared.features.table import FeatureTable
 
 Metrics = dict[str, dict[str, float]]  # per event, per metric name
@@ -58,7 +58,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "replays", nargs="?", type=Path, help="folder of replays (default: $REPLAYS_DIR/corpus)"
     )
     crossval.add_argument("--folds", type=int, default=5, help="folds of replays, dealt by file")
-    add_recipe_arguments(crossval, epochs=8)
+    add_recipe_arguments(crossval)
     crossval.add_argument("--baseline-epochs", type=int, default=6)
     crossval.add_argument(
         "--train-share", type=float, default=1.0,
@@ -180,7 +180,7 @@ def cmd_crossval(args: argparse.Namespace, settings: Settings) -> int:
     intervals = auc_intervals(pooled)
     print(format_report(pooled, intervals))
     summary = {
-        "recipe": {"epochs": config.epochs, "members": config.members, "seed": config.seed},
+        "recipe": {"epochs": config.fit.epochs, "members": config.members, "seed": config.fit.seed},
         "train_share": args.train_share,
         "folds": [
             {
@@ -208,8 +208,8 @@ def _print_folds(
 
     replays = sum(len(fold.held_out) for fold in result.folds)
     print(
-        f"\nthe training recipe (--epochs {config.epochs} --members {config.members} "
-        f"--seed {config.seed}) vs the ball-only baseline's, {len(result.folds)}-fold "
+        f"\nthe training recipe (--epochs {config.fit.epochs} --members {config.members} "
+        f"--seed {config.fit.seed}) vs the ball-only baseline's, {len(result.folds)}-fold "
         f"cross-validation of {replays} Soccar replays on standard arenas: each fold held out "
         f"once, both retrained on the others (early stopping on {config.val_fraction:.0%} of them)"
     )

@@ -32,6 +32,8 @@ OUT_OF_SCOPE_NOTE = (
     "these scores are indicative only"
 )
 TEAM_NAMES = ("blue", "orange")
+# where `train --local` writes without --out: beside the data, never over the tracked shipped model
+LOCAL_MODEL_PATH = Path("models") / DEFAULT_MODEL_FILE
 IMPACT_LEGEND = (
     "impact: value added by the player's touches, 100 = one goal "
     "(offence: team P(score) raised; defence: team P(concede) lowered)"
@@ -49,8 +51,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         metavar="REPLAY_DIR",
         help="train in-process on the replays of this folder instead (no servers needed)",
     )
-    train.add_argument("--out", type=Path, help="with --local: where to write the ONNX model")
-    add_recipe_arguments(train, epochs=6)  # with --local
+    train.add_argument(
+        "--out", type=Path,
+        help=f"with --local: where to write the ONNX model (default: DATA_DIR/{LOCAL_MODEL_PATH}; "
+        "the shipped model is only overwritten when asked for by name)",
+    )  # fmt: skip
+    add_recipe_arguments(train)  # with --local
     train.set_defaults(func=cmd_train)
 
     score = commands.add_parser("score", help="score replay files offline (no servers needed)")
@@ -253,7 +259,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from services.trainer.train import train_impact_model
 
     config = recipe_config(args)
-    out = args.out or settings.default_model_dir / DEFAULT_MODEL_FILE
+    out = args.out or settings.data_dir / LOCAL_MODEL_PATH
     tables = [table for _, table in featurize_replays([args.local], settings)]
     if len(scoped_tables(tables)[0]) < 2:
         raise SystemExit(

@@ -54,7 +54,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="instead of --model: retrain the recipe (below) once per fold of the replays and "
         "score each replay with the model that never saw it",
     )  # fmt: skip
-    add_recipe_arguments(validate, epochs=8)
+    add_recipe_arguments(validate)
     validate.set_defaults(func=cmd_validate)
 
 

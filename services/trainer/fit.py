@@ -12,7 +12,7 @@ import json
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from services.trainer.config import FitConfig
 from shared.features.table import (
     FEATURE_SCHEMA_VERSION,
 )
@@ -29,28 +30,6 @@ from shared.features.table import (
 CHECKPOINT_FILE = "checkpoint.pt"
 LOSS_CURVE_FILE = "loss.png"
 MILESTONES_DIR = "milestones"
-
-
-@dataclass(frozen=True)
-class FitConfig:
-    """How :func:`fit` runs, whatever the model."""
-
-    epochs: int
-    learning_rate: float
-    seed: int = 0
-    weight_decay: float = 0.0
-    patience: int = 3  # stop after this many epochs without a better validation loss (0: never)
-    min_delta: float = 0.0  # how much lower a validation loss must be to count as better
-    milestone_every: int = 5  # snapshot every N epochs, besides the final one (0: final only)
-    # torch's arithmetic depends on how many threads share a kernel: a seeded run gives the same
-    # weights bit for bit only with the same count (and CPU kind), whatever the machine's cores
-    threads: int = 1
-
-    @classmethod
-    def of(cls, config: object) -> FitConfig:
-        """The fit settings of a model's config: its fields of the same names."""
-        names = [f.name for f in fields(cls) if hasattr(config, f.name)]
-        return cls(**{name: getattr(config, name) for name in names})
 
 
 @dataclass(frozen=True)

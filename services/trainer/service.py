@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
+from services.trainer.config import SHIPPED_RECIPE
 from services.trainer.export import OnnxSignature, export_onnx, onnx_parity
 from services.trainer.skill import (
     SKILL_SIGNATURE,
@@ -29,7 +30,7 @@ from services.trainer.skill import (
     export_skill_onnx,
     train_skill_model,
 )
-from services.trainer.train import TrainConfig, TrainResult, train_impact_model
+from services.trainer.train import TrainResult, train_impact_model
 from shared import db
 from shared.events import MODEL_PROMOTED, TRAIN_REQUESTED, ModelPromoted, TrainRequested
 from shared.features.dataset import read_stored_features
@@ -122,7 +123,7 @@ async def train_and_register(
     )
     replay_ids = [t.replay_id for t in tables]
     result = await asyncio.to_thread(
-        train_impact_model, tables, TrainConfig(), False, run_dir(ctx, "impact", replay_ids, [])
+        train_impact_model, tables, SHIPPED_RECIPE, False, run_dir(ctx, "impact", replay_ids, [])
     )
     parity_rows = tables[0].features.reshape(-1, N_FEATURES)[:PARITY_ROWS]
     record = await register(

@@ -25,9 +25,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from services.trainer.config import FitConfig
 from services.trainer.data import split_by_replay
 from services.trainer.export import OnnxSignature, export_onnx
-from services.trainer.fit import FitConfig, RunInfo, data_hash, fit, fit_metrics, write_snapshot
+from services.trainer.fit import RunInfo, data_hash, fit, fit_metrics, write_snapshot
 from services.trainer.train import TrainResult
 from shared.features.table import FEATURE_NAMES, N_FEATURES, FeatureTable
 from shared.skill import (

@@ -18,58 +18,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from services.trainer.config import TrainConfig
 from services.trainer.data import ImpactTask, scoped_tables, split_by_replay, stack_rows
 from services.trainer.evaluate import TorchPredictor, forecasts
-from services.trainer.fit import (
-    FitConfig,
-    FitResult,
-    RunInfo,
-    data_hash,
-    fit,
-    fit_metrics,
-    write_snapshot,
-)
+from services.trainer.fit import FitResult, RunInfo, data_hash, fit, fit_metrics, write_snapshot
 from services.trainer.network import ImpactEnsemble, ImpactNet, input_scaling, member_seed
-from services.trainer.targets import AuxTargets
 from shared.features.table import (
     N_FEATURES,
     FeatureTable,
 )
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 6
-    batch_size: int = 2048
-    learning_rate: float = 2e-3
-    hidden: tuple[int, ...] = (128, 64)
-    val_fraction: float = 0.2
-    seed: int = 0
-    patience: int = 3
-    min_delta: float = 0.0
-    milestone_every: int = 5
-    threads: int = 1  # torch threads while training (FitConfig.threads)
-    # The impact model's inputs and regularisation (see ImpactNet and stack_rows)
-    inputs: tuple[str, ...] | None = None  # feature names the model reads (None: all)
-    dropout: float = 0.2
-    weight_decay: float = 1e-4
-    frame_stride: int = 4  # train on every n-th live frame (neighbours are near duplicates)
-    # Auxiliary targets (services/trainer/targets.py), each weighted by aux_weight against the
-    # forecast pair's 1; extra heads that shape the shared layers, left out of forward.
-    aux: AuxTargets = field(default_factory=AuxTargets)
-    aux_weight: float = 1.0
-    # Networks trained from different initial weights on the same split; the model is their
-    # mean probability (one ONNX graph). Member i is seeded with member_seed(seed, i).
-    members: int = 1
-    mirrored: bool = True  # symmetric under the pitch mirrored left-right (ImpactNet)
-
-    def __post_init__(self) -> None:
-        if self.members < 1:
-            raise ValueError(f"an impact model needs at least one member, got {self.members}")
-
-    @property
-    def fit(self) -> FitConfig:
-        return FitConfig.of(self)
 
 
 @dataclass(frozen=True)
@@ -85,16 +42,16 @@ class TrainResult:
 
 def train_impact_model(
     tables: list[FeatureTable],
-    config: TrainConfig = TrainConfig(),
+    config: TrainConfig,
     progress: bool = True,
     run_dir: Path | None = None,
 ) -> TrainResult:
     """Train on those of ``tables`` in the model's scope (Soccar on standard arenas, see
-    shared/scope.py), split by file (``config.val_fraction``, ``config.seed``); with
+    shared/scope.py), split by file (``config.val_fraction``, ``config.fit.seed``); with
     ``run_dir``, checkpoint there and resume a killed run (an ensemble's members each in
     their own ``member-N`` folder)."""
     scoped, other = scoped_tables(tables)
-    train_tables, val_tables = split_by_replay(scoped, config.val_fraction, config.seed)
+    train_tables, val_tables = split_by_replay(scoped, config.val_fraction, config.fit.seed)
     result = train_on_split(train_tables, val_tables, config, progress, run_dir)
     return replace(result, out_of_scope=[t.replay_id for t in other])
 
@@ -102,7 +59,7 @@ def train_impact_model(
 def train_on_split(
     train_tables: list[FeatureTable],
     val_tables: list[FeatureTable],
-    config: TrainConfig = TrainConfig(),
+    config: TrainConfig,
     progress: bool = True,
     run_dir: Path | None = None,
 ) -> TrainResult:
@@ -121,7 +78,7 @@ def train_on_split(
     run = RunInfo("impact", data_hash(train_ids, val_ids))
     nets, fits = [], []
     for member in range(config.members):
-        seed = member_seed(config.seed, member)
+        seed = member_seed(config.fit.seed, member)
         torch.manual_seed(seed)
         net = ImpactNet(
             N_FEATURES,

@@ -22,6 +22,7 @@ import asyncpg
 import pytest
 
 from services.parser.parse import parse_replay_file
+from services.trainer.config import TrainConfig
 from services.trainer.export import export_onnx
 from services.trainer.skill import (
     SkillConfig,
@@ -29,7 +30,7 @@ from services.trainer.skill import (
     planted_ratings,
     train_skill_model,
 )
-from services.trainer.train import TrainConfig, train_impact_model
+from services.trainer.train import train_impact_model
 from shared.events import SCORES_EMITTED, ScoreEmitted
 from shared.features.batch import featurize
 from tests.integration.conftest import Stack, events_on, wait_for
@@ -59,7 +60,9 @@ def model_files(good_replays, tmp_path_factory) -> tuple[Path, Path]:
     files = []
     run = uuid.uuid4().hex[:8]
     for seed in (1, 2):
-        result = train_impact_model(tables, TrainConfig(epochs=1, seed=seed), progress=False)
+        result = train_impact_model(
+            tables, TrainConfig().with_fit(epochs=1, seed=seed), progress=False
+        )
         files.append(folder / f"model-{seed}.onnx")
         export_onnx(result.model, files[-1], f"impact-hot-reload-{run}-seed{seed}")
     return files[0], files[1]

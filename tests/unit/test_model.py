@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from services.parser.parse import parse_replay_file
+from services.trainer.config import TrainConfig
 from services.trainer.data import split_by_replay, stack_rows
 from services.trainer.evaluate import BALL_INPUTS
 from services.trainer.export import export_onnx
 from services.trainer.network import ImpactNet
-from services.trainer.train import TrainConfig, train_impact_model
+from services.trainer.train import train_impact_model
 from shared.events import GoalInfo, PlayerInfo
 from shared.features.batch import featurize
 from shared.features.table import FEATURE_NAMES, MIRROR_SIGNS, N_FEATURES, FeatureTable
@@ -37,7 +38,7 @@ def tables(good_replays) -> list[FeatureTable]:
 
 @pytest.fixture(scope="module")
 def exported(tables, tmp_path_factory) -> tuple[torch.nn.Module, Path]:
-    result = train_impact_model(tables, TrainConfig(epochs=1), progress=False)
+    result = train_impact_model(tables, TrainConfig().with_fit(epochs=1), progress=False)
     path = tmp_path_factory.mktemp("model") / "impact.onnx"
     export_onnx(result.model, path, "impact-test")
     return result.model, path

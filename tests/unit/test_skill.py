@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from services.parser.parse import parse_replay_file
+from services.trainer.config import TrainConfig
 from services.trainer.export import export_onnx, onnx_parity
 from services.trainer.skill import (
     PLANTED_MIN_SPEED,
@@ -97,7 +98,7 @@ def test_skill_onnx_matches_torch_and_the_scorer_reads_it(trained, tables, tmp_p
 
 
 def test_an_impact_model_is_not_taken_for_a_skill_model(tables, tmp_path):
-    impact = train_impact_model(tables[:3], progress=False).model
+    impact = train_impact_model(tables[:3], TrainConfig(), progress=False).model
     export_onnx(impact, tmp_path / "impact.onnx", "impact-test")
     with pytest.raises(ModelSchemaError, match="not a skill model"):
         SkillModel(tmp_path / "impact.onnx")
