@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from shared.features.context import median_step
 from shared.features.table import FEATURE_NAMES, FeatureTable
 from shared.model import ImpactModel, Predictor, predict_table
 
@@ -172,9 +173,7 @@ def _stretch_outcomes(
 
 def frame_step(table: FeatureTable) -> float:
     """Seconds between frames (the median step; 0 for fewer than two frames)."""
-    if table.time.shape[0] < 2:
-        return 0.0
-    return float(np.median(np.diff(table.time)))
+    return median_step(table.time) if table.time.shape[0] > 1 else 0.0
 
 
 def live_minutes(table: FeatureTable) -> float:

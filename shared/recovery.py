@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from shared import db, metrics
+from shared.backoff import sleep_unless_stopped
 from shared.events import (
     FEATURES_READY,
     FRAMES_PARSED,
@@ -298,8 +299,7 @@ async def reconcile_forever(ctx: ServiceContext, store: BlobStore) -> None:
                 log.info("re-drove %d stranded replays", len(plans))
         except DEPENDENCY_DOWN as error:
             log.warning("reconcile pass failed, retrying in %.0f s: %s", interval, error)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(ctx.stop.wait(), interval)
+        await sleep_unless_stopped(ctx.stop, interval)
 
 
 # ---------------------------------------------------------------- by hand

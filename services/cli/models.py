@@ -97,18 +97,13 @@ def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _promote(settings: Settings, ref: str) -> int:
-    from shared import db
-    from shared.events import MODEL_PROMOTED, ModelPromoted
+    from shared.registry import promote_and_announce
     from shared.service import service_context
 
     async with service_context("cli", settings) as ctx:
         async with ctx.pool.acquire() as conn:
             found = await _model(conn, ref)
-            record = await db.promote_model(conn, found.id)
-        await ctx.producer.send(
-            MODEL_PROMOTED,
-            ModelPromoted(model_id=record.id, model_version=record.version, kind=record.kind),
-        )
+        record = await promote_and_announce(ctx, found.id)
     print(f"model {record.id} {record.version} is now the active {record.kind} model")
     return 0
 

@@ -110,7 +110,9 @@ def cross_validate(
     for held_out, train, val in fold_splits(scoped, folds, model):
         ids = {t.replay_id for t in held_out}
         if train_share < 1:
-            train = shuffled_by_replay(train, model.fit.seed)[: max(1, round(train_share * len(train)))]
+            train = shuffled_by_replay(train, model.fit.seed)[
+                : max(1, round(train_share * len(train)))
+            ]
         results = {}
         for name, config in ((MODEL, model), (BASELINE, baseline)):
             trained = train_on_split(train, val, config, progress=False)

@@ -39,11 +39,10 @@ from services.trainer.statistics import (
     standardised,
 )
 from shared.features.table import FEATURE_NAMES, FeatureTable
-from shared.impact import IMPACT_SCALE, SECONDS_PER_MINUTE, TouchCredit
+from shared.impact import DEMOLISHED, IMPACT_SCALE, SECONDS_PER_MINUTE, TouchCredit, frame_step
 
 TEAM_SIZE = FEATURE_NAMES.index("team_size")
 TEAM_SIZE_SCALE = 4.0  # features.py stores team_size / 4
-DEMOLISHED = FEATURE_NAMES.index("demolished")
 MIN_PRESENCE = 0.5  # a player counts in a part when on the pitch for this share of its frames
 MIN_LIVE_MINUTES = 2.0  # shorter replays (clips, aborted matches) are too short to cut in parts
 IMPACT = "impact"
@@ -122,7 +121,7 @@ def match_parts(
         totals["defence"][part, player] += IMPACT_SCALE * credit.defence
         totals["touches"][part, player] += 1
     totals["impact"] = totals["offence"] + totals["defence"]
-    step = float(np.median(np.diff(table.time))) if table.time.shape[0] > 1 else 0.0
+    step = frame_step(table)
     on_pitch = (table.features[:, :, DEMOLISHED] < 0.5) & table.live[:, None]
     minutes, present, p_mean = np.zeros(n_parts), np.zeros((n_parts, n_players), bool), []
     for part in range(n_parts):
