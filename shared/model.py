@@ -5,6 +5,9 @@ Shared by the scorer, the live service and the trainer (which writes what this r
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -21,6 +24,10 @@ META_VERSION = "rlimpact.version"
 META_SCHEMA = "rlimpact.feature_schema_version"
 DEFAULT_MODEL_FILE = "impact.onnx"  # the shipped model's file in Settings.default_model_dir
 META_KIND = "rlimpact.kind"  # "skill" for a skill model; absent for an impact model
+# The replays a model was trained and early-stopped on (JSON lists of replay ids); a model
+# exported before they were recorded (the shipped one) has neither
+META_TRAIN_REPLAYS = "rlimpact.train_replays"
+META_VAL_REPLAYS = "rlimpact.val_replays"
 
 
 class ModelSchemaError(ValueError):
@@ -58,11 +65,38 @@ class ImpactModel:
     def __init__(self, path: Path) -> None:
         self._session, meta = load_onnx(path)
         self.version = meta.get(META_VERSION, path.stem)
+        self.split = recorded_split(meta)
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """[N, F] float32 -> [N, 2] probabilities (score, concede)."""
         (probabilities,) = self._session.run([OUTPUT_NAME], {INPUT_NAME: features})
         return probabilities
+
+
+@dataclass(frozen=True)
+class RecordedSplit:
+    """The replays a model was trained on and those it held out for early stopping."""
+
+    train_replays: frozenset[str]
+    val_replays: frozenset[str]
+
+
+def split_metadata(train_replays: Iterable[str], val_replays: Iterable[str]) -> dict[str, str]:
+    """ONNX metadata entries that record a model's split (see :func:`recorded_split`)."""
+    return {
+        META_TRAIN_REPLAYS: json.dumps(sorted(train_replays)),
+        META_VAL_REPLAYS: json.dumps(sorted(val_replays)),
+    }
+
+
+def recorded_split(meta: dict[str, str]) -> RecordedSplit | None:
+    """The split a model's metadata records, None for a model that records none."""
+    if META_TRAIN_REPLAYS not in meta:
+        return None
+    return RecordedSplit(
+        frozenset(json.loads(meta[META_TRAIN_REPLAYS])),
+        frozenset(json.loads(meta.get(META_VAL_REPLAYS, "[]"))),
+    )
 
 
 def predict_table(table: FeatureTable, model: Predictor) -> np.ndarray:

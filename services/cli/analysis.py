@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from services.trainer.config import TrainConfig
     from services.trainer.evaluate import AucInterval
     from shared.features.table import FeatureTable
+    from shared.model import ImpactModel
 
 Metrics = dict[str, dict[str, float]]  # per event, per metric name
 METRICS_FILE = "metrics.json"
@@ -81,7 +82,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     from services.trainer.compare import BASELINE, MODEL, baseline_config
-    from services.trainer.data import scoped_tables, split_by_replay
+    from services.trainer.data import model_split, scoped_tables
     from services.trainer.evaluate import (
         BALL_INPUTS,
         CALIBRATION_FILE,
@@ -93,7 +94,7 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
         format_report,
         impact_plot,
     )
-    from services.trainer.train import train_impact_model
+    from services.trainer.train import train_on_split
     from shared.impact import credit_touches, score_credits, team_score_probability
     from shared.model import predict_table
 
@@ -104,13 +105,17 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     scoped, other = scoped_tables(tables)
     if len(scoped) < 2:
         raise SystemExit(f"rlimpact: need at least 2 usable Soccar replays in {folder}")
-    _, held_out = split_by_replay(scoped, args.val_fraction, args.seed)
+    try:
+        trained, held_out = model_split(scoped, model.split, args.val_fraction, args.seed)
+    except ValueError as error:
+        raise SystemExit(f"rlimpact: {model.version}: {error}") from None
+    print(_split_note(model, args, len(held_out)), file=sys.stderr)
     print(
         f"baseline: the impact network on {', '.join(BALL_INPUTS)} only, same trainer and split",
         file=sys.stderr,
     )
-    baseline = train_impact_model(
-        tables, baseline_config(args.baseline_epochs, args.seed, args.val_fraction)
+    baseline = train_on_split(
+        trained, held_out, baseline_config(args.baseline_epochs, args.seed, args.val_fraction)
     )
     results = {
         MODEL: forecasts(held_out, model),
@@ -155,6 +160,19 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     (out / METRICS_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     print(f"\nwrote {out / CALIBRATION_FILE}, {out / IMPACT_FILE}, {out / METRICS_FILE}")
     return 0
+
+
+def _split_note(model: ImpactModel, args: argparse.Namespace, held_out: int) -> str:
+    if model.split is None:
+        return (
+            f"note: {model.version} records no training split: held out are the {held_out} "
+            f"replays of the --seed {args.seed} --val-fraction {args.val_fraction:g} split, "
+            "which are unseen only if the model was trained with those (the shipped one was)"
+        )
+    return (
+        f"held out: the {held_out} replays {model.version} was not trained on (its recorded "
+        "split; --seed only seeds the baseline)"
+    )
 
 
 def cmd_crossval(args: argparse.Namespace, settings: Settings) -> int:

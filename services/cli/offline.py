@@ -257,6 +257,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from services.trainer.export import export_onnx
     from services.trainer.network import weights_digest
     from services.trainer.train import train_impact_model
+    from shared.model import split_metadata
 
     config = recipe_config(args)
     out = args.out or settings.data_dir / LOCAL_MODEL_PATH
@@ -271,7 +272,12 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     version = (
         f"impact-local-seed{args.seed}{members}-{len(tables)}replays-{weights_digest(result.model)}"
     )
-    export_onnx(result.model, out, version)
+    export_onnx(
+        result.model,
+        out,
+        version,
+        metadata=split_metadata(result.train_replays, result.val_replays),
+    )
     print(
         f"trained on {len(result.train_replays)} replays, validated on "
         f"{len(result.val_replays)} held-out replays; wrote {out} ({version})"

@@ -16,6 +16,7 @@ from shared.features.table import (
     N_FEATURES,
     FeatureTable,
 )
+from shared.model import RecordedSplit
 from shared.scope import in_scope
 
 VAL_CHUNK_ROWS = 65536
@@ -37,6 +38,21 @@ def split_by_replay(
     ranked = shuffled_by_replay(tables, seed)
     n_val = min(len(ranked) - 1, max(1, round(val_fraction * len(ranked))))
     return ranked[n_val:], ranked[:n_val]
+
+
+def model_split(
+    tables: list[FeatureTable], split: RecordedSplit | None, val_fraction: float, seed: int
+) -> tuple[list[FeatureTable], list[FeatureTable]]:
+    """(trained on, held out) of ``tables`` for a model: by the split it records when it does
+    (held out: every replay it was not trained on), else by :func:`split_by_replay` with
+    ``val_fraction`` and ``seed``, the split of a model trained with those."""
+    if split is None:
+        return split_by_replay(tables, val_fraction, seed)
+    trained = [t for t in tables if t.replay_id in split.train_replays]
+    held_out = [t for t in tables if t.replay_id not in split.train_replays]
+    if not held_out:
+        raise ValueError("the model was trained on every one of these replays: none is held out")
+    return trained, held_out
 
 
 def scoped_tables(tables: list[FeatureTable]) -> tuple[list[FeatureTable], list[FeatureTable]]:

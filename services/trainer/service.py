@@ -11,6 +11,7 @@ delivered again.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Mapping
@@ -36,6 +37,7 @@ from shared.events import TRAIN_REQUESTED, TrainRequested
 from shared.features.dataset import read_stored_features
 from shared.features.table import FEATURE_SCHEMA_VERSION, N_FEATURES, FeatureTable
 from shared.kafka import consume
+from shared.model import split_metadata
 from shared.registry import promote_and_announce
 from shared.service import ServiceContext, run_service
 from shared.skill import player_sequences
@@ -118,9 +120,10 @@ async def train_and_register(
         train_impact_model, tables, SHIPPED_RECIPE, False, run_dir(ctx, "impact", replay_ids, [])
     )
     parity_rows = tables[0].features.reshape(-1, N_FEATURES)[:PARITY_ROWS]
-    record = await register(
-        ctx, "impact", result, request, export_onnx, parity_rows, OnnxSignature()
+    export = functools.partial(
+        export_onnx, metadata=split_metadata(result.train_replays, result.val_replays)
     )
+    record = await register(ctx, "impact", result, request, export, parity_rows, OnnxSignature())
     ratings = mean_ratings([label for label in labels if label.replay_id in set(replay_ids)])
     if ratings:
         await train_skill(ctx, request, tables, ratings)

@@ -24,9 +24,6 @@ PLAYERS_KEY = b"rlimpact.players"
 GOALS_KEY = b"rlimpact.goals"
 MAP_NAME_KEY = b"rlimpact.map_name"
 GAME_MODE_KEY = b"rlimpact.game_mode"
-KEY_COLUMNS = ("replay_id", "frame", "time", "segment", "live", "player_index", "team")
-LABEL_COLUMNS = ("label_score", "label_concede")
-EVENT_COLUMNS = ("touched",)
 
 
 class FeatureSchemaError(ValueError):

@@ -19,7 +19,7 @@ from PIL import Image
 
 from services.parser.parse import parse_replay_file
 from services.trainer.config import TrainConfig
-from services.trainer.data import split_by_replay, stack_rows
+from services.trainer.data import model_split, split_by_replay, stack_rows
 from services.trainer.export import export_onnx, onnx_parity
 from services.trainer.fit import (
     CHECKPOINT_FILE,
@@ -32,6 +32,7 @@ from services.trainer.network import ImpactEnsemble, weights_digest
 from services.trainer.train import train_impact_model
 from shared.features.batch import featurize
 from shared.features.table import FEATURE_SCHEMA_VERSION, N_FEATURES, FeatureTable
+from shared.model import ImpactModel, split_metadata
 from shared.scope import in_scope
 from shared.settings import REPO_ROOT
 from tests.conftest import ManifestRow
@@ -217,3 +218,27 @@ def _epoch_seconds(iso: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(iso).timestamp()
+
+
+def test_a_model_records_its_split_and_evaluation_holds_out_what_it_was_not_trained_on(
+    tables, tmp_path
+):
+    result = train_impact_model(tables, FAST, progress=False)
+    path = tmp_path / "impact.onnx"
+    metadata = split_metadata(result.train_replays, result.val_replays)
+    export_onnx(result.model, path, "impact-split", metadata=metadata)
+    split = ImpactModel(path).split
+    assert split is not None
+    assert split.train_replays == set(result.train_replays)
+    assert split.val_replays == set(result.val_replays)
+    trained, held_out = model_split(tables, split, val_fraction=0.5, seed=99)
+    assert {t.replay_id for t in trained} == set(result.train_replays)
+    assert {t.replay_id for t in held_out} == set(result.val_replays)
+    with pytest.raises(ValueError, match="none is held out"):
+        model_split(trained, split, val_fraction=0.5, seed=99)
+
+
+def test_a_model_without_a_recorded_split_is_held_out_by_seed(tables):
+    assert model_split(tables, None, 0.2, 0) == split_by_replay(tables, 0.2, 0)
+    shipped = ImpactModel(REPO_ROOT / "models" / "default" / "impact.onnx")
+    assert shipped.split is None  # exported before splits were recorded
