@@ -19,6 +19,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+# this checkout's code, not whatever checkout the venv was installed from (a git worktree)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import pyarrow.parquet as pq
 
 from services.cli.common import load_impact_model
@@ -73,7 +76,10 @@ def main() -> int:
         if args.evaluate:
             out = Path(tmp) / "evaluate"
             cli = [sys.executable, "-m", "services.cli", "evaluate", "--out", str(out)]
-            subprocess.run(cli, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            root = Path(__file__).resolve().parents[1]
+            subprocess.run(
+                cli, check=True, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
             metrics = (out / "metrics.json").read_bytes()
             print(f"evaluate metrics.json {hashlib.sha256(metrics).hexdigest()}")
     return 0
