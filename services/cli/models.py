@@ -199,7 +199,8 @@ def cmd_train_skill(args: argparse.Namespace, settings: Settings) -> int:
             "rlimpact: offline skill training needs --planted-labels; real ratings live in "
             "Postgres ('rlimpact labels import'), and 'rlimpact train' trains on them"
         )
-    from services.parser.parse import ReplayParseError, parse_replay_file
+    from services.parser.parse import ReplayParseError
+    from services.parser.validate import parse_valid_replay
     from services.trainer.skill import (
         SkillConfig,
         export_skill_onnx,
@@ -215,7 +216,8 @@ def cmd_train_skill(args: argparse.Namespace, settings: Settings) -> int:
         if args.limit is not None and len(tables) >= args.limit:
             break
         try:
-            parsed = parse_replay_file(path, sha256_file(path), settings.fps)
+            # the validation rules of every other path: a replay the pipeline rejects is no data
+            parsed = parse_valid_replay(path, sha256_file(path), settings.fps, settings.validation)
         except ReplayParseError:
             continue
         tables.append(featurize(parsed, settings.horizon_seconds))
