@@ -30,8 +30,8 @@ from shared.settings import get_settings
 
 try:  # the feature table's Parquet I/O moved to shared/ in the structure refactor
     from shared.features.dataset import write_features
-except ImportError:
-    from shared.features.dataset import write_features  # type: ignore[no-redef]
+except ImportError:  # the code before it
+    from services.featurizer.dataset import write_features  # type: ignore[no-redef]
 
 
 def table_digest(table: object, folder: Path) -> str:
