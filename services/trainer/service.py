@@ -34,7 +34,7 @@ from services.trainer.skill import (
 from services.trainer.train import TrainResult, train_impact_model
 from shared import db
 from shared.events import TRAIN_REQUESTED, TrainRequested
-from shared.features.dataset import read_stored_features
+from shared.features.dataset import check_label_horizon, read_stored_features
 from shared.features.table import FEATURE_SCHEMA_VERSION, N_FEATURES, FeatureTable
 from shared.kafka import consume
 from shared.model import split_metadata
@@ -115,6 +115,7 @@ async def train_and_register(
     tables = await asyncio.to_thread(
         lambda: [read_stored_features(store, row["features_uri"]) for row in rows]
     )
+    check_label_horizon(tables, ctx.settings.horizon_seconds)
     replay_ids = [t.replay_id for t in tables]
     result = await asyncio.to_thread(
         train_impact_model, tables, SHIPPED_RECIPE, False, run_dir(ctx, "impact", replay_ids, [])

@@ -29,6 +29,7 @@ def featurize(parsed: ParsedReplay, horizon_seconds: float = 10.0) -> FeatureTab
         goals=parsed.goals,
         map_name=parsed.map_name,
         game_mode=parsed.game_mode,
+        label_horizon_seconds=horizon_seconds,
     )
 
 

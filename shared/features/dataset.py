@@ -24,10 +24,27 @@ PLAYERS_KEY = b"rlimpact.players"
 GOALS_KEY = b"rlimpact.goals"
 MAP_NAME_KEY = b"rlimpact.map_name"
 GAME_MODE_KEY = b"rlimpact.game_mode"
+LABEL_HORIZON_KEY = b"rlimpact.label_horizon_seconds"
 
 
 class FeatureSchemaError(ValueError):
     """A feature file written with another feature schema version."""
+
+
+class StaleLabelsError(ValueError):
+    """Feature tables whose labels look another horizon ahead than the reader's."""
+
+
+def check_label_horizon(tables: list[FeatureTable], horizon_seconds: float) -> None:
+    """Refuse tables labelled with another horizon (a file that does not record its horizon
+    predates the record and passes)."""
+    stale = [t for t in tables if t.label_horizon_seconds not in (None, horizon_seconds)]
+    if stale:
+        horizons = sorted({t.label_horizon_seconds for t in stale})  # type: ignore[type-var]
+        raise StaleLabelsError(
+            f"{len(stale)} feature tables are labelled {horizons} s ahead, not "
+            f"{horizon_seconds:g} s: featurize their replays again"
+        )
 
 
 def to_arrow(table: FeatureTable) -> pa.Table:
@@ -55,6 +72,8 @@ def to_arrow(table: FeatureTable) -> pa.Table:
         MAP_NAME_KEY: json.dumps(table.map_name).encode(),
         GAME_MODE_KEY: json.dumps(table.game_mode).encode(),
     }
+    if table.label_horizon_seconds is not None:
+        metadata[LABEL_HORIZON_KEY] = json.dumps(table.label_horizon_seconds).encode()
     return pa.table(columns).replace_schema_metadata(metadata)
 
 
@@ -107,4 +126,5 @@ def read_features(path: Path) -> FeatureTable:
         goals=goals,
         map_name=json.loads(metadata.get(MAP_NAME_KEY, b"null")),
         game_mode=json.loads(metadata.get(GAME_MODE_KEY, b"null")),
+        label_horizon_seconds=json.loads(metadata.get(LABEL_HORIZON_KEY, b"null")),
     )

@@ -76,6 +76,8 @@ class FeatureTable:
     goals: list[GoalInfo]
     map_name: str | None = None  # the arena and the game mode: see shared/scope.py
     game_mode: str | None = None
+    # the horizon of label_score and label_concede (None: a file written before it was recorded)
+    label_horizon_seconds: float | None = None
 
     def frames(self, start: int, stop: int) -> FeatureTable:
         """The table of frames [start, stop): every per-frame field sliced alike."""

@@ -10,7 +10,13 @@ from services.parser.parse import parse_replay_file
 from shared.events import GoalInfo
 from shared.features.batch import featurize, goal_within
 from shared.features.context import live_frames
-from shared.features.dataset import FeatureSchemaError, read_features, write_features
+from shared.features.dataset import (
+    FeatureSchemaError,
+    StaleLabelsError,
+    check_label_horizon,
+    read_features,
+    write_features,
+)
 from shared.features.table import FEATURE_NAMES, MIRROR_SIGNS, N_FEATURES, FeatureTable
 from shared.frames import BALL_FIELD, PLAYER_FIELD, ParsedReplay
 
@@ -152,6 +158,19 @@ def test_parquet_round_trip_keeps_everything(table: FeatureTable, tmp_path: Path
     assert loaded.goals == table.goals and loaded.map_name == table.map_name is not None
     for name in ("features", "label_score", "segment", "live", "touched"):
         np.testing.assert_array_equal(getattr(loaded, name), getattr(table, name))
+
+
+def test_a_file_records_its_label_horizon_and_stale_labels_are_refused(
+    table: FeatureTable, tmp_path: Path
+):
+    write_features(table, tmp_path / "f.parquet")
+    loaded = read_features(tmp_path / "f.parquet")
+    assert loaded.label_horizon_seconds == table.label_horizon_seconds == 10.0
+    check_label_horizon([loaded], 10.0)
+    with pytest.raises(StaleLabelsError, match=r"\[10.0\] s ahead, not 5 s"):
+        check_label_horizon([loaded], 5.0)
+    unrecorded = replace(loaded, label_horizon_seconds=None)  # a file from before the record
+    check_label_horizon([unrecorded], 5.0)
 
 
 def test_reading_another_schema_version_fails_clearly(table: FeatureTable, tmp_path: Path):
