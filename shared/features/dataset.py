@@ -2,8 +2,8 @@
 
 Key columns, the labels, ``live`` (play is on) and ``touched`` (the player touched the ball in
 that frame) come first, then one float column per feature in ``FEATURE_NAMES`` order. The file
-metadata holds the feature schema version, the players, the goals, the arena (map name) and
-the game mode.
+metadata holds the feature schema version, the players, the goals, the arena (map name), the
+game mode and the labels' horizon.
 """
 
 from __future__ import annotations
