@@ -34,12 +34,14 @@ except ImportError:  # the code before it
     from services.featurizer.dataset import write_features  # type: ignore[no-redef]
 
 
-def table_digest(table: object, folder: Path) -> str:
+def table_digest(table: object, folder: Path, left_out: frozenset[bytes] = frozenset()) -> str:
     path = folder / "table.parquet"
     write_features(table, path)  # type: ignore[arg-type]
     arrow = pq.read_table(path)
     digest = hashlib.sha256()
     for key, value in sorted((arrow.schema.metadata or {}).items()):
+        if key in left_out:
+            continue
         digest.update(key + b"=" + value + b"\n")
     for name in arrow.column_names:
         digest.update(name.encode() + str(arrow.schema.field(name).type).encode())
@@ -54,10 +56,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--replays", type=int, default=20)
     parser.add_argument("--evaluate", action="store_true")
+    parser.add_argument(
+        "--leave-out-metadata", action="append", default=[], metavar="KEY",
+        help="a file metadata key the features digest skips (one added on purpose)",
+    )  # fmt: skip
     args = parser.parse_args()
     from services.parser.parse import ReplayParseError
 
     settings = get_settings()
+    left_out = frozenset(key.encode() for key in args.leave_out_metadata)
     model = load_impact_model(None, settings)
     print(f"model {model.version}")
     done = 0
@@ -71,7 +78,8 @@ def main() -> int:
                 continue
             scores = json.dumps(replay_json(path, parsed, scored.scores), sort_keys=True)
             score_hash = hashlib.sha256(scores.encode()).hexdigest()
-            print(f"{path.name} features {table_digest(table, Path(tmp))} scores {score_hash}")
+            features = table_digest(table, Path(tmp), left_out)
+            print(f"{path.name} features {features} scores {score_hash}")
             done += 1
         if args.evaluate:
             out = Path(tmp) / "evaluate"
