@@ -5,16 +5,12 @@ opponents, its team and the segment's recent past, in ``FEATURE_NAMES`` order. P
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 from shared.features.context import TOUCH_MEMORY_SECONDS, GameContext, vector_length
-from shared.features.table import (
-    N_FEATURES,
-    OPPONENT_SLOTS,
-    OTHER_CAR_FIELDS,
-    TEAMMATE_SLOTS,
-)
 from shared.frames import BALL_FIELD, PLAYER_FIELD, ParsedReplay
 
 GOAL_Y = 5120.0
@@ -29,6 +25,16 @@ SCORE_DIFF_CAP = 3.0
 GOALS_CAP = 5.0
 THIRD_Y = GOAL_Y / 3.0
 TOUCH_COUNT_SCALE = 5.0
+TEAMMATE_SLOTS = 2
+OPPONENT_SLOTS = 3
+OTHER_CAR_FIELDS = (
+    "present", "rel_x", "rel_y", "rel_z", "vx", "vy", "boost", "dist_ball", "goal_side",
+)  # fmt: skip
+# spans of the frame arrays' fields (shared/frames.py): position and velocity
+BALL_POS = slice(BALL_FIELD["x"], BALL_FIELD["z"] + 1)
+BALL_VEL = slice(BALL_FIELD["vx"], BALL_FIELD["vz"] + 1)
+CAR_POS = slice(PLAYER_FIELD["x"], PLAYER_FIELD["z"] + 1)
+CAR_VEL = slice(PLAYER_FIELD["vx"], PLAYER_FIELD["vz"] + 1)
 
 
 def feature_rows(parsed: ParsedReplay, context: GameContext, rows: np.ndarray) -> np.ndarray:
@@ -64,6 +70,58 @@ def _norm(vectors: np.ndarray) -> np.ndarray:
     return vector_length(vectors, keepdims=True)
 
 
+@dataclass(frozen=True)
+class FeatureBlock:
+    """Named feature columns and how to compute them from a :class:`RowView`: ``values``
+    gives arrays [R', k] (or [R']-shaped [R', 1]) whose widths add up to ``len(columns)``."""
+
+    name: str
+    columns: tuple[str, ...]
+    values: Callable[[RowView], list[np.ndarray]]
+
+
+@dataclass(frozen=True)
+class RowView:
+    """What the blocks read for the rows of one pass (R' = frames x players of the group), each
+    player's view in its own frame: the ball, itself, the others, its team, the match."""
+
+    parsed: ParsedReplay
+    context: GameContext
+    rows: np.ndarray
+    teams: np.ndarray
+    viewer: np.ndarray
+    frame: np.ndarray
+    row_team: np.ndarray
+    frame_rows: np.ndarray
+    me: np.ndarray
+    b_pos: np.ndarray
+    b_vel: np.ndarray
+    pos: np.ndarray
+    vel: np.ndarray
+    to_ball: np.ndarray
+    ball_dist: np.ndarray
+    rel_vel: np.ndarray
+    closing: np.ndarray
+    own_goal: np.ndarray
+    opp_goal: np.ndarray
+    yaw: np.ndarray
+    pitch: np.ndarray
+    opps_of: np.ndarray
+    mates_cars: np.ndarray
+    opps_cars: np.ndarray
+    team_cars: np.ndarray
+    team_dist: np.ndarray
+    opp_dist: np.ndarray
+    mates_dist: np.ndarray
+    opps_dist: np.ndarray
+    on_ground: np.ndarray
+    near_wall: np.ndarray
+    toucher: np.ndarray
+    possession: np.ndarray
+    scored: np.ndarray
+    conceded: np.ndarray
+
+
 def _players_block(
     ball: np.ndarray,
     view: np.ndarray,
@@ -97,8 +155,8 @@ def _players_block(
     every = np.arange(n_rows * size)
     me = seen[every, viewer]
     b = ball[:, group].reshape(n_rows * size, -1)
-    b_pos, b_vel = b[:, 0:3], b[:, 3:6]
-    pos, vel = me[:, 0:3], me[:, 6:9]
+    b_pos, b_vel = b[:, BALL_POS], b[:, BALL_VEL]
+    pos, vel = me[:, CAR_POS], me[:, CAR_VEL]
     to_ball = b_pos - pos
     ball_dist = vector_length(to_ball, axis=1)
     rel_vel = b_vel - vel
@@ -109,13 +167,13 @@ def _players_block(
     same, mates_of, opps_of, team_of = _layout(tuple(teams.tolist()), tuple(group.tolist()))
     team, opponents = same[viewer], ~same[viewer]  # [R', P]
     mates_cars, opps_cars, team_cars = cars_of(mates_of), cars_of(opps_of), cars_of(team_of)
-    all_dist = vector_length(seen[:, :, 0:3] - b_pos[:, None, :], axis=2)  # [R', P]
+    all_dist = vector_length(seen[:, :, CAR_POS] - b_pos[:, None, :], axis=2)  # [R', P]
     absent = seen[:, :, PLAYER_FIELD["demolished"]] > 0.5
     live_dist = np.where(absent, np.inf, all_dist)
     team_dist = np.where(team, live_dist, np.inf)
     opp_dist = np.where(opponents, live_dist, np.inf)
     mates_dist, opps_dist = dist_of(live_dist, mates_of), dist_of(live_dist, opps_of)
-    on_ground = pos[:, 2:3] < ON_GROUND_MAX_Z
+    on_ground = pos[:, 2:3] < ON_GROUND_MAX_Z  # z
     near_wall = (np.abs(pos[:, 0:1]) > SIDE_WALL_X - WALL_MARGIN) | (
         np.abs(pos[:, 1:2]) > GOAL_Y - WALL_MARGIN
     )
@@ -124,50 +182,13 @@ def _players_block(
     possession = np.where(toucher < 0, 0.0, np.where(teams[toucher] == row_team, 1.0, -1.0))
     goals_for = context.goals_for[frame_rows]
     scored, conceded = goals_for[every, row_team], goals_for[every, 1 - row_team]
-    columns = [
-        b_pos / POS_SCALE,
-        b_vel / BALL_SPEED_SCALE,
-        _norm(b_vel) / BALL_SPEED_SCALE,
-        pos / POS_SCALE,
-        vel / CAR_SPEED_SCALE,
-        _norm(vel) / CAR_SPEED_SCALE,
-        me[:, [PLAYER_FIELD["boost"], PLAYER_FIELD["jumping"], PLAYER_FIELD["demolished"]]],
-        on_ground,
-        ~on_ground & near_wall,
-        np.stack([np.cos(yaw), np.sin(yaw), pitch], axis=1),
-        to_ball / POS_SCALE,
-        ball_dist[:, None] / POS_SCALE,
-        rel_vel / BALL_SPEED_SCALE,
-        closing[:, None] / CAR_SPEED_SCALE,
-        (pos[:, 0:2] - own_goal[None, 0:2]) / POS_SCALE,
-        _norm(pos - own_goal) / POS_SCALE,
-        _norm(pos - opp_goal) / POS_SCALE,
-        _slots(mates_cars, pos, b_pos, mates_dist, TEAMMATE_SLOTS, defends=-1.0),
-        _slots(opps_cars, pos, b_pos, opps_dist, OPPONENT_SLOTS, 1.0),
-        _norm(b_pos - own_goal) / POS_SCALE,
-        _norm(b_pos - opp_goal) / POS_SCALE,
-        _speed_towards(b_pos, b_vel, opp_goal),
-        _speed_towards(b_pos, b_vel, own_goal),
-        np.mean(team_cars[:, :, 1] < b_pos[:, 1:2], axis=1, keepdims=True),
-        np.mean(opps_cars[:, :, 1] > b_pos[:, 1:2], axis=1, keepdims=True)
-        if opps_of.shape[1]
-        else np.zeros((len(pos), 1)),
-        _min_goal_dist(team_cars, own_goal),
-        _min_goal_dist(opps_cars, opp_goal),
-        _capped_dist(team_dist.min(axis=1)),
-        _capped_dist(opp_dist.min(axis=1)),
-        (np.argmin(team_dist, axis=1) == viewer)[:, None],
-        (team_dist.min(axis=1) <= opp_dist.min(axis=1))[:, None],
-        possession[:, None],
-        (toucher == viewer)[:, None],
-        context.since_touch[frame_rows, None] / TOUCH_MEMORY_SECONDS,
-        np.minimum(context.since_kickoff[frame_rows], MATCH_SECONDS)[:, None] / MATCH_SECONDS,
-        np.clip(scored - conceded, -SCORE_DIFF_CAP, SCORE_DIFF_CAP)[:, None] / SCORE_DIFF_CAP,
-        np.minimum(np.stack([scored, conceded], axis=1), GOALS_CAP) / GOALS_CAP,
-        parsed.seconds_remaining[frame_rows, None] / MATCH_SECONDS,
-        np.full((len(pos), 1), parsed.team_size / 4.0),
-        _team_past(parsed, teams, context, rows)[row_team, frame],
-    ]
+    row_view = RowView(
+        parsed, context, rows, teams, viewer, frame, row_team, frame_rows, me, b_pos, b_vel,
+        pos, vel, to_ball, ball_dist, rel_vel, closing, own_goal, opp_goal, yaw, pitch, opps_of,
+        mates_cars, opps_cars, team_cars, team_dist, opp_dist, mates_dist, opps_dist, on_ground,
+        near_wall, toucher, possession, scored, conceded,
+    )  # fmt: skip
+    columns = [values for block in FEATURE_BLOCKS for values in block.values(row_view)]
     out = np.concatenate([np.asarray(c, dtype=np.float32) for c in columns], axis=1)
     return out.reshape(n_rows, size, N_FEATURES)
 
@@ -297,3 +318,190 @@ def _slots(
     out[:, :taken, 8] = defends * (chosen[:, :, 1] - b_pos[:, None, 1]) > 0
     out[:, :taken] *= present
     return out.reshape(n_frames, -1)
+
+
+def _slot_names(prefix: str, slots: int) -> tuple[str, ...]:
+    return tuple(f"{prefix}{slot}_{field}" for slot in range(slots) for field in OTHER_CAR_FIELDS)
+
+
+def _ball(v: RowView) -> list[np.ndarray]:
+    return [v.b_pos / POS_SCALE, v.b_vel / BALL_SPEED_SCALE, _norm(v.b_vel) / BALL_SPEED_SCALE]
+
+
+def _car(v: RowView) -> list[np.ndarray]:
+    states = [PLAYER_FIELD["boost"], PLAYER_FIELD["jumping"], PLAYER_FIELD["demolished"]]
+    return [
+        v.pos / POS_SCALE,
+        v.vel / CAR_SPEED_SCALE,
+        _norm(v.vel) / CAR_SPEED_SCALE,
+        v.me[:, states],
+    ]
+
+
+def _posture(v: RowView) -> list[np.ndarray]:
+    return [
+        v.on_ground,
+        ~v.on_ground & v.near_wall,
+        np.stack([np.cos(v.yaw), np.sin(v.yaw), v.pitch], axis=1),
+    ]
+
+
+def _to_ball(v: RowView) -> list[np.ndarray]:
+    return [
+        v.to_ball / POS_SCALE,
+        v.ball_dist[:, None] / POS_SCALE,
+        v.rel_vel / BALL_SPEED_SCALE,
+        v.closing[:, None] / CAR_SPEED_SCALE,
+    ]
+
+
+def _goals(v: RowView) -> list[np.ndarray]:
+    return [
+        (v.pos[:, 0:2] - v.own_goal[None, 0:2]) / POS_SCALE,  # x and y
+        _norm(v.pos - v.own_goal) / POS_SCALE,
+        _norm(v.pos - v.opp_goal) / POS_SCALE,
+    ]
+
+
+def _mates(v: RowView) -> list[np.ndarray]:
+    return [_slots(v.mates_cars, v.pos, v.b_pos, v.mates_dist, TEAMMATE_SLOTS, defends=-1.0)]
+
+
+def _opponents(v: RowView) -> list[np.ndarray]:
+    return [_slots(v.opps_cars, v.pos, v.b_pos, v.opps_dist, OPPONENT_SLOTS, defends=1.0)]
+
+
+def _ball_and_goals(v: RowView) -> list[np.ndarray]:
+    return [
+        _norm(v.b_pos - v.own_goal) / POS_SCALE,
+        _norm(v.b_pos - v.opp_goal) / POS_SCALE,
+        _speed_towards(v.b_pos, v.b_vel, v.opp_goal),
+        _speed_towards(v.b_pos, v.b_vel, v.own_goal),
+    ]
+
+
+def _team_shape(v: RowView) -> list[np.ndarray]:
+    y, ball_y = PLAYER_FIELD["y"], v.b_pos[:, 1:2]
+    opps_goal_side = (
+        np.mean(v.opps_cars[:, :, y] > ball_y, axis=1, keepdims=True)
+        if v.opps_of.shape[1]
+        else np.zeros((len(v.pos), 1))
+    )
+    return [
+        np.mean(v.team_cars[:, :, y] < ball_y, axis=1, keepdims=True),
+        opps_goal_side,
+        _min_goal_dist(v.team_cars, v.own_goal),
+        _min_goal_dist(v.opps_cars, v.opp_goal),
+        _capped_dist(v.team_dist.min(axis=1)),
+        _capped_dist(v.opp_dist.min(axis=1)),
+        (np.argmin(v.team_dist, axis=1) == v.viewer)[:, None],
+        (v.team_dist.min(axis=1) <= v.opp_dist.min(axis=1))[:, None],
+    ]
+
+
+def _possession(v: RowView) -> list[np.ndarray]:
+    return [
+        v.possession[:, None],
+        (v.toucher == v.viewer)[:, None],
+        v.context.since_touch[v.frame_rows, None] / TOUCH_MEMORY_SECONDS,
+    ]
+
+
+def _match(v: RowView) -> list[np.ndarray]:
+    since_kickoff = np.minimum(v.context.since_kickoff[v.frame_rows], MATCH_SECONDS)
+    return [
+        since_kickoff[:, None] / MATCH_SECONDS,
+        np.clip(v.scored - v.conceded, -SCORE_DIFF_CAP, SCORE_DIFF_CAP)[:, None] / SCORE_DIFF_CAP,
+        np.minimum(np.stack([v.scored, v.conceded], axis=1), GOALS_CAP) / GOALS_CAP,
+        v.parsed.seconds_remaining[v.frame_rows, None] / MATCH_SECONDS,
+        np.full((len(v.pos), 1), v.parsed.team_size / 4.0),
+    ]
+
+
+def _recent_past(v: RowView) -> list[np.ndarray]:
+    return [_team_past(v.parsed, v.teams, v.context, v.rows)[v.row_team, v.frame]]
+
+
+# The feature vector, block by block: each block names its columns and computes them
+FEATURE_BLOCKS: tuple[FeatureBlock, ...] = (
+    FeatureBlock(
+        "ball", ("ball_x", "ball_y", "ball_z", "ball_vx", "ball_vy", "ball_vz", "ball_speed"), _ball
+    ),
+    FeatureBlock(
+        "car",
+        ("x", "y", "z", "vx", "vy", "vz", "speed", "boost", "jumping", "demolished"),
+        _car,
+    ),
+    FeatureBlock("posture", ("on_ground", "on_wall", "forward_x", "forward_y", "pitch"), _posture),
+    FeatureBlock(
+        "to_ball",
+        (
+            "ball_rel_x",
+            "ball_rel_y",
+            "ball_rel_z",
+            "ball_dist",
+            "ball_rel_vx",
+            "ball_rel_vy",
+            "ball_rel_vz",
+            "closing_speed",
+        ),
+        _to_ball,
+    ),
+    FeatureBlock("goals", ("own_goal_dx", "own_goal_dy", "own_goal_dist", "opp_goal_dist"), _goals),
+    FeatureBlock("mates", _slot_names("mate", TEAMMATE_SLOTS), _mates),
+    FeatureBlock("opponents", _slot_names("opp", OPPONENT_SLOTS), _opponents),
+    # team level: the same for every player of a team
+    FeatureBlock(
+        "ball_and_goals",
+        ("ball_own_goal_dist", "ball_opp_goal_dist", "ball_v_to_opp_goal", "ball_v_to_own_goal"),
+        _ball_and_goals,
+    ),
+    FeatureBlock(
+        "team_shape",
+        (
+            "mates_goal_side",
+            "opps_goal_side",
+            "team_min_goal_dist",
+            "opp_min_goal_dist",
+            "team_ball_dist",
+            "opp_ball_dist",
+            "closest_in_team",
+            "team_closest_to_ball",
+        ),
+        _team_shape,
+    ),
+    FeatureBlock("possession", ("possession", "touched_last", "since_touch"), _possession),
+    FeatureBlock(
+        "match",
+        (
+            "since_kickoff",
+            "score_diff",
+            "goals_for",
+            "goals_against",
+            "seconds_remaining",
+            "team_size",
+        ),
+        _match,
+    ),
+    # the recent past of the segment (windows stop at its kickoff)
+    FeatureBlock(
+        "recent_past",
+        (
+            "ball_x_1s",
+            "ball_y_1s",
+            "ball_z_1s",
+            "ball_x_2s",
+            "ball_y_2s",
+            "ball_z_2s",
+            "ball_y_mean_5s",
+            "ball_y_mean_10s",
+            "attacking_third_10s",
+            "defending_third_10s",
+            "team_touches_5s",
+            "opp_touches_5s",
+        ),
+        _recent_past,
+    ),
+)
+FEATURE_NAMES: tuple[str, ...] = tuple(name for b in FEATURE_BLOCKS for name in b.columns)
+N_FEATURES = len(FEATURE_NAMES)

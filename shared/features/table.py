@@ -14,41 +14,12 @@ import numpy as np
 
 from shared.events import GoalInfo, PlayerInfo
 
+# the names come from the feature blocks that compute them (rows.py)
+from shared.features.rows import FEATURE_NAMES as FEATURE_NAMES
+from shared.features.rows import N_FEATURES as N_FEATURES
+
 FEATURE_SCHEMA_VERSION = 2
 
-TEAMMATE_SLOTS = 2
-OPPONENT_SLOTS = 3
-
-OTHER_CAR_FIELDS = (
-    "present", "rel_x", "rel_y", "rel_z", "vx", "vy", "boost", "dist_ball", "goal_side",
-)  # fmt: skip
-
-
-def _slot_names(prefix: str, slots: int) -> list[str]:
-    return [f"{prefix}{slot}_{field}" for slot in range(slots) for field in OTHER_CAR_FIELDS]
-
-
-FEATURE_NAMES: tuple[str, ...] = (
-    *("ball_x", "ball_y", "ball_z", "ball_vx", "ball_vy", "ball_vz", "ball_speed"),
-    *("x", "y", "z", "vx", "vy", "vz", "speed", "boost", "jumping", "demolished"),
-    *("on_ground", "on_wall", "forward_x", "forward_y", "pitch"),
-    *("ball_rel_x", "ball_rel_y", "ball_rel_z", "ball_dist"),
-    *("ball_rel_vx", "ball_rel_vy", "ball_rel_vz", "closing_speed"),
-    *("own_goal_dx", "own_goal_dy", "own_goal_dist", "opp_goal_dist"),
-    *_slot_names("mate", TEAMMATE_SLOTS),
-    *_slot_names("opp", OPPONENT_SLOTS),
-    # team level: the same for every player of a team
-    *("ball_own_goal_dist", "ball_opp_goal_dist", "ball_v_to_opp_goal", "ball_v_to_own_goal"),
-    *("mates_goal_side", "opps_goal_side", "team_min_goal_dist", "opp_min_goal_dist"),
-    *("team_ball_dist", "opp_ball_dist", "closest_in_team", "team_closest_to_ball"),
-    *("possession", "touched_last", "since_touch", "since_kickoff", "score_diff"),
-    *("goals_for", "goals_against", "seconds_remaining", "team_size"),
-    # the recent past of the segment (windows stop at its kickoff)
-    *("ball_x_1s", "ball_y_1s", "ball_z_1s", "ball_x_2s", "ball_y_2s", "ball_z_2s"),
-    *("ball_y_mean_5s", "ball_y_mean_10s", "attacking_third_10s", "defending_third_10s"),
-    *("team_touches_5s", "opp_touches_5s"),
-)
-N_FEATURES = len(FEATURE_NAMES)
 
 # The pitch mirrored left-right (x -> -x) is the same game: these features change sign under it
 # and every other one stays (slots are ranked by distance, the thirds and goals lie on y).
