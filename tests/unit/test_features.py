@@ -8,7 +8,7 @@ import pytest
 
 from services.parser.parse import parse_replay_file
 from shared.events import GoalInfo
-from shared.features.batch import featurize, goal_within
+from shared.features.batch import featurize
 from shared.features.context import live_frames
 from shared.features.dataset import (
     FeatureSchemaError,
@@ -17,6 +17,7 @@ from shared.features.dataset import (
     read_features,
     write_features,
 )
+from shared.features.labels import goal_within
 from shared.features.table import FEATURE_NAMES, MIRROR_SIGNS, N_FEATURES, FeatureTable
 from shared.frames import BALL_FIELD, PLAYER_FIELD, ParsedReplay
 
