@@ -226,7 +226,7 @@ def cmd_train_skill(args: argparse.Namespace, settings: Settings) -> int:
         for table in tables
         for index, rating in planted_ratings(table).items()
     }
-    config = SkillConfig(epochs=args.epochs, seed=args.seed)
+    config = SkillConfig().with_fit(epochs=args.epochs, seed=args.seed)
     try:
         result = train_skill_model(tables, ratings, config, run_dir=args.run_dir)
     except ValueError as error:

@@ -6,7 +6,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
+from typing import Any, Self
 
 from services.trainer.targets import AuxTargets
 
@@ -26,19 +27,23 @@ class FitConfig:
     # weights bit for bit only with the same count (and CPU kind), whatever the machine's cores
     threads: int = 1
 
-    @classmethod
-    def of(cls, config: object) -> FitConfig:
-        """The fit settings of a model's config: its fields of the same names."""
-        names = [f.name for f in fields(cls) if hasattr(config, f.name)]
-        return cls(**{name: getattr(config, name) for name in names})
-
 
 # The impact model's fit settings when nothing else is asked for
 IMPACT_FIT = FitConfig(epochs=6, learning_rate=2e-3, weight_decay=1e-4)
 
 
+class FitsWith:
+    """A model's config whose fit settings are its ``fit`` field."""
+
+    fit: FitConfig
+
+    def with_fit(self, **changes: Any) -> Self:
+        """This config with some of its fit settings changed (epochs, seed, ...)."""
+        return replace(self, fit=replace(self.fit, **changes))  # type: ignore[type-var]
+
+
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(FitsWith):
     """The impact model's recipe: how :func:`fit` runs (``fit``) and what it fits."""
 
     fit: FitConfig = IMPACT_FIT
@@ -61,10 +66,6 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.members < 1:
             raise ValueError(f"an impact model needs at least one member, got {self.members}")
-
-    def with_fit(self, **changes: object) -> TrainConfig:
-        """This recipe with some of its fit settings changed (epochs, seed, ...)."""
-        return replace(self, fit=replace(self.fit, **changes))  # type: ignore[arg-type]
 
 
 # The shipped model's recipe (models/default/impact.onnx, README "The shipped model"): the

@@ -74,7 +74,7 @@ def skill_file(good_replays, tmp_path_factory) -> Path:
     long_games = [r for r in good_replays if (r.team_size or 0) == 3][:6]
     tables = [featurize(parse_replay_file(r.path, r.sha256)) for r in long_games]
     ratings = {(t.replay_id, i): v for t in tables for i, v in planted_ratings(t).items()}
-    config = SkillConfig(epochs=2)
+    config = SkillConfig().with_fit(epochs=2)
     result = train_skill_model(tables, ratings, config, progress=False)
     path = tmp_path_factory.mktemp("skill") / "skill.onnx"
     export_skill_onnx(result.model, path, f"skill-hot-reload-{uuid.uuid4().hex[:8]}", config.stride)

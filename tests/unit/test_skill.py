@@ -28,7 +28,7 @@ from shared.skill import SkillModel, estimate_skill, player_sequences
 
 N_REPLAYS = 36
 MIN_FRAMES = 1500  # 2.5 minutes at 10 fps
-CONFIG = SkillConfig(epochs=25)
+CONFIG = SkillConfig().with_fit(epochs=25)
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
