@@ -28,10 +28,11 @@ from pathlib import Path
 from services.bridge.simulator import PlaybackOptions, sos_messages
 from services.bridge.sos import SosSession
 from services.live import snapshot
-from services.live.state import LiveScorer, ScoringModel
+from services.live.scorer import LiveScorer
+from services.live.state import ScoringModel
 from services.parser.parse import parse_replay_file
-from services.scorer.score import ImpactModel
 from shared.events import LiveFrame, utcnow
+from shared.model import ImpactModel
 from shared.settings import REPO_ROOT, Settings
 
 RATE = 30.0
@@ -64,7 +65,7 @@ def play(
 ) -> None:
     """Score ``frames`` of every match (after the warm-up frames, not timed) with a fresh
     scorer; record the CPU time per frame of the timed part."""
-    scorer, offsets = LiveScorer(horizon_seconds=10.0), [0] * len(matches)
+    scorer, offsets = LiveScorer(), [0] * len(matches)
     for i in range(WARMUP_FRAMES):
         _poll(scorer, matches, model, per_poll, i, offsets, None)
     started, scored = time.process_time(), 0

@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from services.featurizer.dataset import to_arrow
-from services.featurizer.features import featurize
 from services.parser.parse import ReplayParseError
 from services.parser.service import parse_to_store
 from services.parser.validate import parse_valid_replay
+from shared.features.batch import featurize
+from shared.features.dataset import to_arrow
 from shared.frames import ParsedReplay
 from shared.settings import get_settings
 from shared.storage import FileBlobStore, sha256_file

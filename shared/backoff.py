@@ -1,8 +1,18 @@
-"""Capped exponential delays with jitter, for reconnecting (bridge) and restarting (supervisor)."""
+"""Waiting between attempts: capped exponential delays with jitter, for reconnecting (bridge) and
+restarting (supervisor), and a sleep that a service's stop cuts short."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
+
+
+async def sleep_unless_stopped(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep ``seconds``, or less if ``stop`` is set meanwhile (a stopping service does not wait
+    out its poll interval)."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
 
 
 class Backoff:

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from shared import db, metrics
+from shared.backoff import sleep_unless_stopped
 from shared.events import (
     FEATURES_READY,
     FRAMES_PARSED,
@@ -208,7 +209,7 @@ def _frames_parsed(store: BlobStore, state: ReplayState, players: list[PlayerInf
 def _features_ready(
     store: BlobStore, state: ReplayState, players: list[PlayerInfo]
 ) -> FeaturesReady:
-    from services.featurizer.dataset import feature_file_version
+    from shared.features.dataset import feature_file_version
 
     if state.features_uri is None or state.n_frames is None:
         raise FileNotFoundError("no features file recorded")
@@ -298,8 +299,7 @@ async def reconcile_forever(ctx: ServiceContext, store: BlobStore) -> None:
                 log.info("re-drove %d stranded replays", len(plans))
         except DEPENDENCY_DOWN as error:
             log.warning("reconcile pass failed, retrying in %.0f s: %s", interval, error)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(ctx.stop.wait(), interval)
+        await sleep_unless_stopped(ctx.stop, interval)
 
 
 # ---------------------------------------------------------------- by hand

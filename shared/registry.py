@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import asyncpg
 
@@ -22,9 +23,12 @@ from shared.kafka import EventProducer
 from shared.settings import Settings
 from shared.storage import open_blob_store, sha256_file
 
+if TYPE_CHECKING:
+    from shared.service import ServiceContext
+
 log = logging.getLogger(__name__)
-DEFAULT_MODEL_FILE = "impact.onnx"  # the shipped model, in Settings.default_model_dir
-DEFAULT_MODEL_LOCK = 7324101  # pg advisory lock: one instance bootstraps the default model
+# pg advisory lock: one instance bootstraps the default model (recovery's reconciler: ...101)
+DEFAULT_MODEL_LOCK = 7324102
 
 
 async def register_file(
@@ -86,4 +90,13 @@ async def ensure_active_impact_model(
         record = await db.promote_model(conn, found.id)
     log.info("no impact model was active: promoted the shipped model %s", record.version)
     await announce(producer, record)
+    return record
+
+
+async def promote_and_announce(ctx: ServiceContext, model_id: int) -> ModelRecord:
+    """Make a registered model the active one of its kind and send ``model.promoted``, so that
+    the services following the registry (scorer, live) load it."""
+    async with ctx.pool.acquire() as conn:
+        record = await db.promote_model(conn, model_id)
+    await announce(ctx.producer, record)
     return record

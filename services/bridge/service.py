@@ -13,7 +13,6 @@ on. The receipt time of every message travels with its frame, for the latency me
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from datetime import datetime
@@ -30,7 +29,7 @@ from services.bridge.plugin import (
 )
 from services.bridge.sos import Skipped, SosMessageError, SosSession
 from shared import metrics
-from shared.backoff import Backoff
+from shared.backoff import Backoff, sleep_unless_stopped
 from shared.events import EVENTS_INVALID, LIVE_FRAMES, InvalidEvent, LiveFrame, utcnow
 from shared.kafka import EventProducer, event_producer
 from shared.service import ServiceContext, run_service
@@ -109,8 +108,7 @@ async def follow_sos_feed(
                     log.warning("SOS feed %s unreachable (%s): retrying with backoff", url, error)
             connected.set(0)
             metrics.FEED_RECONNECTS.labels(url).inc()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), backoff.next_delay())
+            await sleep_unless_stopped(stop, backoff.next_delay())
 
 
 def plugin_app(ctx: ServiceContext, sink: FrameSink) -> web.Application:

@@ -21,10 +21,11 @@ from services.cli.offline import featurize_replays
 from shared.settings import Settings
 
 if TYPE_CHECKING:
-    from services.featurizer.features import FeatureTable
     from services.trainer.compare import CrossValidation
+    from services.trainer.config import TrainConfig
     from services.trainer.evaluate import AucInterval
-    from services.trainer.train import TrainConfig
+    from shared.features.table import FeatureTable
+    from shared.model import ImpactModel
 
 Metrics = dict[str, dict[str, float]]  # per event, per metric name
 METRICS_FILE = "metrics.json"
@@ -58,7 +59,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "replays", nargs="?", type=Path, help="folder of replays (default: $REPLAYS_DIR/corpus)"
     )
     crossval.add_argument("--folds", type=int, default=5, help="folds of replays, dealt by file")
-    add_recipe_arguments(crossval, epochs=8)
+    add_recipe_arguments(crossval)
     crossval.add_argument("--baseline-epochs", type=int, default=6)
     crossval.add_argument(
         "--train-share", type=float, default=1.0,
@@ -80,13 +81,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
-    from services.scorer.score import (
-        credit_touches,
-        predict_table,
-        score_credits,
-        team_score_probability,
-    )
     from services.trainer.compare import BASELINE, MODEL, baseline_config
+    from services.trainer.data import model_split, scoped_tables
     from services.trainer.evaluate import (
         BALL_INPUTS,
         CALIBRATION_FILE,
@@ -98,7 +94,9 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
         format_report,
         impact_plot,
     )
-    from services.trainer.train import scoped_tables, split_by_replay, train_impact_model
+    from services.trainer.train import train_on_split
+    from shared.impact import credit_touches, score_credits, team_score_probability
+    from shared.model import predict_table
 
     out = args.out or settings.data_dir / "evaluate"
     folder = _replay_folder(args.replays, settings)
@@ -107,13 +105,17 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     scoped, other = scoped_tables(tables)
     if len(scoped) < 2:
         raise SystemExit(f"rlimpact: need at least 2 usable Soccar replays in {folder}")
-    _, held_out = split_by_replay(scoped, args.val_fraction, args.seed)
+    try:
+        trained, held_out = model_split(scoped, model.split, args.val_fraction, args.seed)
+    except ValueError as error:
+        raise SystemExit(f"rlimpact: {model.version}: {error}") from None
+    print(_split_note(model, args, len(held_out)), file=sys.stderr)
     print(
         f"baseline: the impact network on {', '.join(BALL_INPUTS)} only, same trainer and split",
         file=sys.stderr,
     )
-    baseline = train_impact_model(
-        tables, baseline_config(args.baseline_epochs, args.seed, args.val_fraction)
+    baseline = train_on_split(
+        trained, held_out, baseline_config(args.baseline_epochs, args.seed, args.val_fraction)
     )
     results = {
         MODEL: forecasts(held_out, model),
@@ -160,6 +162,19 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _split_note(model: ImpactModel, args: argparse.Namespace, held_out: int) -> str:
+    if model.split is None:
+        return (
+            f"note: {model.version} records no training split: held out are the {held_out} "
+            f"replays of the --seed {args.seed} --val-fraction {args.val_fraction:g} split, "
+            "which are unseen only if the model was trained with those (the shipped one was)"
+        )
+    return (
+        f"held out: the {held_out} replays {model.version} was not trained on (its recorded "
+        "split; --seed only seeds the baseline)"
+    )
+
+
 def cmd_crossval(args: argparse.Namespace, settings: Settings) -> int:
     from services.trainer.compare import MODEL, baseline_config, cross_validate
     from services.trainer.evaluate import auc_intervals, format_report
@@ -183,7 +198,7 @@ def cmd_crossval(args: argparse.Namespace, settings: Settings) -> int:
     intervals = auc_intervals(pooled)
     print(format_report(pooled, intervals))
     summary = {
-        "recipe": {"epochs": config.epochs, "members": config.members, "seed": config.seed},
+        "recipe": {"epochs": config.fit.epochs, "members": config.members, "seed": config.fit.seed},
         "train_share": args.train_share,
         "folds": [
             {
@@ -211,8 +226,8 @@ def _print_folds(
 
     replays = sum(len(fold.held_out) for fold in result.folds)
     print(
-        f"\nthe training recipe (--epochs {config.epochs} --members {config.members} "
-        f"--seed {config.seed}) vs the ball-only baseline's, {len(result.folds)}-fold "
+        f"\nthe training recipe (--epochs {config.fit.epochs} --members {config.members} "
+        f"--seed {config.fit.seed}) vs the ball-only baseline's, {len(result.folds)}-fold "
         f"cross-validation of {replays} Soccar replays on standard arenas: each fold held out "
         f"once, both retrained on the others (early stopping on {config.val_fraction:.0%} of them)"
     )
@@ -250,8 +265,8 @@ def _modes(tables: list[FeatureTable]) -> str:
 
 
 def cmd_dataset_export(args: argparse.Namespace, settings: Settings) -> int:
-    from services.featurizer.dataset import write_features
-    from services.featurizer.features import FEATURE_SCHEMA_VERSION, N_FEATURES
+    from shared.features.dataset import write_features
+    from shared.features.table import FEATURE_SCHEMA_VERSION, N_FEATURES
 
     tables = featurize_replays(args.paths, settings)
     if not tables:

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from shared.settings import Settings
 
 if TYPE_CHECKING:
-    from services.ingestor.ballchasing import CollectReport
+    from services.ingestor.collector.collect import CollectReport
 
 # Exit statuses, as the README documents them.
 DONE, SOME_FAILED, UNUSABLE, OVER_BUDGET, UNAVAILABLE = 0, 1, 2, 3, 4
@@ -63,16 +63,15 @@ def cmd_collect_ballchasing(args: argparse.Namespace, settings: Settings) -> int
 async def _collect(
     settings: Settings, token: str, root: str, refresh: bool, max_wait: float | None
 ) -> int:
-    from services.ingestor.ballchasing import (
+    from services.ingestor.collector.client import (
         BallchasingAuthError,
         BallchasingClient,
         BallchasingError,
         BallchasingNotFound,
         BallchasingUnavailable,
         BudgetExhausted,
-        Collector,
-        persisted_budget,
     )
+    from services.ingestor.collector.collect import Collector, persisted_budget
     from shared.service import service_context
 
     async with service_context("cli", settings) as ctx:

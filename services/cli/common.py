@@ -7,13 +7,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from shared.model import DEFAULT_MODEL_FILE
 from shared.settings import Settings
 
 if TYPE_CHECKING:  # onnxruntime and torch are loaded only by the commands that need them
-    from services.scorer.score import ImpactModel
-    from services.trainer.train import TrainConfig
-
-DEFAULT_MODEL_FILE = "impact.onnx"
+    from services.trainer.config import TrainConfig
+    from shared.model import ImpactModel
 
 
 def replay_files(paths: list[Path]) -> Iterator[Path]:
@@ -28,7 +27,7 @@ def replay_files(paths: list[Path]) -> Iterator[Path]:
 
 def load_impact_model(path: Path | None, settings: Settings) -> ImpactModel:
     """The model at ``path`` (default: the shipped one), or a clear error and exit."""
-    from services.scorer.score import ImpactModel, ModelSchemaError
+    from shared.model import ImpactModel, ModelSchemaError
 
     model_path = path or settings.default_model_dir / DEFAULT_MODEL_FILE
     if not model_path.exists():
@@ -39,16 +38,21 @@ def load_impact_model(path: Path | None, settings: Settings) -> ImpactModel:
         raise SystemExit(f"rlimpact: {error}; retrain it ('rlimpact train --local')") from None
 
 
-def add_recipe_arguments(parser: argparse.ArgumentParser, epochs: int) -> None:
-    """The impact model's training recipe on the command line (see :func:`recipe_config`)."""
-    parser.add_argument("--epochs", type=int, default=epochs)
-    parser.add_argument("--seed", type=int, default=0, help="seeds the weights and the split")
+def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    """The impact model's training recipe on the command line (see :func:`recipe_config`),
+    each option defaulting to the shipped model's recipe."""
+    from services.trainer.config import SHIPPED_RECIPE as shipped
+
+    parser.add_argument("--epochs", type=int, default=shipped.fit.epochs)
     parser.add_argument(
-        "--members", type=int, default=1,
+        "--seed", type=int, default=shipped.fit.seed, help="seeds the weights and the split"
+    )
+    parser.add_argument(
+        "--members", type=int, default=shipped.members,
         help="networks averaged in the model (an ensemble), each seeded apart",
     )  # fmt: skip
     parser.add_argument(
-        "--val-fraction", type=fraction, default=0.2,
+        "--val-fraction", type=fraction, default=shipped.val_fraction,
         help="share of the training replays held out (by file) for early stopping",
     )  # fmt: skip
 
@@ -63,11 +67,12 @@ def fraction(text: str) -> float:
 
 def recipe_config(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig of :func:`add_recipe_arguments`' options, or a clear error and exit."""
-    from services.trainer.train import TrainConfig
+    from dataclasses import replace
+
+    from services.trainer.config import SHIPPED_RECIPE
 
     try:
-        return TrainConfig(
-            epochs=args.epochs, seed=args.seed, val_fraction=args.val_fraction, members=args.members
-        )
+        recipe = replace(SHIPPED_RECIPE, val_fraction=args.val_fraction, members=args.members)
+        return recipe.with_fit(epochs=args.epochs, seed=args.seed)
     except ValueError as error:
         raise SystemExit(f"rlimpact: --members: {error}") from None

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from shared.settings import Settings
 
 if TYPE_CHECKING:
-    from services.ingestor.labels import LabelFile
+    from services.ingestor.collector.labels import LabelFile
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
 
@@ -41,7 +41,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
-    from services.ingestor.labels import LabelFileError, parse_csv, parse_jsonl
+    from services.ingestor.collector.labels import LabelFileError, parse_csv, parse_jsonl
 
     file_format = args.format or FORMATS.get(args.file.suffix.lower())
     if file_format is None:
@@ -60,7 +60,7 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _import(settings: Settings, parsed: LabelFile, source: str) -> int:
-    from services.ingestor.labels import import_labels
+    from services.ingestor.collector.labels import import_labels
     from shared import db
 
     pool = await db.connect(settings)

@@ -97,15 +97,13 @@ def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _promote(settings: Settings, ref: str) -> int:
-    from shared import db
-    from shared.registry import announce
+    from shared.registry import promote_and_announce
     from shared.service import service_context
 
     async with service_context("cli", settings) as ctx:
         async with ctx.pool.acquire() as conn:
             found = await _model(conn, ref)
-            record = await db.promote_model(conn, found.id)
-        await announce(ctx.producer, record)
+        record = await promote_and_announce(ctx, found.id)
     print(f"model {record.id} {record.version} is now the active {record.kind} model")
     return 0
 
@@ -115,12 +113,12 @@ def cmd_register(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _register(settings: Settings, file: Path, promote: bool) -> int:
-    from services.featurizer.features import FEATURE_SCHEMA_VERSION
-    from services.scorer.score import ImpactModel, ModelSchemaError
-    from services.scorer.skill import META_KIND, SkillModel
     from shared import db
+    from shared.features.table import FEATURE_SCHEMA_VERSION
+    from shared.model import META_KIND, ImpactModel, ModelSchemaError
     from shared.registry import register_file
     from shared.service import service_context
+    from shared.skill import SkillModel
 
     if not file.is_file():
         raise SystemExit(f"rlimpact: no such file: {file}")
@@ -197,14 +195,15 @@ def cmd_train_skill(args: argparse.Namespace, settings: Settings) -> int:
             "rlimpact: offline skill training needs --planted-labels; real ratings live in "
             "Postgres ('rlimpact labels import'), and 'rlimpact train' trains on them"
         )
-    from services.featurizer.features import featurize
-    from services.parser.parse import ReplayParseError, parse_replay_file
+    from services.parser.parse import ReplayParseError
+    from services.parser.validate import parse_valid_replay
     from services.trainer.skill import (
         SkillConfig,
         export_skill_onnx,
         planted_ratings,
         train_skill_model,
     )
+    from shared.features.batch import featurize
     from shared.storage import sha256_file
 
     files = list(replay_files([args.local]))
@@ -213,7 +212,8 @@ def cmd_train_skill(args: argparse.Namespace, settings: Settings) -> int:
         if args.limit is not None and len(tables) >= args.limit:
             break
         try:
-            parsed = parse_replay_file(path, sha256_file(path), settings.fps)
+            # the validation rules of every other path: a replay the pipeline rejects is no data
+            parsed = parse_valid_replay(path, sha256_file(path), settings.fps, settings.validation)
         except ReplayParseError:
             continue
         tables.append(featurize(parsed, settings.horizon_seconds))
@@ -222,7 +222,7 @@ def cmd_train_skill(args: argparse.Namespace, settings: Settings) -> int:
         for table in tables
         for index, rating in planted_ratings(table).items()
     }
-    config = SkillConfig(epochs=args.epochs, seed=args.seed)
+    config = SkillConfig().with_fit(epochs=args.epochs, seed=args.seed)
     try:
         result = train_skill_model(tables, ratings, config, run_dir=args.run_dir)
     except ValueError as error:

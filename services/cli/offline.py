@@ -13,28 +13,24 @@ from typing import TYPE_CHECKING
 from tqdm import tqdm
 
 from services.cli.common import (
-    DEFAULT_MODEL_FILE,
     add_recipe_arguments,
     load_impact_model,
     recipe_config,
     replay_files,
 )
+from shared.model import DEFAULT_MODEL_FILE
+from shared.report import IMPACT_LEGEND, OUT_OF_SCOPE_NOTE
 from shared.settings import Settings
 
 if TYPE_CHECKING:
-    from services.featurizer.features import FeatureTable
-    from services.scorer.score import ImpactModel, PlayerScore, ScoredReplay
+    from shared.features.table import FeatureTable
     from shared.frames import ParsedReplay
+    from shared.impact import PlayerScore, ScoredReplay
+    from shared.model import ImpactModel
 
-OUT_OF_SCOPE_NOTE = (
-    "out of scope: the impact model is trained for Soccar on standard arenas (shared/scope.py); "
-    "these scores are indicative only"
-)
 TEAM_NAMES = ("blue", "orange")
-IMPACT_LEGEND = (
-    "impact: value added by the player's touches, 100 = one goal "
-    "(offence: team P(score) raised; defence: team P(concede) lowered)"
-)
+# where `train --local` writes without --out: beside the data, never over the tracked shipped model
+LOCAL_MODEL_PATH = Path("models") / DEFAULT_MODEL_FILE
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -48,8 +44,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         metavar="REPLAY_DIR",
         help="train in-process on the replays of this folder instead (no servers needed)",
     )
-    train.add_argument("--out", type=Path, help="with --local: where to write the ONNX model")
-    add_recipe_arguments(train, epochs=6)  # with --local
+    train.add_argument(
+        "--out", type=Path,
+        help=f"with --local: where to write the ONNX model (default: DATA_DIR/{LOCAL_MODEL_PATH}; "
+        "the shipped model is only overwritten when asked for by name)",
+    )  # fmt: skip
+    add_recipe_arguments(train)  # with --local
     train.set_defaults(func=cmd_train)
 
     score = commands.add_parser("score", help="score replay files offline (no servers needed)")
@@ -74,9 +74,9 @@ def featurize_replays(
     paths: list[Path], settings: Settings, desc: str = "featurize"
 ) -> list[tuple[Path, FeatureTable]]:
     """Parse, validate and featurize replay files; those that fail are reported and skipped."""
-    from services.featurizer.features import featurize
     from services.parser.parse import ReplayParseError
     from services.parser.validate import parse_valid_replay
+    from shared.features.batch import featurize
     from shared.storage import sha256_file
 
     tables = []
@@ -158,9 +158,9 @@ def score_file(
     path: Path, model: ImpactModel, settings: Settings
 ) -> tuple[ParsedReplay, FeatureTable, ScoredReplay]:
     """Parse, validate, featurize and score one replay file (ReplayParseError if unusable)."""
-    from services.featurizer.features import featurize
     from services.parser.validate import parse_valid_replay
-    from services.scorer.score import score_replay
+    from shared.features.batch import featurize
+    from shared.impact import score_replay
     from shared.storage import sha256_file
 
     parsed = parse_valid_replay(path, sha256_file(path), settings.fps, settings.validation)
@@ -221,17 +221,14 @@ def print_score_table(replay: dict) -> None:
 
 def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     from services.parser.parse import ReplayParseError
-    from services.scorer.report import report_html
-    from shared.scope import in_scope
+    from shared.report import report_html, report_notes
 
     model = load_impact_model(args.model, settings)
     try:
         parsed, table, scored = score_file(args.replay, model, settings)
     except ReplayParseError as error:
         raise SystemExit(f"rlimpact: {args.replay.name}: rejected: {error.reason}") from None
-    notes = [f"model {model.version}", IMPACT_LEGEND]
-    if not in_scope(parsed.map_name, parsed.game_mode):
-        notes.append(OUT_OF_SCOPE_NOTE)
+    notes = report_notes(model.version, parsed.map_name, parsed.game_mode)
     title = (
         f"{args.replay.name}: {parsed.team_size}v{parsed.team_size}, "
         f"{parsed.game_mode or 'mode unknown'} on {parsed.map_name or 'an unknown arena'}"
@@ -246,15 +243,14 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     if args.local is None:
         return asyncio.run(_request_training(settings, args.promote))
-    from services.trainer.train import (
-        export_onnx,
-        scoped_tables,
-        train_impact_model,
-        weights_digest,
-    )
+    from services.trainer.data import scoped_tables
+    from services.trainer.export import export_onnx
+    from services.trainer.network import weights_digest
+    from services.trainer.train import train_impact_model
+    from shared.model import split_metadata
 
     config = recipe_config(args)
-    out = args.out or settings.default_model_dir / DEFAULT_MODEL_FILE
+    out = args.out or settings.data_dir / LOCAL_MODEL_PATH
     tables = [table for _, table in featurize_replays([args.local], settings)]
     if len(scoped_tables(tables)[0]) < 2:
         raise SystemExit(
@@ -266,7 +262,12 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     version = (
         f"impact-local-seed{args.seed}{members}-{len(tables)}replays-{weights_digest(result.model)}"
     )
-    export_onnx(result.model, out, version)
+    export_onnx(
+        result.model,
+        out,
+        version,
+        metadata=split_metadata(result.train_replays, result.val_replays),
+    )
     print(
         f"trained on {len(result.train_replays)} replays, validated on "
         f"{len(result.val_replays)} held-out replays; wrote {out} ({version})"

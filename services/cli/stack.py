@@ -10,10 +10,8 @@ import subprocess
 import sys
 import time
 
-from services.cli.supervisor import (
+from services.cli.instances import (
     SUPERVISOR,
-    add_scale_arguments,
-    describe_exit,
     plan,
     read_pid,
     read_state,
@@ -21,6 +19,7 @@ from services.cli.supervisor import (
     service_pid_files,
     supervisor_pid,
 )
+from services.cli.supervisor import add_scale_arguments, describe_exit
 from shared import process
 from shared.settings import REPO_ROOT, Settings
 

@@ -1,6 +1,6 @@
 """``rlimpact validate``: how far impact ratings can be trusted (services/trainer/validity.py).
 
-Every replay is scored by :func:`services.scorer.score.score_replay`, the code path of
+Every replay is scored by :func:`shared.impact.score_replay`, the code path of
 ``rlimpact score``; the numbers are then cut into halves (and quarters) of live time.
 """
 
@@ -21,10 +21,11 @@ from services.cli.offline import featurize_replays
 from shared.settings import Settings
 
 if TYPE_CHECKING:
-    from services.featurizer.features import FeatureTable
     from services.parser.header import PlayerStats
-    from services.scorer.score import Predictor
-    from services.trainer.validity import Estimate, MatchParts, Prediction, Reliability
+    from services.trainer.statistics import Estimate
+    from services.trainer.validity import MatchParts, Prediction, Reliability
+    from shared.features.table import FeatureTable
+    from shared.model import Predictor
 
 VALIDITY_FILE = "validity.json"
 VALIDITY_PLOT = "validity.png"
@@ -53,13 +54,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="instead of --model: retrain the recipe (below) once per fold of the replays and "
         "score each replay with the model that never saw it",
     )  # fmt: skip
-    add_recipe_arguments(validate, epochs=8)
+    add_recipe_arguments(validate)
     validate.set_defaults(func=cmd_validate)
 
 
 def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
     from services.parser.header import player_stats_of_file
-    from services.scorer.score import live_minutes, score_replay
     from services.trainer.evaluate import (
         TeamForecasts,
         bootstrap_auc_intervals,
@@ -68,6 +68,7 @@ def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
     )
     from services.trainer.validity import MIN_LIVE_MINUTES, match_parts, validity_plot
     from shared import scope
+    from shared.impact import live_minutes, score_replay
 
     paths = args.paths or [settings.replays_dir / "corpus", settings.replays_dir / "more"]
     featurized = featurize_replays(paths, settings)

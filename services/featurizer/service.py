@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from services.featurizer.dataset import write_features
-from services.featurizer.features import FEATURE_SCHEMA_VERSION, featurize
 from shared import db
 from shared.events import FEATURES_READY, FRAMES_PARSED, FeaturesReady, FramesParsed
+from shared.features.batch import featurize
+from shared.features.dataset import write_features
+from shared.features.table import FEATURE_SCHEMA_VERSION
 from shared.frames import ParsedReplay, frames_suffix
 from shared.kafka import consume
 from shared.retry import is_transient

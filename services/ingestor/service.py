@@ -40,6 +40,7 @@ from services.ingestor.ingest import (
 )
 from services.ingestor.s3 import Bucket, BucketUnavailable, ObjectInfo, parse_s3_uri
 from shared import db, metrics
+from shared.backoff import sleep_unless_stopped
 from shared.events import REPLAY_SUBMITTED, REPLAY_UPLOADED, ReplaySubmitted, ReplayUploaded
 from shared.kafka import consume
 from shared.recovery import ReplayState, plan_redrive, reconcile_forever, redrive
@@ -321,7 +322,7 @@ async def watch_bucket(bucket: Bucket, store: BlobStore, ctx: ServiceContext) ->
             last_error = str(error)
         except Exception as error:  # the listing's bookkeeping (Postgres down, say)
             errors.report("could not list the bucket", error, ctx.settings.s3_poll_seconds)
-        await _sleep(ctx, ctx.settings.s3_poll_seconds)
+        await sleep_unless_stopped(ctx.stop, ctx.settings.s3_poll_seconds)
 
 
 # ---------------------------------------------------------------- replay.submitted
@@ -408,12 +409,7 @@ async def watch_folder(store: BlobStore, ctx: ServiceContext) -> None:
                 errors.report(f"could not ingest {shown(str(path))}", error, delay)
             else:
                 watcher.succeeded(path)
-        await _sleep(ctx, ctx.settings.watch_interval_seconds)
-
-
-async def _sleep(ctx: ServiceContext, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(ctx.stop.wait(), seconds)
+        await sleep_unless_stopped(ctx.stop, ctx.settings.watch_interval_seconds)
 
 
 async def run(ctx: ServiceContext) -> None:

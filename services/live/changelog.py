@@ -29,7 +29,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from services.live import snapshot
-from services.live.state import LiveScorer, MatchState
+from services.live.scorer import LiveScorer
+from services.live.state import MatchState
 from shared import metrics
 from shared.events import LIVE_FRAMES, LIVE_STATE
 from shared.settings import Settings

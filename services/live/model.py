@@ -8,15 +8,14 @@ with that one, switched over without a restart.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 import asyncpg
 
 from services.live.state import ScoringModel
-from services.scorer.score import ImpactModel, ModelSchemaError
 from shared import db, metrics
-from shared.registry import DEFAULT_MODEL_FILE
+from shared.backoff import sleep_unless_stopped
+from shared.model import DEFAULT_MODEL_FILE, ImpactModel, ModelSchemaError
 from shared.settings import Settings
 from shared.storage import open_blob_store, open_checked, read_trusted
 
@@ -82,5 +81,4 @@ class LiveModel:
             except (OSError, asyncpg.PostgresError) as error:
                 metrics.ERRORS.labels(self.service, "model_registry").inc()
                 log.warning("model registry unreachable: %s", error)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.settings.model_poll_seconds)
+            await sleep_unless_stopped(stop, self.settings.model_poll_seconds)

@@ -25,14 +25,13 @@ from typing import TypeVar
 import asyncpg
 from aiohttp import web
 
-from services.cli.offline import IMPACT_LEGEND, OUT_OF_SCOPE_NOTE
-from services.featurizer.dataset import read_stored_features
-from services.featurizer.features import FeatureTable
-from services.scorer.report import STYLE, report_html
-from services.scorer.score import ImpactModel, ScoredReplay, score_replay
 from shared import db
 from shared.db import ModelRecord
-from shared.scope import in_scope
+from shared.features.dataset import read_stored_features
+from shared.features.table import FeatureTable
+from shared.impact import ScoredReplay, score_replay
+from shared.model import ImpactModel
+from shared.report import STYLE, report_html, report_notes
 from shared.settings import Settings
 from shared.storage import BlobStoreUnavailable, open_blob_store, open_checked
 
@@ -130,9 +129,7 @@ def replay_report_html(
     scored: ScoredReplay,
 ) -> str:
     """The page of ``rlimpact report``, with its title and notes."""
-    notes = [f"model {model_version}", IMPACT_LEGEND]
-    if not in_scope(table.map_name, table.game_mode):
-        notes.append(OUT_OF_SCOPE_NOTE)
+    notes = report_notes(model_version, table.map_name, table.game_mode)
     size = f"{team_size}v{team_size}" if team_size else "size unknown"
     title = (
         f"{filename}: {size}, {table.game_mode or 'mode unknown'} on "

@@ -21,7 +21,7 @@ from aiokafka.structs import RecordMetadata
 
 from services.live.changelog import StateLog
 from services.live.model import LiveModel
-from services.live.state import LiveScorer
+from services.live.scorer import LiveScorer
 from services.live.web import ScoreHub, feed_hub, serve_web
 from shared import metrics
 from shared.events import (
@@ -50,7 +50,7 @@ class LiveLoop:
     def __init__(self, ctx: ServiceContext, model: LiveModel, producer: EventProducer) -> None:
         self.ctx, self.model, self.producer = ctx, model, producer
         settings = ctx.settings
-        self.scorer = LiveScorer(settings.horizon_seconds)
+        self.scorer = LiveScorer()
         self.state = StateLog(settings, self.scorer, NAME)
         self.lock = asyncio.Lock()  # a batch and a rebalance do not interleave
         self._sending: set[asyncio.Task[None]] = set()

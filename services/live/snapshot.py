@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from services.featurizer.features import StreamCarry, StreamFeaturizer, game_context
 from services.live.state import MatchState, Row, Totals
 from shared.events import GoalInfo, LiveFrame, LivePlayer, PlayerInfo
+from shared.features.context import StreamCarry, game_context
+from shared.features.stream import StreamFeaturizer
 
 SNAPSHOT_VERSION = 1
 _LENGTH = struct.Struct(">I")

@@ -30,10 +30,6 @@ from typing import TypeGuard, TypeVar
 
 from aiokafka import AIOKafkaConsumer
 
-from services.featurizer.dataset import read_stored_features
-from services.featurizer.features import FEATURE_SCHEMA_VERSION
-from services.scorer.score import ImpactModel, ModelSchemaError, score_table
-from services.scorer.skill import SkillModel, estimate_skill
 from shared import db, metrics
 from shared.db import ModelRecord, ScoreKey, ScoreRow, StoredScore
 from shared.events import (
@@ -46,16 +42,21 @@ from shared.events import (
     ScoreEmitted,
     decode,
 )
+from shared.features.dataset import read_stored_features
+from shared.features.table import FEATURE_SCHEMA_VERSION
+from shared.impact import score_table
 from shared.kafka import (
     Emission,
     committed_records_since,
     consume_in_transactions,
     started,
 )
-from shared.registry import DEFAULT_MODEL_FILE, ensure_active_impact_model
+from shared.model import DEFAULT_MODEL_FILE, ImpactModel, ModelSchemaError
+from shared.registry import ensure_active_impact_model
 from shared.retry import RetryPolicy, Stopped, is_transient
 from shared.service import ServiceContext, run_service
 from shared.settings import Settings
+from shared.skill import SkillModel, estimate_skill
 from shared.storage import BlobOutsideStore, BlobStore, open_blob_store, open_checked
 
 NAME = "scorer"

@@ -11,17 +11,13 @@ forecasts of all folds are scored together.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from services.featurizer.features import FeatureTable
+from services.trainer.config import IMPACT_FIT, TrainConfig
+from services.trainer.data import scoped_tables, shuffled_by_replay, split_by_replay
 from services.trainer.evaluate import BALL_INPUTS, TeamForecasts, TorchPredictor, forecasts
-from services.trainer.train import (
-    TrainConfig,
-    scoped_tables,
-    shuffled_by_replay,
-    split_by_replay,
-    train_on_split,
-)
+from services.trainer.train import train_on_split
+from shared.features.table import FeatureTable
 
 MODEL = "model"
 BASELINE = "ball-only"
@@ -30,12 +26,10 @@ BASELINE = "ball-only"
 def baseline_config(epochs: int, seed: int, val_fraction: float) -> TrainConfig:
     """The ball-only baseline: the impact network's trainer, reading BALL_INPUTS only."""
     return TrainConfig(
-        epochs=epochs,
-        seed=seed,
+        fit=replace(IMPACT_FIT, epochs=epochs, seed=seed, milestone_every=0),
         val_fraction=val_fraction,
         inputs=BALL_INPUTS,
         hidden=(64, 64),
-        milestone_every=0,
     )
 
 
@@ -50,12 +44,12 @@ def replay_folds(tables: list[FeatureTable], folds: int, seed: int) -> list[list
 def fold_splits(
     scoped: list[FeatureTable], folds: int, config: TrainConfig
 ) -> Iterator[tuple[list[FeatureTable], list[FeatureTable], list[FeatureTable]]]:
-    """Per fold of ``scoped`` (dealt by ``config.seed``): (held out, training, early-stopping)
+    """Per fold of ``scoped`` (dealt by ``config.fit.seed``): (held out, training, early-stopping)
     replays, the last two split from the other folds by ``config.val_fraction``."""
-    for held_out in replay_folds(scoped, folds, config.seed):
+    for held_out in replay_folds(scoped, folds, config.fit.seed):
         ids = {t.replay_id for t in held_out}
         rest = [t for t in scoped if t.replay_id not in ids]
-        train, val = split_by_replay(rest, config.val_fraction, config.seed)
+        train, val = split_by_replay(rest, config.val_fraction, config.fit.seed)
         yield held_out, train, val
 
 
@@ -106,7 +100,7 @@ def cross_validate(
     train_share: float = 1.0,
 ) -> CrossValidation:
     """Both recipes trained and forecast on each of ``folds`` folds of the in-scope replays
-    (dealt by ``model.seed``); ``on_fold`` hears of each fold when it is done. With
+    (dealt by ``model.fit.seed``); ``on_fold`` hears of each fold when it is done. With
     ``train_share`` below 1, each fold trains on that share of its training replays only (the
     same validation and held-out replays): what the recipe makes of less data."""
     if not 0 < train_share <= 1:
@@ -116,7 +110,9 @@ def cross_validate(
     for held_out, train, val in fold_splits(scoped, folds, model):
         ids = {t.replay_id for t in held_out}
         if train_share < 1:
-            train = shuffled_by_replay(train, model.seed)[: max(1, round(train_share * len(train)))]
+            train = shuffled_by_replay(train, model.fit.seed)[
+                : max(1, round(train_share * len(train)))
+            ]
         results = {}
         for name, config in ((MODEL, model), (BASELINE, baseline)):
             trained = train_on_split(train, val, config, progress=False)

@@ -1,7 +1,7 @@
 """Evaluate an impact model on held-out replays against a ball-only baseline; plots as PNG.
 
 Forecasts are scored per (live frame, team): P(team k scores within the horizon) is what
-:func:`services.scorer.score.team_score_probability` makes of the rows of both teams (the
+:func:`shared.impact.team_score_probability` makes of the rows of both teams (the
 number impact is computed from), and P(team k concedes) is the other team's P(score).
 Frames between a goal and the next kickoff are left out, as in training.
 
@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from services.featurizer.features import FeatureTable
-from services.scorer.score import PlayerScore, Predictor, TouchCredit, team_score_probability
+from shared.features.table import FeatureTable
+from shared.impact import PlayerScore, TouchCredit, team_score_probability
+from shared.model import Predictor
 
 EPSILON = 1e-7
 EVENTS = ("score", "concede")

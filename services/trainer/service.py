@@ -11,7 +11,7 @@ delivered again.
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import functools
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Mapping
@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from services.featurizer.dataset import read_stored_features
-from services.featurizer.features import FEATURE_SCHEMA_VERSION, N_FEATURES, FeatureTable
-from services.scorer.skill import player_sequences
+from services.trainer.config import SHIPPED_RECIPE
+from services.trainer.export import OnnxSignature, export_onnx, onnx_parity
+from services.trainer.fit import data_hash
 from services.trainer.skill import (
     SKILL_SIGNATURE,
     PlayerKey,
@@ -31,18 +31,16 @@ from services.trainer.skill import (
     export_skill_onnx,
     train_skill_model,
 )
-from services.trainer.train import (
-    OnnxSignature,
-    TrainConfig,
-    TrainResult,
-    export_onnx,
-    onnx_parity,
-    train_impact_model,
-)
+from services.trainer.train import TrainResult, train_impact_model
 from shared import db
-from shared.events import MODEL_PROMOTED, TRAIN_REQUESTED, ModelPromoted, TrainRequested
+from shared.events import TRAIN_REQUESTED, TrainRequested
+from shared.features.dataset import check_label_horizon, read_stored_features
+from shared.features.table import FEATURE_SCHEMA_VERSION, N_FEATURES, FeatureTable
 from shared.kafka import consume
+from shared.model import split_metadata
+from shared.registry import promote_and_announce
 from shared.service import ServiceContext, run_service
+from shared.skill import player_sequences
 from shared.storage import open_blob_store, sha256_file
 
 NAME = "trainer"
@@ -52,15 +50,11 @@ log = logging.getLogger(NAME)
 
 
 def model_version(kind: str, replay_ids: list[str]) -> str:
-    data_hash = hashlib.sha256("".join(sorted(replay_ids)).encode()).hexdigest()[:8]
-    return f"{kind}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{data_hash}"
+    return f"{kind}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{data_hash(replay_ids, ())[:8]}"
 
 
 def run_dir(ctx: ServiceContext, kind: str, replay_ids: list[str], labels: list[str]) -> Path:
-    key = "\n".join([kind, *sorted(replay_ids), *sorted(labels)])
-    return (
-        ctx.settings.data_dir / "runs" / f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
-    )
+    return ctx.settings.data_dir / "runs" / f"{kind}-{data_hash(replay_ids, (), labels)[:16]}"
 
 
 def mean_ratings(labels: list[db.PlayerLabel]) -> dict[PlayerKey, float]:
@@ -102,17 +96,12 @@ async def register(
             kind=kind,
         )
         has_active = await db.active_model(conn, kind) is not None
-        promote = request.promote == "always" or (
-            request.promote == "if-none-active" and not has_active
-        )
-        if promote:
-            record = await db.promote_model(conn, record.id)
-    log.info("registered %s (%s): %s", version, record.status, result.metrics)
+    promote = request.promote == "always" or (
+        request.promote == "if-none-active" and not has_active
+    )
     if promote:
-        await ctx.producer.send(
-            MODEL_PROMOTED,
-            ModelPromoted(model_id=record.id, model_version=record.version, kind=kind),
-        )
+        record = await promote_and_announce(ctx, record.id)
+    log.info("registered %s (%s): %s", version, record.status, result.metrics)
     return record
 
 
@@ -126,14 +115,16 @@ async def train_and_register(
     tables = await asyncio.to_thread(
         lambda: [read_stored_features(store, row["features_uri"]) for row in rows]
     )
+    check_label_horizon(tables, ctx.settings.horizon_seconds)
     replay_ids = [t.replay_id for t in tables]
     result = await asyncio.to_thread(
-        train_impact_model, tables, TrainConfig(), False, run_dir(ctx, "impact", replay_ids, [])
+        train_impact_model, tables, SHIPPED_RECIPE, False, run_dir(ctx, "impact", replay_ids, [])
     )
     parity_rows = tables[0].features.reshape(-1, N_FEATURES)[:PARITY_ROWS]
-    record = await register(
-        ctx, "impact", result, request, export_onnx, parity_rows, OnnxSignature()
+    export = functools.partial(
+        export_onnx, metadata=split_metadata(result.train_replays, result.val_replays)
     )
+    record = await register(ctx, "impact", result, request, export, parity_rows, OnnxSignature())
     ratings = mean_ratings([label for label in labels if label.replay_id in set(replay_ids)])
     if ratings:
         await train_skill(ctx, request, tables, ratings)

@@ -7,7 +7,7 @@ features). Training crops random windows of each player's sequence; validation a
 read the whole replay. Replays are split into training and validation sets by file, as for
 the impact model. The ONNX graph outputs standardized ratings (label standard deviations from
 the label mean: values near 0, so torch and onnxruntime can be held to 1e-4); the label mean
-and deviation travel in its metadata, and :class:`services.scorer.skill.SkillModel` turns
+and deviation travel in its metadata, and :class:`shared.skill.SkillModel` turns
 them into MMR.
 
 Labels are ratings per (replay, player): from Postgres (``player_labels``) in the trainer
@@ -25,8 +25,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from services.featurizer.features import FEATURE_NAMES, N_FEATURES, FeatureTable
-from services.scorer.skill import (
+from services.trainer.config import FitConfig, FitsWith
+from services.trainer.data import split_by_replay
+from services.trainer.export import OnnxSignature, export_onnx
+from services.trainer.fit import RunInfo, data_hash, fit, fit_metrics, write_snapshot
+from services.trainer.train import TrainResult
+from shared.features.table import FEATURE_NAMES, N_FEATURES, FeatureTable
+from shared.skill import (
     DEFAULT_STRIDE,
     META_RATING_MEAN,
     META_RATING_STD,
@@ -34,18 +39,6 @@ from services.scorer.skill import (
     SKILL_INPUT,
     SKILL_OUTPUT,
     player_sequences,
-)
-from services.trainer.train import (
-    FitConfig,
-    OnnxSignature,
-    RunInfo,
-    TrainResult,
-    data_hash,
-    export_onnx,
-    fit,
-    fit_metrics,
-    split_by_replay,
-    write_snapshot,
 )
 
 SKILL_SIGNATURE = OnnxSignature(
@@ -59,25 +52,22 @@ MIN_FEATURE_STD = 1e-2  # below this a feature counts as constant in the trainin
 PlayerKey = tuple[str, int]  # (replay_id, player_index)
 
 
+# The skill model's fit settings when nothing else is asked for
+SKILL_FIT = FitConfig(
+    epochs=40, learning_rate=3e-3, weight_decay=1e-2, seed=0, patience=8, milestone_every=10
+)
+
+
 @dataclass(frozen=True)
-class SkillConfig:
-    epochs: int = 40
+class SkillConfig(FitsWith):
+    fit: FitConfig = SKILL_FIT
     batch_size: int = 32
     window: int = 600  # rows per training crop: 5 min at the default stride
     crops_per_player: int = 4  # crops of each training player per epoch
     stride: int = DEFAULT_STRIDE
     hidden: int = 32
-    learning_rate: float = 3e-3
-    weight_decay: float = 1e-2
     val_fraction: float = 0.25
     min_rows: int = 60  # players with fewer rows (30 s) are neither trained nor validated on
-    seed: int = 0
-    patience: int = 8
-    milestone_every: int = 10
-
-    @property
-    def fit(self) -> FitConfig:
-        return FitConfig.of(self)
 
 
 @dataclass(frozen=True)
@@ -232,7 +222,7 @@ def train_skill_model(
 ) -> TrainResult:
     labelled = {key[0] for key in ratings}
     usable = [t for t in tables if t.replay_id in labelled]
-    train_tables, val_tables = split_by_replay(usable, config.val_fraction, config.seed)
+    train_tables, val_tables = split_by_replay(usable, config.val_fraction, config.fit.seed)
     train = skill_examples(train_tables, ratings, config)
     val = skill_examples(val_tables, ratings, config)
     if len(train) < 2 or not val:
@@ -242,7 +232,7 @@ def train_skill_model(
         )
     rows = np.concatenate([e.sequence for e in train])
     train_ratings = np.array([e.rating for e in train])
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.fit.seed)
     model = SkillNet(
         rows.mean(axis=0),
         rows.std(axis=0),

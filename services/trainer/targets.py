@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.featurizer.features import FEATURE_NAMES, FeatureTable, goal_within
+from shared.features.labels import goal_within
+from shared.features.table import FEATURE_NAMES, FeatureTable
 
 BALL_Y = FEATURE_NAMES.index("ball_y")  # the ball's y / GOAL_Y, from the row player's side
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from services.ingestor.labels import BcRank, rating_from_rank
+from services.ingestor.collector.labels import BcRank, rating_from_rank
 from services.parser.parse import parse_replay_file
 from shared import db
 from shared.settings import REPO_ROOT

@@ -21,16 +21,18 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from services.featurizer.features import featurize
 from services.parser.parse import parse_replay_file
+from services.trainer.config import TrainConfig
+from services.trainer.export import export_onnx
 from services.trainer.skill import (
     SkillConfig,
     export_skill_onnx,
     planted_ratings,
     train_skill_model,
 )
-from services.trainer.train import TrainConfig, export_onnx, train_impact_model
+from services.trainer.train import train_impact_model
 from shared.events import SCORES_EMITTED, ScoreEmitted
+from shared.features.batch import featurize
 from tests.integration.conftest import Stack, events_on, wait_for
 
 pytestmark = pytest.mark.integration
@@ -58,7 +60,9 @@ def model_files(good_replays, tmp_path_factory) -> tuple[Path, Path]:
     files = []
     run = uuid.uuid4().hex[:8]
     for seed in (1, 2):
-        result = train_impact_model(tables, TrainConfig(epochs=1, seed=seed), progress=False)
+        result = train_impact_model(
+            tables, TrainConfig().with_fit(epochs=1, seed=seed), progress=False
+        )
         files.append(folder / f"model-{seed}.onnx")
         export_onnx(result.model, files[-1], f"impact-hot-reload-{run}-seed{seed}")
     return files[0], files[1]
@@ -70,7 +74,7 @@ def skill_file(good_replays, tmp_path_factory) -> Path:
     long_games = [r for r in good_replays if (r.team_size or 0) == 3][:6]
     tables = [featurize(parse_replay_file(r.path, r.sha256)) for r in long_games]
     ratings = {(t.replay_id, i): v for t in tables for i, v in planted_ratings(t).items()}
-    config = SkillConfig(epochs=2)
+    config = SkillConfig().with_fit(epochs=2)
     result = train_skill_model(tables, ratings, config, progress=False)
     path = tmp_path_factory.mktemp("skill") / "skill.onnx"
     export_skill_onnx(result.model, path, f"skill-hot-reload-{uuid.uuid4().hex[:8]}", config.stride)

@@ -27,9 +27,9 @@ from aiokafka.partitioner import DefaultPartitioner
 from PIL import Image, ImageChops
 
 from services.bridge.simulator import PlaybackOptions, sos_messages
-from services.featurizer.features import FEATURE_SCHEMA_VERSION
 from services.live.model import LiveModel
-from services.live.state import LiveScorer, ScoringModel
+from services.live.scorer import LiveScorer
+from services.live.state import ScoringModel
 from services.parser.parse import parse_replay_file
 from shared.events import (
     EVENTS_INVALID,
@@ -40,6 +40,7 @@ from shared.events import (
     LiveScore,
     utcnow,
 )
+from shared.features.table import FEATURE_SCHEMA_VERSION
 from shared.frames import PLAYER_FIELD, ParsedReplay
 from shared.kafka import ensure_topics
 from shared.settings import REPO_ROOT
@@ -438,7 +439,7 @@ async def _model_in_use(stack: Stack, final: LiveScore) -> ScoringModel:
 
 def _undisturbed(frames: list[LiveFrame], model: ScoringModel) -> LiveScore:
     """The match's final update from one scorer that saw all its frames, never stopped."""
-    scorer = LiveScorer(horizon_seconds=10.0)
+    scorer = LiveScorer()
     updates: list[LiveScore] = []
     for i in range(0, len(frames), 4):
         updates += scorer.score(frames[i : i + 4], model, now=0.0)[0]

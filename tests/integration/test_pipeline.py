@@ -19,14 +19,13 @@ from dataclasses import dataclass
 import asyncpg
 import pytest
 
-from services.scorer.score import ImpactModel
 from shared.events import (
     REPLAY_FAILED,
     SCORES_EMITTED,
     ReplayFailed,
     ScoreEmitted,
 )
-from shared.registry import DEFAULT_MODEL_FILE
+from shared.model import DEFAULT_MODEL_FILE, ImpactModel
 from shared.settings import SERVICE_NAMES
 from tests.integration.conftest import Stack, events_on, wait_for
 

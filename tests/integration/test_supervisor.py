@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from services.cli.supervisor import pid_file, read_pid
+from services.cli.instances import pid_file, read_pid
 from shared import process
 from shared.settings import REPO_ROOT, SERVICE_NAMES
 from tests.integration.conftest import Stack

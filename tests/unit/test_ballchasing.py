@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from services.ingestor.ballchasing import (
+from services.ingestor.collector.client import (
     BallchasingAuthError,
     BallchasingClient,
     BallchasingError,
@@ -26,7 +26,7 @@ from services.ingestor.ballchasing import (
     SlidingWindow,
     retry_after_seconds,
 )
-from services.ingestor.labels import BcReplay, labels_from_ballchasing, rating_from_rank
+from services.ingestor.collector.labels import BcReplay, labels_from_ballchasing, rating_from_rank
 from shared.settings import Settings
 from tests.support.ballchasing_server import (
     BallchasingServer,

@@ -10,27 +10,17 @@ from datetime import timedelta
 import numpy as np
 import pytest
 
-from services.featurizer.features import (
-    FEATURE_SCHEMA_VERSION,
-    KEEP_SECONDS,
-    N_FEATURES,
-    StreamFeaturizer,
-    featurize,
-    stream_rows,
-)
 from services.live import snapshot
-from services.live.state import LiveScorer, MatchState, ScoringModel
+from services.live.scorer import LiveScorer
+from services.live.state import MatchState, ScoringModel
 from services.parser.parse import parse_replay_file
-from services.scorer.score import (
-    INPUT_NAME,
-    META_SCHEMA,
-    META_VERSION,
-    OUTPUT_NAME,
-    ImpactModel,
-    score_table,
-)
 from shared.events import LiveBall, LiveFrame, LivePlayer, utcnow
+from shared.features.batch import featurize
+from shared.features.stream import KEEP_SECONDS, StreamFeaturizer, stream_rows
+from shared.features.table import FEATURE_SCHEMA_VERSION, N_FEATURES
 from shared.frames import PLAYER_FIELD, ParsedReplay
+from shared.impact import score_table
+from shared.model import INPUT_NAME, META_SCHEMA, META_VERSION, OUTPUT_NAME, ImpactModel
 
 FPS = 30
 
@@ -133,7 +123,7 @@ def test_live_impact_is_the_replay_scorers_on_the_same_frames(parsed, model):
     to two seconds after the second goal: every touch before it is settled in both)."""
     goal = parsed.goals[1]
     stop = int(np.searchsorted(parsed.time, goal.time)) + 2 * FPS
-    scorer = LiveScorer(horizon_seconds=10.0)
+    scorer = LiveScorer()
     frames = plugin_frames(parsed, "m", 0, stop)
     updates = []
     for i in range(0, len(frames), 7):
@@ -268,7 +258,7 @@ def test_reported_speed_scales_the_estimate_and_teleports_are_capped():
 
 
 def test_frames_without_locations_are_skipped_and_ended_matches_closed(parsed, model):
-    scorer = LiveScorer(horizon_seconds=10.0)
+    scorer = LiveScorer()
     frames = plugin_frames(parsed, "m", 500, 510)
     blind = frames[0].model_copy(update={"ball": None, "seq": 99})
     updates, skipped = scorer.score([*frames, blind], model, now=0.0)
@@ -282,7 +272,7 @@ def test_frames_without_locations_are_skipped_and_ended_matches_closed(parsed, m
 
 
 def test_a_player_leaving_starts_a_new_window_but_keeps_totals(parsed, model):
-    scorer = LiveScorer(horizon_seconds=10.0)
+    scorer = LiveScorer()
     frames = plugin_frames(parsed, "m", 700, 720)
     scorer.score(frames[:10], model, now=0.0)
     leaver = frames[10].players[0].id
@@ -309,7 +299,7 @@ def test_two_cars_touching_the_ball_in_one_frame_are_each_credited_once(parsed, 
     other = next(p.index for p in parsed.players if p.team != parsed.players[player].team)
     doubled = replace(parsed, touches=np.insert(touches, k + 1, [frame, other], axis=0))
 
-    scorer = LiveScorer(horizon_seconds=10.0)
+    scorer = LiveScorer()
     for live_frame in plugin_frames(doubled, "m", 0, stop):
         scorer.score([live_frame], model, now=0.0)
 
@@ -337,11 +327,11 @@ def test_a_restored_snapshot_goes_on_exactly_as_the_match_it_was_taken_from(pars
     stop = int(np.searchsorted(parsed.time, parsed.goals[1].time)) + 2 * FPS
     frames = plugin_frames(parsed, "m", 0, stop)
     offsets = range(100, 100 + stop)
-    undisturbed = LiveScorer(horizon_seconds=10.0)
+    undisturbed = LiveScorer()
     _scored(undisturbed, frames, model, offsets, 5)
 
     cut = int(np.searchsorted(parsed.time, parsed.goals[0].time)) + 3 * FPS + 7
-    first = LiveScorer(horizon_seconds=10.0)
+    first = LiveScorer()
     _scored(first, frames[:cut], model, offsets[:cut], 5)
     before = first.matches["m"]
     assert before.stream is not None and before.stream.first > 0, "frames were dropped"
@@ -349,7 +339,7 @@ def test_a_restored_snapshot_goes_on_exactly_as_the_match_it_was_taken_from(pars
     restored = snapshot.decode(raw)
     assert restored.offset == offsets[cut - 1] and restored.state is not None
 
-    second = LiveScorer(horizon_seconds=10.0)
+    second = LiveScorer()
     second.matches["m"] = restored.state
     replay_from = cut - 40  # the committed offset lags the snapshot
     updates = _scored(second, frames[replay_from:], model, offsets[replay_from:], 5)
@@ -363,7 +353,7 @@ def test_a_restored_snapshot_goes_on_exactly_as_the_match_it_was_taken_from(pars
 
 
 def test_a_closed_match_stays_closed_for_the_frames_it_had(parsed, model):
-    scorer = LiveScorer(horizon_seconds=10.0)
+    scorer = LiveScorer()
     frames = plugin_frames(parsed, "m", 500, 510)
     end = LiveFrame(match_id="m", source="plugin", seq=10, received_at=utcnow(), status="ended")
     _scored(scorer, [*frames, end], model, range(0, 11), 11)
@@ -371,7 +361,7 @@ def test_a_closed_match_stays_closed_for_the_frames_it_had(parsed, model):
     closed = snapshot.decode(snapshot.encode_closed("m", 10))
     assert closed.state is None and closed.offset == 10
 
-    again = LiveScorer(horizon_seconds=10.0)
+    again = LiveScorer()
     again.closed_at["m"] = closed.offset
     updates, skipped = again.score([*frames, end], model, 0.0, [(3, o) for o in range(11)])
     assert updates == [] and skipped == {"replayed": 11}

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from services.cli import main
-from services.featurizer.features import FeatureTable, featurize
 from services.parser.parse import parse_replay_file
 from services.trainer.compare import (
     BASELINE,
@@ -20,12 +19,15 @@ from services.trainer.compare import (
     out_of_fold_models,
     replay_folds,
 )
+from services.trainer.config import TrainConfig
+from services.trainer.data import scoped_tables
 from services.trainer.evaluate import TeamForecasts
-from services.trainer.train import TrainConfig, scoped_tables
+from shared.features.batch import featurize
+from shared.features.table import FeatureTable
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
-QUICK = TrainConfig(epochs=1, batch_size=4096, milestone_every=0)
+QUICK = TrainConfig(batch_size=4096).with_fit(epochs=1, milestone_every=0)
 
 
 @pytest.fixture(scope="module")

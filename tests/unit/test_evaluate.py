@@ -10,9 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from services.cli import main
-from services.featurizer.dataset import SCHEMA_VERSION_KEY, read_features
-from services.featurizer.features import FEATURE_SCHEMA_VERSION, FeatureTable, featurize
 from services.parser.parse import parse_replay_file
+from services.trainer.config import TrainConfig
 from services.trainer.evaluate import (
     TeamForecasts,
     binary_metrics,
@@ -23,7 +22,11 @@ from services.trainer.evaluate import (
     table_forecasts,
     weighted_roc_auc,
 )
-from services.trainer.train import TrainConfig, export_onnx, train_impact_model
+from services.trainer.export import export_onnx
+from services.trainer.train import train_impact_model
+from shared.features.batch import featurize
+from shared.features.dataset import SCHEMA_VERSION_KEY, read_features
+from shared.features.table import FEATURE_SCHEMA_VERSION, FeatureTable
 from shared.scope import in_scope
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -123,7 +126,9 @@ def test_evaluate_prints_model_and_baseline_and_writes_plots(few, tmp_path, caps
     for row in few:  # a folder of links: the replays themselves stay where they are
         (replays / row.path.name).symlink_to(row.path)
     tables = [featurize(parse_replay_file(r.path, r.sha256)) for r in few]
-    model = train_impact_model(tables, TrainConfig(epochs=1, milestone_every=0), progress=False)
+    model = train_impact_model(
+        tables, TrainConfig().with_fit(epochs=1, milestone_every=0), progress=False
+    )
     export_onnx(model.model, tmp_path / "m.onnx", "impact-eval-test")
     out = tmp_path / "eval"
     argv = ["evaluate", str(replays), "--model", str(tmp_path / "m.onnx"), "--out", str(out)]

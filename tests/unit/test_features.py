@@ -6,18 +6,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.featurizer.dataset import FeatureSchemaError, read_features, write_features
-from services.featurizer.features import (
-    FEATURE_NAMES,
-    MIRROR_SIGNS,
-    N_FEATURES,
-    FeatureTable,
-    featurize,
-    goal_within,
-    live_frames,
-)
 from services.parser.parse import parse_replay_file
 from shared.events import GoalInfo
+from shared.features.batch import featurize
+from shared.features.context import live_frames
+from shared.features.dataset import (
+    FeatureSchemaError,
+    StaleLabelsError,
+    check_label_horizon,
+    read_features,
+    write_features,
+)
+from shared.features.labels import goal_within
+from shared.features.table import FEATURE_NAMES, MIRROR_SIGNS, N_FEATURES, FeatureTable
 from shared.frames import BALL_FIELD, PLAYER_FIELD, ParsedReplay
 
 COLUMN = {name: i for i, name in enumerate(FEATURE_NAMES)}
@@ -130,8 +131,9 @@ def test_a_ball_put_back_on_its_spot_does_not_restart_play():
 
 def test_touches_come_from_the_parser_in_live_frames(parsed: ParsedReplay, table: FeatureTable):
     expected = {(int(f), int(p)) for f, p in parsed.touches if table.live[f]}
-    assert expected and set(map(tuple, table.touch_events.tolist())) == expected
-    frame, player = table.touch_events[len(table.touch_events) // 2]
+    touches = np.argwhere(table.touched)  # [K, 2] (frame, player), by frame
+    assert expected and set(map(tuple, touches.tolist())) == expected
+    frame, player = touches[len(touches) // 2]
     team = table.players[player].team
     after = table.features[frame]
     assert after[player, COLUMN["touched_last"]] == 1.0
@@ -159,10 +161,23 @@ def test_parquet_round_trip_keeps_everything(table: FeatureTable, tmp_path: Path
         np.testing.assert_array_equal(getattr(loaded, name), getattr(table, name))
 
 
+def test_a_file_records_its_label_horizon_and_stale_labels_are_refused(
+    table: FeatureTable, tmp_path: Path
+):
+    write_features(table, tmp_path / "f.parquet")
+    loaded = read_features(tmp_path / "f.parquet")
+    assert loaded.label_horizon_seconds == table.label_horizon_seconds == 10.0
+    check_label_horizon([loaded], 10.0)
+    with pytest.raises(StaleLabelsError, match=r"\[10.0\] s ahead, not 5 s"):
+        check_label_horizon([loaded], 5.0)
+    unrecorded = replace(loaded, label_horizon_seconds=None)  # a file from before the record
+    check_label_horizon([unrecorded], 5.0)
+
+
 def test_reading_another_schema_version_fails_clearly(table: FeatureTable, tmp_path: Path):
     import pyarrow.parquet as pq
 
-    from services.featurizer.dataset import SCHEMA_VERSION_KEY, to_arrow
+    from shared.features.dataset import SCHEMA_VERSION_KEY, to_arrow
 
     arrow = to_arrow(table)
     metadata = {**arrow.schema.metadata, SCHEMA_VERSION_KEY: b"999"}

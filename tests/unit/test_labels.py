@@ -1,4 +1,4 @@
-"""Reading label files and deciding what each row names (services/ingestor/labels.py).
+"""Reading label files and deciding what each row names (services/ingestor/collector/labels.py).
 
 Storing and matching against Postgres is in tests/integration/test_collect_labels.py.
 """
@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from services.ingestor.labels import (
+from services.ingestor.collector.labels import (
     RANK_TIER_MMR,
     BcRank,
     LabelFileError,

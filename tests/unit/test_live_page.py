@@ -17,7 +17,8 @@ from aiohttp import web
 from PIL import Image
 
 from services.live.replays import PER_PAGE, ReplayCatalog, paginate, requested_page
-from services.live.state import LiveScorer, ScoringModel
+from services.live.scorer import LiveScorer
+from services.live.state import ScoringModel
 from services.live.timeline import (
     MAX_POINTS,
     REGULATION_SECONDS,
@@ -26,8 +27,8 @@ from services.live.timeline import (
 )
 from services.live.web import ScoreHub, StreamEvent, web_app
 from services.parser.parse import parse_replay_file
-from services.scorer.score import ImpactModel
 from shared.events import LiveScore, encode
+from shared.model import ImpactModel
 from shared.settings import Settings
 from tests.support.chromium import headless_chromium
 from tests.unit.test_bridge_live import plugin_frames
@@ -127,7 +128,7 @@ def updates(standard_replay) -> list[LiveScore]:
     parsed = parse_replay_file(standard_replay.path, standard_replay.sha256, fps=FPS)
     stop = int(np.searchsorted(parsed.time, parsed.goals[1].time)) + 20 * FPS
     model = ImpactModel(Settings().default_model_dir / "impact.onnx")
-    scorer, scoring = LiveScorer(horizon_seconds=10.0), ScoringModel(model, None, model.version)
+    scorer, scoring = LiveScorer(), ScoringModel(model, None, model.version)
     frames = plugin_frames(parsed, MATCH, 0, stop)
     out: list[LiveScore] = []
     for i in range(0, len(frames), 5):

@@ -9,35 +9,25 @@ import numpy as np
 import pytest
 import torch
 
-from services.featurizer.features import (
-    FEATURE_NAMES,
-    MIRROR_SIGNS,
-    N_FEATURES,
-    FeatureTable,
-    featurize,
-)
 from services.parser.parse import parse_replay_file
-from services.scorer.score import (
+from services.trainer.config import TrainConfig
+from services.trainer.data import split_by_replay, stack_rows
+from services.trainer.evaluate import BALL_INPUTS
+from services.trainer.export import export_onnx
+from services.trainer.network import ImpactNet
+from services.trainer.train import train_impact_model
+from shared.events import GoalInfo, PlayerInfo
+from shared.features.batch import featurize
+from shared.features.table import FEATURE_NAMES, MIRROR_SIGNS, N_FEATURES, FeatureTable
+from shared.impact import (
     IMPACT_SCALE,
-    ImpactModel,
-    ModelSchemaError,
     credit_touches,
     live_minutes,
-    predict_table,
     score_credits,
     score_table,
     team_score_probability,
 )
-from services.trainer.evaluate import BALL_INPUTS
-from services.trainer.train import (
-    ImpactNet,
-    TrainConfig,
-    export_onnx,
-    split_by_replay,
-    stack_rows,
-    train_impact_model,
-)
-from shared.events import GoalInfo, PlayerInfo
+from shared.model import ImpactModel, ModelSchemaError, predict_table
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +38,7 @@ def tables(good_replays) -> list[FeatureTable]:
 
 @pytest.fixture(scope="module")
 def exported(tables, tmp_path_factory) -> tuple[torch.nn.Module, Path]:
-    result = train_impact_model(tables, TrainConfig(epochs=1), progress=False)
+    result = train_impact_model(tables, TrainConfig().with_fit(epochs=1), progress=False)
     path = tmp_path_factory.mktemp("model") / "impact.onnx"
     export_onnx(result.model, path, "impact-test")
     return result.model, path
@@ -120,7 +110,7 @@ def test_one_score_per_player(exported, tables):
     table = tables[0]
     scores = score_table(table, model)
     assert [s.player_index for s in scores] == [p.index for p in table.players]
-    assert sum(s.touches for s in scores) == len(table.touch_events) > 0
+    assert sum(s.touches for s in scores) == int(table.touched.sum()) > 0
     for s in scores:
         assert np.isfinite(s.impact) and s.impact == pytest.approx(s.offence + s.defence)
         assert s.impact_per_minute == pytest.approx(s.impact / live_minutes(table))

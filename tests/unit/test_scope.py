@@ -6,9 +6,11 @@ from dataclasses import replace
 
 import pytest
 
-from services.featurizer.features import featurize
 from services.parser.parse import parse_replay_file
-from services.trainer.train import TrainConfig, scoped_tables, train_impact_model
+from services.trainer.config import TrainConfig
+from services.trainer.data import scoped_tables
+from services.trainer.train import train_impact_model
+from shared.features.batch import featurize
 from shared.scope import game_mode, in_scope, standard_arena
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -65,7 +67,7 @@ def test_training_leaves_other_modes_and_arenas_out(good_replays):
     scoped, other = scoped_tables(everything)
     assert [t.replay_id for t in scoped] == [t.replay_id for t in tables]
     assert [t.replay_id for t in other] == ["hoops", "rumble"]
-    config = TrainConfig(epochs=1, batch_size=4096, milestone_every=0)
+    config = TrainConfig(batch_size=4096).with_fit(epochs=1, milestone_every=0)
     result = train_impact_model(everything, config, progress=False)
     assert result.out_of_scope == ["hoops", "rumble"]
     assert sorted(result.train_replays + result.val_replays) == sorted(t.replay_id for t in tables)

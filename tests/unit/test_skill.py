@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from services.featurizer.features import FEATURE_NAMES, FeatureTable, featurize
 from services.parser.parse import parse_replay_file
-from services.scorer.score import ModelSchemaError
-from services.scorer.skill import SkillModel, estimate_skill, player_sequences
+from services.trainer.config import TrainConfig
+from services.trainer.export import export_onnx, onnx_parity
 from services.trainer.skill import (
     PLANTED_MIN_SPEED,
     SKILL_SIGNATURE,
@@ -21,11 +20,15 @@ from services.trainer.skill import (
     regression_metrics,
     train_skill_model,
 )
-from services.trainer.train import TrainResult, export_onnx, onnx_parity, train_impact_model
+from services.trainer.train import TrainResult, train_impact_model
+from shared.features.batch import featurize
+from shared.features.table import FEATURE_NAMES, FeatureTable
+from shared.model import ModelSchemaError
+from shared.skill import SkillModel, estimate_skill, player_sequences
 
 N_REPLAYS = 36
 MIN_FRAMES = 1500  # 2.5 minutes at 10 fps
-CONFIG = SkillConfig(epochs=25)
+CONFIG = SkillConfig().with_fit(epochs=25)
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -95,7 +98,7 @@ def test_skill_onnx_matches_torch_and_the_scorer_reads_it(trained, tables, tmp_p
 
 
 def test_an_impact_model_is_not_taken_for_a_skill_model(tables, tmp_path):
-    impact = train_impact_model(tables[:3], progress=False).model
+    impact = train_impact_model(tables[:3], TrainConfig(), progress=False).model
     export_onnx(impact, tmp_path / "impact.onnx", "impact-test")
     with pytest.raises(ModelSchemaError, match="not a skill model"):
         SkillModel(tmp_path / "impact.onnx")

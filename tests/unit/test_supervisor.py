@@ -15,11 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from services.cli.stack import service_lines
-from services.cli.supervisor import (
-    Child,
+from services.cli.instances import (
     Instance,
-    describe_exit,
     instance_environment,
     is_supervisor,
     live_pid,
@@ -30,6 +27,8 @@ from services.cli.supervisor import (
     prometheus_targets,
     read_pid,
 )
+from services.cli.stack import service_lines
+from services.cli.supervisor import Child, describe_exit
 from shared import process
 from shared.backoff import Backoff
 from shared.settings import REPO_ROOT, SERVICE_NAMES, Settings

@@ -8,10 +8,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from services.featurizer.features import FeatureTable, featurize
 from services.parser.parse import parse_replay_file
+from services.trainer.data import stack_rows
 from services.trainer.targets import BALL_Y, NO_AUX, AuxTargets, training_targets
-from services.trainer.train import stack_rows
+from shared.features.batch import featurize
+from shared.features.table import FeatureTable
 
 
 @pytest.fixture(scope="module")

@@ -17,39 +17,38 @@ import pytest
 import torch
 from PIL import Image
 
-from services.featurizer.features import FEATURE_SCHEMA_VERSION, N_FEATURES, FeatureTable, featurize
 from services.parser.parse import parse_replay_file
-from services.trainer.train import (
+from services.trainer.config import TrainConfig
+from services.trainer.data import model_split, split_by_replay, stack_rows
+from services.trainer.export import export_onnx, onnx_parity
+from services.trainer.fit import (
     CHECKPOINT_FILE,
     LOSS_CURVE_FILE,
     MILESTONES_DIR,
-    ImpactEnsemble,
-    TrainConfig,
     data_hash,
-    export_onnx,
-    onnx_parity,
-    split_by_replay,
-    stack_rows,
     torch_threads,
-    train_impact_model,
-    weights_digest,
 )
+from services.trainer.network import ImpactEnsemble, weights_digest
+from services.trainer.train import train_impact_model
+from shared.features.batch import featurize
+from shared.features.table import FEATURE_SCHEMA_VERSION, N_FEATURES, FeatureTable
+from shared.model import ImpactModel, split_metadata
 from shared.scope import in_scope
 from shared.settings import REPO_ROOT
 from tests.conftest import ManifestRow
 
-FAST = TrainConfig(epochs=3, batch_size=4096, milestone_every=0)
+FAST = TrainConfig(batch_size=4096).with_fit(epochs=3, milestone_every=0)
 
 # Trains in a separate process, to be killed, on the replays given as PATH=SHA256 arguments.
 KILLABLE_RUN = """
 import sys
 from pathlib import Path
-from services.featurizer.features import featurize
+from shared.features.batch import featurize
 from services.parser.parse import parse_replay_file
 from services.trainer.train import TrainConfig, train_impact_model
 run_dir, epochs, *replays = sys.argv[1:]
 tables = [featurize(parse_replay_file(Path(r.split("=")[0]), r.split("=")[1])) for r in replays]
-config = TrainConfig(epochs=int(epochs), batch_size=4096, patience=0, milestone_every=0)
+config = TrainConfig(batch_size=4096).with_fit(epochs=int(epochs), patience=0, milestone_every=0)
 train_impact_model(tables, config, progress=False, run_dir=Path(run_dir))
 """
 
@@ -82,7 +81,7 @@ def _same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
 def test_same_seed_same_model_other_seed_another(tables):
     first = train_impact_model(tables, FAST, progress=False)
     again = train_impact_model(tables, FAST, progress=False)
-    other = train_impact_model(tables, TrainConfig(**{**FAST.__dict__, "seed": 1}), progress=False)
+    other = train_impact_model(tables, FAST.with_fit(seed=1), progress=False)
     assert _same(_weights(first.model), _weights(again.model))
     assert first.metrics == again.metrics
     assert not _same(_weights(first.model), _weights(other.model))
@@ -97,7 +96,7 @@ def test_a_seeded_run_does_not_depend_on_the_callers_torch_threads(tables):
     called_on_one = train_impact_model(tables, FAST, progress=False)
     assert _same(_weights(called_on_two.model), _weights(called_on_one.model))
     # the count does change the arithmetic, which is why fit fixes it
-    on_two = train_impact_model(tables, replace(FAST, threads=2), progress=False)
+    on_two = train_impact_model(tables, FAST.with_fit(threads=2), progress=False)
     assert not _same(_weights(on_two.model), _weights(called_on_one.model))
 
 
@@ -117,7 +116,7 @@ def test_a_killed_run_resumes_and_ends_as_an_uninterrupted_one(chosen, tables, t
     process.wait()
     assert process.returncode == -signal.SIGKILL
 
-    config = TrainConfig(epochs=epochs, batch_size=4096, patience=0, milestone_every=0)
+    config = TrainConfig(batch_size=4096).with_fit(epochs=epochs, patience=0, milestone_every=0)
     resumed = train_impact_model(tables, config, progress=False, run_dir=run_dir)
     fresh = train_impact_model(tables, config, progress=False, run_dir=tmp_path / "fresh")
     assert resumed.fit is not None and fresh.fit is not None
@@ -131,7 +130,7 @@ def test_a_killed_run_resumes_and_ends_as_an_uninterrupted_one(chosen, tables, t
 def test_a_finished_run_is_not_trained_again(tables, tmp_path):
     first = train_impact_model(tables, FAST, progress=False, run_dir=tmp_path)
     second = train_impact_model(tables, FAST, progress=False, run_dir=tmp_path)
-    assert second.fit is not None and second.fit.resumed_at == FAST.epochs
+    assert second.fit is not None and second.fit.resumed_at == FAST.fit.epochs
     assert _same(_weights(first.model), _weights(second.model))
 
 
@@ -143,12 +142,12 @@ def test_a_checkpoint_of_other_data_is_refused(tables, tmp_path):
 
 def test_early_stopping_keeps_the_best_epoch(tables):
     # No later epoch can beat the first by 10 nats: training stops after `patience` epochs.
-    config = TrainConfig(epochs=10, batch_size=4096, patience=2, min_delta=10.0)
+    config = TrainConfig(batch_size=4096).with_fit(epochs=10, patience=2, min_delta=10.0)
     result = train_impact_model(tables, config, progress=False)
     assert result.fit is not None
     assert result.fit.stopped_early and len(result.fit.history) == 3
     assert result.fit.best_epoch == 1
-    _, val = split_by_replay(tables, config.val_fraction, config.seed)
+    _, val = split_by_replay(tables, config.val_fraction, config.fit.seed)
     x_val, y_val = stack_rows(val)
     with torch.no_grad():
         loss = torch.nn.functional.binary_cross_entropy_with_logits(
@@ -159,7 +158,7 @@ def test_early_stopping_keeps_the_best_epoch(tables):
 
 
 def test_milestones_carry_metadata_and_the_loss_curve_is_a_png(tables, tmp_path):
-    config = TrainConfig(epochs=4, batch_size=4096, patience=0, milestone_every=2)
+    config = TrainConfig(batch_size=4096).with_fit(epochs=4, patience=0, milestone_every=2)
     result = train_impact_model(tables, config, progress=False, run_dir=tmp_path)
     names = sorted(p.name for p in (tmp_path / MILESTONES_DIR).iterdir())
     assert names == [
@@ -219,3 +218,27 @@ def _epoch_seconds(iso: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(iso).timestamp()
+
+
+def test_a_model_records_its_split_and_evaluation_holds_out_what_it_was_not_trained_on(
+    tables, tmp_path
+):
+    result = train_impact_model(tables, FAST, progress=False)
+    path = tmp_path / "impact.onnx"
+    metadata = split_metadata(result.train_replays, result.val_replays)
+    export_onnx(result.model, path, "impact-split", metadata=metadata)
+    split = ImpactModel(path).split
+    assert split is not None
+    assert split.train_replays == set(result.train_replays)
+    assert split.val_replays == set(result.val_replays)
+    trained, held_out = model_split(tables, split, val_fraction=0.5, seed=99)
+    assert {t.replay_id for t in trained} == set(result.train_replays)
+    assert {t.replay_id for t in held_out} == set(result.val_replays)
+    with pytest.raises(ValueError, match="none is held out"):
+        model_split(trained, split, val_fraction=0.5, seed=99)
+
+
+def test_a_model_without_a_recorded_split_is_held_out_by_seed(tables):
+    assert model_split(tables, None, 0.2, 0) == split_by_replay(tables, 0.2, 0)
+    shipped = ImpactModel(REPO_ROOT / "models" / "default" / "impact.onnx")
+    assert shipped.split is None  # exported before splits were recorded

@@ -208,7 +208,7 @@ def test_a_frames_file_of_another_replay_is_not_featurized_as_this_one(store: Fi
 
 
 def test_the_scorer_reads_only_the_features_stored_for_the_replay(store: FileBlobStore):
-    from services.featurizer.dataset import read_stored_features
+    from shared.features.dataset import read_stored_features
 
     with pytest.raises(BlobOutsideStore):
         read_stored_features(store, "file:///etc/passwd")

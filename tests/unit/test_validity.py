@@ -11,22 +11,19 @@ import numpy as np
 import pytest
 
 from services.cli.validate import header_points
-from services.featurizer.features import featurize
 from services.parser.header import player_stats, player_stats_of_file
 from services.parser.parse import parse_replay_file
-from services.scorer.score import IMPACT_SCALE, TouchCredit, credit_touches, live_minutes
+from services.trainer.statistics import pearson, ranks, spearman, standardised
 from services.trainer.validity import (
     MatchParts,
     across_match_reliability,
     match_parts,
     part_bounds,
-    pearson,
     predictive_validity,
-    ranks,
-    spearman,
     split_half_reliability,
-    standardised,
 )
+from shared.features.batch import featurize
+from shared.impact import IMPACT_SCALE, TouchCredit, credit_touches, live_minutes
 from shared.scope import in_scope
 from tests.unit.test_cli import _cli
 

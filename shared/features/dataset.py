@@ -2,8 +2,8 @@
 
 Key columns, the labels, ``live`` (play is on) and ``touched`` (the player touched the ball in
 that frame) come first, then one float column per feature in ``FEATURE_NAMES`` order. The file
-metadata holds the feature schema version, the players, the goals, the arena (map name) and
-the game mode.
+metadata holds the feature schema version, the players, the goals, the arena (map name), the
+game mode and the labels' horizon.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from services.featurizer.features import FEATURE_NAMES, FEATURE_SCHEMA_VERSION, FeatureTable
 from shared.events import GoalInfo, PlayerInfo
+from shared.features.table import FEATURE_NAMES, FEATURE_SCHEMA_VERSION, FeatureTable
 from shared.storage import BlobStore
 
 SCHEMA_VERSION_KEY = b"rlimpact.feature_schema_version"
@@ -24,13 +24,27 @@ PLAYERS_KEY = b"rlimpact.players"
 GOALS_KEY = b"rlimpact.goals"
 MAP_NAME_KEY = b"rlimpact.map_name"
 GAME_MODE_KEY = b"rlimpact.game_mode"
-KEY_COLUMNS = ("replay_id", "frame", "time", "segment", "live", "player_index", "team")
-LABEL_COLUMNS = ("label_score", "label_concede")
-EVENT_COLUMNS = ("touched",)
+LABEL_HORIZON_KEY = b"rlimpact.label_horizon_seconds"
 
 
 class FeatureSchemaError(ValueError):
     """A feature file written with another feature schema version."""
+
+
+class StaleLabelsError(ValueError):
+    """Feature tables whose labels look another horizon ahead than the reader's."""
+
+
+def check_label_horizon(tables: list[FeatureTable], horizon_seconds: float) -> None:
+    """Refuse tables labelled with another horizon (a file that does not record its horizon
+    predates the record and passes)."""
+    stale = [t for t in tables if t.label_horizon_seconds not in (None, horizon_seconds)]
+    if stale:
+        horizons = sorted({t.label_horizon_seconds for t in stale})  # type: ignore[type-var]
+        raise StaleLabelsError(
+            f"{len(stale)} feature tables are labelled {horizons} s ahead, not "
+            f"{horizon_seconds:g} s: featurize their replays again"
+        )
 
 
 def to_arrow(table: FeatureTable) -> pa.Table:
@@ -58,6 +72,8 @@ def to_arrow(table: FeatureTable) -> pa.Table:
         MAP_NAME_KEY: json.dumps(table.map_name).encode(),
         GAME_MODE_KEY: json.dumps(table.game_mode).encode(),
     }
+    if table.label_horizon_seconds is not None:
+        metadata[LABEL_HORIZON_KEY] = json.dumps(table.label_horizon_seconds).encode()
     return pa.table(columns).replace_schema_metadata(metadata)
 
 
@@ -112,4 +128,5 @@ def read_features(path: Path) -> FeatureTable:
         goals=goals,
         map_name=json.loads(metadata.get(MAP_NAME_KEY, b"null")),
         game_mode=json.loads(metadata.get(GAME_MODE_KEY, b"null")),
+        label_horizon_seconds=json.loads(metadata.get(LABEL_HORIZON_KEY, b"null")),
     )

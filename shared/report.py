@@ -13,8 +13,27 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.featurizer.features import FeatureTable
-from services.scorer.score import IMPACT_SCALE, ScoredReplay
+from shared.features.table import FeatureTable
+from shared.impact import IMPACT_SCALE, ScoredReplay
+from shared.scope import in_scope
+
+OUT_OF_SCOPE_NOTE = (
+    "out of scope: the impact model is trained for Soccar on standard arenas (shared/scope.py); "
+    "these scores are indicative only"
+)
+IMPACT_LEGEND = (
+    "impact: value added by the player's touches, 100 = one goal "
+    "(offence: team P(score) raised; defence: team P(concede) lowered)"
+)
+
+
+def report_notes(model_version: str, map_name: str | None, game_mode: str | None) -> list[str]:
+    """The notes under a report's title: the model, the legend, and whether it is in scope."""
+    notes = [f"model {model_version}", IMPACT_LEGEND]
+    if not in_scope(map_name, game_mode):
+        notes.append(OUT_OF_SCOPE_NOTE)
+    return notes
+
 
 TEAM_COLOURS = ("#1f77b4", "#ff7f0e")  # blue, orange
 TEAM_NAMES = ("blue", "orange")

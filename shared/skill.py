@@ -12,12 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from services.featurizer.features import FeatureTable
-from services.scorer.score import META_VERSION, ModelSchemaError, load_onnx
+from shared.features.table import FeatureTable
+from shared.model import META_KIND, META_VERSION, ModelSchemaError, load_onnx
 
 SKILL_INPUT = "sequence"
 SKILL_OUTPUT = "rating_z"  # standardized: (rating - label mean) / label standard deviation
-META_KIND = "rlimpact.kind"
 META_STRIDE = "rlimpact.skill_stride"
 META_RATING_MEAN = "rlimpact.rating_mean"
 META_RATING_STD = "rlimpact.rating_std"

@@ -31,27 +31,18 @@ team keeps meanwhile.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Protocol
 
 import numpy as np
-import onnxruntime as ort
 
-from services.featurizer.features import FEATURE_NAMES, FEATURE_SCHEMA_VERSION, FeatureTable
+from shared.features.context import median_step
+from shared.features.table import FEATURE_NAMES, FeatureTable
+from shared.model import ImpactModel, Predictor, predict_table
 
-INPUT_NAME = "features"
-OUTPUT_NAME = "probabilities"
-META_VERSION = "rlimpact.version"
-META_SCHEMA = "rlimpact.feature_schema_version"
 IMPACT_SCALE = 100.0
 SECONDS_PER_MINUTE = 60.0
 DEMOLISHED = FEATURE_NAMES.index("demolished")
 # The forecast's horizon (the shipped model's P(score within 10 s)): P / horizon is a goal rate
 FORECAST_HORIZON_SECONDS = 10.0
-
-
-class ModelSchemaError(ValueError):
-    """The model was trained on another feature schema than this code produces."""
 
 
 @dataclass(frozen=True)
@@ -80,49 +71,6 @@ class TouchCredit:
     @property
     def value(self) -> float:
         return self.offence + self.defence
-
-
-def load_onnx(path: Path) -> tuple[ort.InferenceSession, dict[str, str]]:
-    """A one-thread CPU session and the model's metadata, checked against our feature schema."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(
-        str(path), sess_options=options, providers=["CPUExecutionProvider"]
-    )
-    meta = session.get_modelmeta().custom_metadata_map
-    schema = int(meta.get(META_SCHEMA, "0"))
-    if schema != FEATURE_SCHEMA_VERSION:
-        raise ModelSchemaError(
-            f"{path}: model expects feature schema v{schema}, features are "
-            f"v{FEATURE_SCHEMA_VERSION}"
-        )
-    return session, meta
-
-
-class Predictor(Protocol):
-    def predict(self, features: np.ndarray) -> np.ndarray:
-        """[N, F] float32 -> [N, 2] (P(score), P(concede)) per feature row."""
-        ...
-
-
-class ImpactModel:
-    """An ONNX impact model loaded in onnxruntime (CPU): a :class:`Predictor`."""
-
-    def __init__(self, path: Path) -> None:
-        self._session, meta = load_onnx(path)
-        self.version = meta.get(META_VERSION, path.stem)
-
-    def predict(self, features: np.ndarray) -> np.ndarray:
-        """[N, F] float32 -> [N, 2] probabilities (score, concede)."""
-        (probabilities,) = self._session.run([OUTPUT_NAME], {INPUT_NAME: features})
-        return probabilities
-
-
-def predict_table(table: FeatureTable, model: Predictor) -> np.ndarray:
-    """[T, P, 2] per-row probabilities (P(player's team scores), P(it concedes))."""
-    n_frames, n_players, n_features = table.features.shape
-    rows = np.ascontiguousarray(table.features.reshape(-1, n_features), dtype=np.float32)
-    return model.predict(rows).reshape(n_frames, n_players, 2)
 
 
 def team_score_probability(table: FeatureTable, probabilities: np.ndarray) -> np.ndarray:
@@ -225,9 +173,7 @@ def _stretch_outcomes(
 
 def frame_step(table: FeatureTable) -> float:
     """Seconds between frames (the median step; 0 for fewer than two frames)."""
-    if table.time.shape[0] < 2:
-        return 0.0
-    return float(np.median(np.diff(table.time)))
+    return median_step(table.time) if table.time.shape[0] > 1 else 0.0
 
 
 def live_minutes(table: FeatureTable) -> float:
