@@ -293,10 +293,13 @@ async def reconcile_forever(ctx: ServiceContext, store: BlobStore) -> None:
     """At start-up and then every ``RLIMPACT_RECONCILE_INTERVAL_SECONDS`` until stopped; a
     failed pass (Postgres or Kafka down) is logged and tried again at the next tick."""
     interval = ctx.settings.reconcile_interval_seconds
+    first = True
     while not ctx.stop.is_set():
         try:
-            if plans := await reconcile(ctx, store):
-                log.info("re-drove %d stranded replays", len(plans))
+            plans = await reconcile(ctx, store)
+            if plans or first:
+                log.info("reconcile pass: re-drove %d stranded replays", len(plans))
+            first = False
         except DEPENDENCY_DOWN as error:
             log.warning("reconcile pass failed, retrying in %.0f s: %s", interval, error)
         await sleep_unless_stopped(ctx.stop, interval)

@@ -101,9 +101,9 @@ def _pick(good_replays):
 async def _forget(pg: asyncpg.Connection, replay_id: str) -> None:
     async def settled() -> bool:
         status = await pg.fetchval("SELECT status FROM replays WHERE id = $1", replay_id)
-        return status in ("featurized", "failed")
+        return status in ("scored", "failed")
 
-    await wait_for(settled, TIMEOUT, "the good replay to be featurized")
+    await wait_for(settled, TIMEOUT, "the good replay to be scored")
     async with pg.transaction():
         await pg.execute("DELETE FROM scores WHERE replay_id = $1", replay_id)
         await pg.execute("DELETE FROM replays WHERE id = $1", replay_id)

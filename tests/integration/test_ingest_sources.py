@@ -291,7 +291,7 @@ async def _parsed(pg: asyncpg.Connection, mine: set[str]) -> None:
     statuses = await pg.fetch(
         "SELECT id, status, status_reason FROM replays WHERE id = ANY($1::text[])", list(mine)
     )
-    assert all(row["status"] in ("parsed", "featurized") for row in statuses), statuses
+    assert all(row["status"] in ("parsed", "featurized", "scored") for row in statuses), statuses
 
 
 async def _forget(pg: asyncpg.Connection, mine: set[str]) -> None:

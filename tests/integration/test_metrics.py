@@ -182,6 +182,22 @@ async def test_every_service_exports_the_key_series_and_they_move(
     assert total(after["bridge"], "rlimpact_bridge_feed_connected") == 0
     for name in SERVICE_NAMES:
         assert stack.processes[name].poll() is None, f"{name} died:\n{stack.log(name)[-3000:]}"
+    await assert_every_dashboard_panel_query_returns_series(prometheus)
+
+
+async def assert_every_dashboard_panel_query_returns_series(prometheus: PrometheusAPI) -> None:
+    """Every Grafana panel's query has a value: called right after the traffic, within the
+    panels' rate windows (1 to 5 minutes)."""
+    queries = dashboard_queries()
+    deadline = time.monotonic() + 30
+    while True:
+        empty = [q for q in queries if not _has_a_value(prometheus.query(q.expr))]
+        if not empty or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(1)
+    assert not empty, "panels with no series:\n" + "\n".join(
+        f"  {q.panel} [{q.ref_id}]: {q.expr}" for q in empty
+    )
 
 
 @asynccontextmanager
@@ -224,20 +240,6 @@ async def _moved(
 
 def _has_a_value(result: list[dict]) -> bool:
     return any(not math.isnan(float(sample["value"][1])) for sample in result)
-
-
-async def test_every_dashboard_panel_query_returns_series(prometheus: PrometheusAPI):
-    """Right after the traffic above, within the panels' rate windows."""
-    queries = dashboard_queries()
-    deadline = time.monotonic() + 30
-    while True:
-        empty = [q for q in queries if not _has_a_value(prometheus.query(q.expr))]
-        if not empty or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(1)
-    assert not empty, "panels with no series:\n" + "\n".join(
-        f"  {q.panel} [{q.ref_id}]: {q.expr}" for q in empty
-    )
 
 
 async def test_prometheus_scrapes_every_instance_of_every_service(

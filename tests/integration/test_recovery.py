@@ -318,7 +318,12 @@ async def test_a_file_dropped_again_resumes_its_stranded_replay(
     slow = {**s3.env, "RLIMPACT_RECONCILE_INTERVAL_SECONDS": "3600"}  # the drop, not the timer
     storage = str(s3.private["ingestor"])
     await restart_service(stack, "ingestor", **slow, RLIMPACT_STORAGE_DIR=storage)
+
+    async def first_pass_done() -> bool:  # else it, not the drop, would find the replay
+        return "reconcile pass:" in stack.log("ingestor").rsplit("ingestor: started", 1)[-1]
+
     try:
+        await wait_for(first_pass_done, 60, "the restarted ingestor's start-up reconcile pass")
         await _strand(pg, s3, replay, "uploaded")
         shutil.copy(replay.path, stack.settings.inbox_dir / f"again-{replay.path.name}")
         await _scored(pg, seen, [replay.sha256])
