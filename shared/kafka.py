@@ -516,7 +516,7 @@ async def committed_records_since(
         isolation_level="read_committed",
     )
     try:
-        tps = [TopicPartition(topic.name, p) for p in range(topic.partitions)]
+        tps = [TopicPartition(topic.name, p) for p in range(settings.partitions(topic))]
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)  # the last stable offsets (read_committed)
         starts = await consumer.offsets_for_times({tp: int(since.timestamp() * 1000) for tp in tps})

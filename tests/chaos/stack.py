@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.cli import supervisor
+from services.cli import instances
 from services.ingestor.s3 import Bucket
 from shared import process
 from shared.settings import REPO_ROOT, SERVICE_NAMES, Settings
@@ -176,14 +176,14 @@ class ChaosStack:
 
     def pid(self, service: str, instance: int = 0) -> int | None:
         """The instance's pid from the supervisor's pid file, if that process runs it."""
-        return supervisor.service_pid(self.settings, instance_label(service, instance), service)
+        return instances.service_pid(self.settings, instance_label(service, instance), service)
 
     def supervisor_pid(self) -> int | None:
-        return supervisor.supervisor_pid(self.settings)
+        return instances.supervisor_pid(self.settings)
 
     def restarts(self) -> int:
         """Restarts of all services so far, by the supervisor's count (``supervisor.json``)."""
-        state = supervisor.read_state(self.settings) or {"instances": []}
+        state = instances.read_state(self.settings) or {"instances": []}
         return sum(instance["restarts"] for instance in state["instances"])
 
     async def down_services(self) -> list[str]:
@@ -216,7 +216,7 @@ class ChaosStack:
 
 def instance_label(service: str, instance: int) -> str:
     """The supervisor's name of an instance: ``parser``, ``parser-1``…"""
-    return supervisor.Instance(service, instance).label
+    return instances.Instance(service, instance).label
 
 
 def kill_all(processes: list[tuple[int, str]]) -> None:

@@ -31,8 +31,10 @@ from services.trainer.skill import (
     train_skill_model,
 )
 from services.trainer.train import train_impact_model
-from shared.events import SCORES_EMITTED, ScoreEmitted
+from shared.events import SCORES_EMITTED, ScoreEmitted, decode
 from shared.features.batch import featurize
+from shared.kafka import committed_records_since
+from shared.retry import RetryPolicy
 from tests.integration.conftest import Stack, events_on, wait_for
 
 pytestmark = pytest.mark.integration
@@ -120,7 +122,11 @@ async def test_a_promotion_under_load_switches_without_loss_or_duplicates(
     await wait_for(lambda: _async(inbox.exists()), 60, "the ingestor to create its inbox")
     known = {row["id"] for row in await pg.fetch("SELECT id FROM replays")}
     # Other tests delete the replays they added, but not their scores.emitted events.
-    known |= {e.replay_id for e in emitted}
+    since = datetime.fromtimestamp(0, UTC)
+    async for record in committed_records_since(
+        stack.settings, SCORES_EMITTED, since, RetryPolicy()
+    ):
+        known.add(decode(ScoreEmitted, record.value).replay_id)
     mine = [r for r in sorted(good_replays, key=lambda r: r.path.stat().st_size)[40:]]
     mine = [r for r in mine if r.sha256 not in known and r.team_size][:N_REPLAYS]
     ids = {r.sha256 for r in mine}

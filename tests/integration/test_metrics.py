@@ -84,6 +84,9 @@ async def test_every_service_exports_the_key_series_and_they_move(
             return None
 
     before = await wait_for(all_answer, 120, "every service to serve /metrics")
+    # Prometheus has found and scraped every target before the traffic: the panels' rates
+    # need samples from before it as well as after.
+    await wait_for(lambda: _all_scraped(prometheus), 60, "Prometheus to scrape every target")
     for name, samples in before.items():
         assert total(samples, "rlimpact_up", service=name) == 1.0, f"{name} is not up"
         assert matching(samples, "rlimpact_worker_restarts_total", service=name), name
@@ -185,6 +188,11 @@ async def test_every_service_exports_the_key_series_and_they_move(
     await assert_every_dashboard_panel_query_returns_series(prometheus)
 
 
+async def _all_scraped(prometheus: PrometheusAPI) -> bool:
+    targets = prometheus.active_targets()
+    return bool(targets) and all(t["health"] == "up" for t in targets)
+
+
 async def assert_every_dashboard_panel_query_returns_series(prometheus: PrometheusAPI) -> None:
     """Every Grafana panel's query has a value: called right after the traffic, within the
     panels' rate windows (1 to 5 minutes)."""
@@ -249,10 +257,7 @@ async def test_prometheus_scrapes_every_instance_of_every_service(
     expected = {(target, g["labels"]["service"]) for g in groups for target in g["targets"]}
     assert {service for _, service in expected} == set(SERVICE_NAMES)
 
-    async def all_up() -> bool:
-        return all(t["health"] == "up" for t in prometheus.active_targets())
-
-    await wait_for(all_up, 30, "every target scraped")
+    await wait_for(lambda: _all_scraped(prometheus), 30, "every target scraped")
     up = prometheus.query('up{job="rlimpact"}')
     assert {(s["metric"]["instance"], s["metric"]["service"]) for s in up} == expected
     assert all(s["value"][1] == "1" for s in up)
