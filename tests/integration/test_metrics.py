@@ -116,6 +116,10 @@ async def test_every_service_exports_the_key_series_and_they_move(
         PIPELINE_TIMEOUT,
         "the scorer to take in the two replays",
     )
+    # A training run (the shipped recipe) takes a while; its processing time counts when done.
+    await wait_for(
+        lambda: _processed(stack, "trainer"), PIPELINE_TIMEOUT, "the trainer to finish a run"
+    )
 
     # A live match, scraped while it plays.
     url = urlparse(stack.env["RLIMPACT_BRIDGE_SOS_URLS"])
@@ -232,6 +236,11 @@ async def _plugin_match_ended_twice(stack: Stack) -> None:
         30,
         "the bridge to skip the second match_ended",
     )
+
+
+async def _processed(stack: Stack, service: str) -> bool:
+    samples = scrape(stack.settings.metrics_port(service))
+    return total(samples, "rlimpact_processing_seconds_count", service=service) > 0
 
 
 async def _moved(
