@@ -26,42 +26,40 @@ def team_past(
         return result
     fps, start = context.frames_per_second, context.segment_start[rows]
     end = rows + 1
-    begin_5s, begin_10s = (np.maximum(end - max(1, round(s * fps)), start) for s in (5.0, 10.0))
-    first = int(begin_10s.min())  # the windows' values: frames [first, end.max())
-    y = parsed.ball[first : int(end.max()), BALL_FIELD["y"]]
-    touched = context.touched[first : int(end.max())]
-    series = np.stack(
-        [
-            y,
-            y > THIRD_Y,
-            y < -THIRD_Y,
-            touched[:, teams == 0].any(axis=1),
-            touched[:, teams == 1].any(axis=1),
-        ],
-        axis=1,
-    ).astype(np.float64)
-    cumulative = np.concatenate((np.zeros((1, series.shape[1])), np.cumsum(series, axis=0)))
-
-    def total(column: int, begin: np.ndarray) -> np.ndarray:
-        return cumulative[end - first, column] - cumulative[begin - first, column]
-
-    def ago(seconds: float) -> np.ndarray:
-        return parsed.ball[np.maximum(rows - round(seconds * fps), start), 0:3] / POS_SCALE
-
-    n_5s, n_10s = end - begin_5s, end - begin_10s
-    mean_y = np.stack([total(0, begin_5s) / n_5s, total(0, begin_10s) / n_10s], axis=1)
-    attacking, defending = total(1, begin_10s) / n_10s, total(2, begin_10s) / n_10s
-    touches = [total(k, begin_5s) / TOUCH_COUNT_SCALE for k in (3, 4)]
-    one, two = ago(1.0), ago(2.0)
+    lags = np.array([max(1, round(s * fps)) for s in (5.0, 10.0)])
+    begins = np.maximum(end[:, None] - lags, start[:, None])  # [R, 2]: 5 s and 10 s back
+    first, stop = int(begins[:, 1].min()), int(end.max())  # the windows read [first, stop)
+    y = parsed.ball[first:stop, BALL_FIELD["y"]]
+    touched = context.touched[first:stop]
+    series = np.empty((stop - first, 5))
+    series[:, 0], series[:, 1], series[:, 2] = y, y > THIRD_Y, y < -THIRD_Y
+    series[:, 3] = np.logical_or.reduce(touched[:, teams == 0], axis=1)
+    series[:, 4] = np.logical_or.reduce(touched[:, teams == 1], axis=1)
+    cumulative = np.zeros((series.shape[0] + 1, series.shape[1]))
+    np.cumsum(series, axis=0, out=cumulative[1:])
+    at_end = cumulative[end - first]
+    # [R, 5] each column's sum over 5 s and 10 s back
+    last_5s, last_10s = (
+        at_end - cumulative[begins[:, 0] - first],
+        at_end - cumulative[begins[:, 1] - first],
+    )
+    n_5s, n_10s = end - begins[:, 0], end - begins[:, 1]
+    mean_y = np.stack([last_5s[:, 0] / n_5s, last_10s[:, 0] / n_10s], axis=1)
+    attacking, defending = last_10s[:, 1] / n_10s, last_10s[:, 2] / n_10s
+    touches = last_5s[:, 3:5] / TOUCH_COUNT_SCALE
+    back = np.array([round(s * fps) for s in (1.0, 2.0)])
+    ago = parsed.ball[np.maximum(rows[:, None] - back, start[:, None]), 0:3] / POS_SCALE
+    one, two = ago[:, 0], ago[:, 1]
     turned = np.array([-1.0, -1.0, 1.0], dtype=np.float32)
     for team, (thirds, by_team, sign) in enumerate(
-        (((attacking, defending), touches, 1.0), ((defending, attacking), touches[::-1], -1.0))
+        (((attacking, defending), touches, 1.0), ((defending, attacking), touches[:, ::-1], -1.0))
     ):
         past = (
             one * turned if team else one,
             two * turned if team else two,
             sign * mean_y / POS_SCALE,
-            np.stack([*thirds, *by_team], axis=1),
+            np.stack(thirds, axis=1),
+            by_team,
         )
-        result[team] = np.concatenate([np.asarray(c, dtype=np.float32) for c in past], axis=1)
+        result[team] = np.concatenate(past, axis=1, dtype=np.float32, casting="unsafe")
     return result

@@ -42,28 +42,57 @@ def feature_rows(parsed: ParsedReplay, context: GameContext, rows: np.ndarray) -
     """[len(rows), P, N_FEATURES] float32: the features of the frames ``rows``; the features
     of the recent past read the frames before them. Costs in proportion to ``len(rows)``."""
     teams = np.array([player.team for player in parsed.players])
-    ball, cars = _oriented(parsed.ball[rows], parsed.cars[rows], teams)
+    orientation = _orientation(tuple(teams.tolist()))
+    ball, cars = _oriented(parsed.ball[rows], parsed.cars[rows], orientation)
+    groups = orientation.groups
+    if len(groups) == 1:  # even teams: every player in one pass, in column order
+        return _players_block(ball, cars, parsed, teams, groups[0], context, rows)
     result = np.zeros((rows.shape[0], teams.shape[0], N_FEATURES), dtype=np.float32)
-    # players with as many teammates (all of them when the teams are even) go in one pass
-    sizes = np.bincount(teams, minlength=2)[teams]
-    for size in np.unique(sizes):
-        group = np.flatnonzero(sizes == size)
+    for group in groups:
         result[:, group] = _players_block(ball, cars, parsed, teams, group, context, rows)
     return result
 
 
+@dataclass(frozen=True)
+class _Orientation:
+    """For a team layout: the signs that turn the pitch round for team 1's viewers ([P, 6] for
+    the ball, [P, 1, F] for the cars; 1 for team 0), the yaw they add ([P, 1], float64: as the
+    in-place add always did), and the players with as many teammates, group by group."""
+
+    ball_sign: np.ndarray
+    car_sign: np.ndarray
+    yaw_turn: np.ndarray
+    groups: tuple[np.ndarray, ...]
+
+
+@functools.cache
+def _orientation(teams: tuple[int, ...]) -> _Orientation:
+    team = np.array(teams)
+    sign = np.where(team == 0, 1.0, -1.0).astype(np.float32)  # [P]
+    ball_sign = np.ones((team.shape[0], len(BALL_FIELD)), dtype=np.float32)
+    car_sign = np.ones((team.shape[0], 1, len(PLAYER_FIELD)), dtype=np.float32)
+    for axis in ("x", "y", "vx", "vy"):
+        ball_sign[:, BALL_FIELD[axis]] = sign
+        car_sign[:, 0, PLAYER_FIELD[axis]] = sign
+    # players with as many teammates (all of them when the teams are even) go in one pass
+    sizes = np.bincount(team, minlength=2)[team]
+    groups = tuple(np.flatnonzero(sizes == size) for size in np.unique(sizes))
+    orientation = _Orientation(
+        ball_sign, car_sign, np.where(team == 0, 0.0, np.pi)[:, None], groups
+    )
+    for array in (ball_sign, car_sign, orientation.yaw_turn, *groups):
+        array.flags.writeable = False  # shared by every call with this layout
+    return orientation
+
+
 def _oriented(
-    ball: np.ndarray, cars: np.ndarray, teams: np.ndarray
+    ball: np.ndarray, cars: np.ndarray, orientation: _Orientation
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Ball [T, P, 6] and cars [T, P(viewer), P, F] as seen by each viewer's team."""
-    sign = np.where(teams == 0, 1.0, -1.0).astype(np.float32)  # [P]
-    ball_view = np.repeat(ball[:, None, :], len(teams), axis=1).copy()
-    for axis in ("x", "y", "vx", "vy"):
-        ball_view[:, :, BALL_FIELD[axis]] *= sign
-    cars_view = np.repeat(cars[:, None, :, :], len(teams), axis=1).copy()
-    for axis in ("x", "y", "vx", "vy"):
-        cars_view[:, :, :, PLAYER_FIELD[axis]] *= sign[None, :, None]
-    cars_view[:, :, :, PLAYER_FIELD["yaw"]] += np.where(teams == 0, 0.0, np.pi)[None, :, None]
+    """Ball [T, P, 6] and cars [T, P(viewer), P, F] as seen by each viewer's team (a sign
+    flip is exact, so one multiplication by the layout's signs gives each view)."""
+    ball_view = ball[:, None, :] * orientation.ball_sign
+    cars_view = cars[:, None, :, :] * orientation.car_sign
+    cars_view[:, :, :, PLAYER_FIELD["yaw"]] += orientation.yaw_turn
     return ball_view, cars_view
 
 
@@ -137,10 +166,10 @@ def _players_block(
     a group have as many teammates (and opponents) as each other: every (frame, player) pair
     is one row of the same per-player computation."""
     n_rows, size, n_players = rows.shape[0], group.shape[0], teams.shape[0]
-    viewer = np.tile(group, n_rows)  # [R'] the player each row is about, R' = R * G
-    frame = np.repeat(np.arange(n_rows), size)  # [R'] its position in ``rows``
+    viewer, frame, every = _row_indices(tuple(group.tolist()), n_rows)
     row_team = teams[viewer]
-    by_viewer = view[:, group]  # [R, G, P, F]
+    whole = size == n_players  # the group is every player, in column order
+    by_viewer = view if whole else view[:, group]  # [R, G, P, F]
     seen = by_viewer.reshape(n_rows * size, n_players, -1)  # [R', P, F] in viewer's frame
     member = np.arange(size)[:, None]  # [G, 1]: with [G, k] columns, picks k cars per viewer
 
@@ -153,9 +182,8 @@ def _players_block(
             n_rows * size, columns.shape[1]
         )
 
-    every = np.arange(n_rows * size)
     me = seen[every, viewer]
-    b = ball[:, group].reshape(n_rows * size, -1)
+    b = (ball if whole else ball[:, group]).reshape(n_rows * size, -1)
     b_pos, b_vel = b[:, BALL_POS], b[:, BALL_VEL]
     pos, vel = me[:, CAR_POS], me[:, CAR_VEL]
     to_ball = b_pos - pos
@@ -190,8 +218,41 @@ def _players_block(
         near_wall, toucher, possession, scored, conceded,
     )  # fmt: skip
     columns = [values for block in FEATURE_BLOCKS for values in block.values(row_view)]
-    out = np.concatenate([np.asarray(c, dtype=np.float32) for c in columns], axis=1)
+    # each column cast to float32 as it is copied in (the value astype gives)
+    out = np.concatenate(columns, axis=1, dtype=np.float32, casting="unsafe")
     return out.reshape(n_rows, size, N_FEATURES)
+
+
+SMALL_CALL_ROWS = 64  # the live path's calls: their index arrays are kept
+
+
+def _row_indices(group: tuple[int, ...], n_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """[R'] the player each row is about (R' = R * G), [R'] its frame's position in ``rows``,
+    and [R'] 0..R'-1; kept for the few small shapes of the live path's calls."""
+    if n_rows <= SMALL_CALL_ROWS:
+        return _small_row_indices(group, n_rows)
+    return _make_row_indices(group, n_rows)
+
+
+def _make_row_indices(
+    group: tuple[int, ...], n_rows: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    size = len(group)
+    return (
+        np.tile(np.array(group, dtype=np.int64), n_rows),
+        np.repeat(np.arange(n_rows), size),
+        np.arange(n_rows * size),
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _small_row_indices(
+    group: tuple[int, ...], n_rows: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    indices = _make_row_indices(group, n_rows)
+    for array in indices:
+        array.flags.writeable = False  # shared by every call of this shape
+    return indices
 
 
 @functools.cache
@@ -327,20 +388,25 @@ def _ball_and_goals(v: RowView) -> list[np.ndarray]:
 def _team_shape(v: RowView) -> list[np.ndarray]:
     y, ball_y = PLAYER_FIELD["y"], v.b_pos[:, 1:2]
     opps_goal_side = (
-        np.mean(v.opps_cars[:, :, y] > ball_y, axis=1, keepdims=True)
-        if v.opps_of.shape[1]
-        else np.zeros((len(v.pos), 1))
+        _mean(v.opps_cars[:, :, y] > ball_y) if v.opps_of.shape[1] else np.zeros((len(v.pos), 1))
     )
+    team_nearest, opp_nearest = v.team_dist.min(axis=1), v.opp_dist.min(axis=1)
     return [
-        np.mean(v.team_cars[:, :, y] < ball_y, axis=1, keepdims=True),
+        _mean(v.team_cars[:, :, y] < ball_y),
         opps_goal_side,
         _min_goal_dist(v.team_cars, v.own_goal),
         _min_goal_dist(v.opps_cars, v.opp_goal),
-        _capped_dist(v.team_dist.min(axis=1)),
-        _capped_dist(v.opp_dist.min(axis=1)),
+        _capped_dist(team_nearest),
+        _capped_dist(opp_nearest),
         (np.argmin(v.team_dist, axis=1) == v.viewer)[:, None],
-        (v.team_dist.min(axis=1) <= v.opp_dist.min(axis=1))[:, None],
+        (team_nearest <= opp_nearest)[:, None],
     ]
+
+
+def _mean(flags: np.ndarray) -> np.ndarray:
+    """[R', k] bool -> [R', 1]: ``np.mean(flags, axis=1, keepdims=True)``'s value (a float64
+    sum divided by the count), without its wrapper's overhead."""
+    return np.add.reduce(flags, axis=1, dtype=np.float64, keepdims=True) / flags.shape[1]
 
 
 def _possession(v: RowView) -> list[np.ndarray]:
