@@ -6,6 +6,11 @@ snapshots, side by side in one run:
   ``--snapshot-seconds`` of game time, as the live service sends them to ``live.state``.
 
     .venv/bin/python bench/live_state.py [--matches 50] [--per-poll 5] [--rounds 3]
+                                         [--against REV]
+
+With ``--against REV`` the variants are instead ``scoring`` at the commit REV (its tree from
+``git archive``) and ``scoring`` with this checkout's code, each round in a fresh process of
+either, alternating.
 
 N matches play the same replay's SOS feed (through the bridge's own SOS mapping), frames
 interleaved as independent games; each poll scores ``--per-poll`` frames of as many matches,
@@ -19,8 +24,14 @@ the first.
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import os
 import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -104,7 +115,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--snapshot-seconds", type=float, default=2.0)
     parser.add_argument("--replay", type=Path, default=default_replay)
+    parser.add_argument("--against", help="a commit: its scoring against this checkout's")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.against:
+        return against(args)
     frames = feed(args.replay, (WARMUP_FRAMES + args.frames) / RATE + 1)
     model_file = REPO_ROOT / "models" / "default" / "impact.onnx"
     impact = ImpactModel(model_file)
@@ -118,6 +133,10 @@ def main() -> None:
         Variant("scoring + snapshots", snapshot_every=every),
     ]
     timed = range(WARMUP_FRAMES, WARMUP_FRAMES + args.frames)
+    if args.child:  # one round of scoring alone, for --against
+        play(variants[0], matches, model, args.per_poll, timed)
+        print(variants[0].per_frame_us[0])
+        return
     print(
         f"{args.matches} matches, {args.per_poll} per scoring call, {args.frames} timed frames "
         f"each, {args.rounds} rounds, snapshots every {args.snapshot_seconds:g} s"
@@ -128,6 +147,45 @@ def main() -> None:
             runs.append(lambda v=variant: play(v, matches, model, args.per_poll, timed))
     for run in runs:
         run()
+    report(variants)
+
+
+def against(args: argparse.Namespace) -> None:
+    """Rounds of scoring alone in a process of REV's code and one of this checkout's, in turn."""
+    options = [
+        *("--matches", str(args.matches), "--per-poll", str(args.per_poll)),
+        *("--frames", str(args.frames), "--replay", str(args.replay), "--child"),
+    ]
+    with tempfile.TemporaryDirectory(prefix="live-state-") as folder:
+        tree = Path(folder)
+        archive = subprocess.run(
+            ["git", "archive", args.against], cwd=REPO_ROOT, check=True, capture_output=True
+        ).stdout
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(tree, filter="data")
+        variants = [
+            Variant(f"scoring at {args.against}", None),
+            Variant("scoring (this code)", None),
+        ]
+        print(
+            f"{args.matches} matches, {args.per_poll} per scoring call, {args.frames} timed "
+            f"frames each, {args.rounds} rounds, each in a fresh process"
+        )
+        for _ in range(args.rounds):
+            for variant, root in zip(variants, (tree, REPO_ROOT), strict=True):
+                child = subprocess.run(
+                    [sys.executable, str(Path(__file__).resolve()), *options],
+                    cwd=root,
+                    env={**os.environ, "PYTHONPATH": str(root)},
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                )
+                variant.per_frame_us.append(float(child.stdout.split()[-1]))
+    report(variants)
+
+
+def report(variants: list[Variant]) -> None:
     base = statistics.median(variants[0].per_frame_us)
     print("variant                 CPU us/frame (median)   rounds              ratio")
     for variant in variants:
