@@ -6,9 +6,11 @@ snapshots, side by side in one run:
   ``--snapshot-seconds`` of game time, as the live service sends them to ``live.state``.
 
     .venv/bin/python bench/live_state.py [--matches 50] [--per-poll 5] [--rounds 3]
-                                         [--against REV]
+                                         [--frames-per-poll K] [--against REV]
 
-With ``--against REV`` the variants are instead ``scoring`` at the commit REV (its tree from
+With ``--frames-per-poll K`` (K > 1) a third variant scores K consecutive frames of each match
+per call (what a poll holds when the live service's fetches wait for a few frames). With
+``--against REV`` the variants are instead ``scoring`` at the commit REV (its tree from
 ``git archive``) and ``scoring`` with this checkout's code, each round in a fresh process of
 either, alternating.
 
@@ -34,6 +36,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from services.bridge.simulator import PlaybackOptions, sos_messages
@@ -62,8 +65,9 @@ def feed(replay: Path, seconds: float) -> list[LiveFrame]:
 
 
 class Variant:
-    def __init__(self, name: str, snapshot_every: int | None) -> None:
+    def __init__(self, name: str, snapshot_every: int | None, frames_per_poll: int = 1) -> None:
         self.name, self.snapshot_every = name, snapshot_every
+        self.frames_per_poll = frames_per_poll
         self.per_frame_us: list[float] = []
 
 
@@ -75,35 +79,40 @@ def play(
     frames: range,
 ) -> None:
     """Score ``frames`` of every match (after the warm-up frames, not timed) with a fresh
-    scorer; record the CPU time per frame of the timed part."""
+    scorer, ``frames_per_poll`` consecutive frames of each match per scoring call; record the
+    CPU time per frame of the timed part."""
     scorer, offsets = LiveScorer(), [0] * len(matches)
-    for i in range(WARMUP_FRAMES):
-        _poll(scorer, matches, model, per_poll, i, offsets, None)
+    polls = Polls(matches, model, per_poll, variant.frames_per_poll)
+    for i in range(0, WARMUP_FRAMES, variant.frames_per_poll):
+        polls.poll(scorer, i, offsets, None)
     started, scored = time.process_time(), 0
-    for i in frames:
-        scored += _poll(scorer, matches, model, per_poll, i, offsets, variant.snapshot_every)
+    for i in range(frames.start, frames.stop, variant.frames_per_poll):
+        scored += polls.poll(scorer, i, offsets, variant.snapshot_every)
     variant.per_frame_us.append((time.process_time() - started) / scored * 1e6)
 
 
-def _poll(
-    scorer: LiveScorer,
-    matches: list[list[LiveFrame]],
-    model: ScoringModel,
-    per_poll: int,
-    i: int,
-    offsets: list[int],
-    snapshot_every: int | None,
-) -> int:
-    """Frame ``i`` of every match, ``per_poll`` matches per scoring call."""
-    for first in range(0, len(matches), per_poll):
-        group = range(first, min(first + per_poll, len(matches)))
-        batch = [matches[k][i] for k in group]
-        positions = [(k % 6, offsets[k] + i) for k in group]
-        scorer.score(batch, model, 0.0, positions)
-        if snapshot_every is not None and i % snapshot_every == 0:
-            for k in group:
-                snapshot.encode(scorer.matches[f"m{k}"])
-    return len(matches)
+@dataclass(frozen=True)
+class Polls:
+    matches: list[list[LiveFrame]]
+    model: ScoringModel
+    per_poll: int  # matches per scoring call
+    frames_per_poll: int  # consecutive frames of each
+
+    def poll(
+        self, scorer: LiveScorer, i: int, offsets: list[int], snapshot_every: int | None
+    ) -> int:
+        """Frames ``i`` to ``i + frames_per_poll - 1`` of every match, ``per_poll`` matches per
+        scoring call; the number of frames scored."""
+        matches, steps = self.matches, range(i, i + self.frames_per_poll)
+        for first in range(0, len(matches), self.per_poll):
+            group = range(first, min(first + self.per_poll, len(matches)))
+            batch = [matches[k][j] for j in steps for k in group]
+            positions = [(k % 6, offsets[k] + j) for j in steps for k in group]
+            scorer.score(batch, self.model, 0.0, positions)
+            if snapshot_every is not None and any(j % snapshot_every == 0 for j in steps):
+                for k in group:
+                    snapshot.encode(scorer.matches[f"m{k}"])
+        return len(matches) * self.frames_per_poll
 
 
 def main() -> None:
@@ -111,6 +120,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--matches", type=int, default=50)
     parser.add_argument("--per-poll", type=int, default=5, help="matches per scoring call")
+    parser.add_argument(
+        "--frames-per-poll", type=int, default=1, help="consecutive frames of each match per call"
+    )
     parser.add_argument("--frames", type=int, default=150, help="timed frames per match")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--snapshot-seconds", type=float, default=2.0)
@@ -132,15 +144,16 @@ def main() -> None:
         Variant("scoring", snapshot_every=None),
         Variant("scoring + snapshots", snapshot_every=every),
     ]
+    if args.frames_per_poll > 1:
+        k = args.frames_per_poll
+        variants.append(Variant(f"scoring, {k} frames/call", None, frames_per_poll=k))
     timed = range(WARMUP_FRAMES, WARMUP_FRAMES + args.frames)
     if args.child:  # one round of scoring alone, for --against
-        play(variants[0], matches, model, args.per_poll, timed)
-        print(variants[0].per_frame_us[0])
+        only = Variant("scoring", None, args.frames_per_poll)
+        play(only, matches, model, args.per_poll, timed)
+        print(only.per_frame_us[0])
         return
-    print(
-        f"{args.matches} matches, {args.per_poll} per scoring call, {args.frames} timed frames "
-        f"each, {args.rounds} rounds, snapshots every {args.snapshot_seconds:g} s"
-    )
+    print(f"{calls(args)}, {args.rounds} rounds, snapshots every {args.snapshot_seconds:g} s")
     runs: list[Callable[[], None]] = []
     for _ in range(args.rounds):
         for variant in variants:
@@ -154,6 +167,7 @@ def against(args: argparse.Namespace) -> None:
     """Rounds of scoring alone in a process of REV's code and one of this checkout's, in turn."""
     options = [
         *("--matches", str(args.matches), "--per-poll", str(args.per_poll)),
+        *("--frames-per-poll", str(args.frames_per_poll)),
         *("--frames", str(args.frames), "--replay", str(args.replay), "--child"),
     ]
     with tempfile.TemporaryDirectory(prefix="live-state-") as folder:
@@ -167,10 +181,7 @@ def against(args: argparse.Namespace) -> None:
             Variant(f"scoring at {args.against}", None),
             Variant("scoring (this code)", None),
         ]
-        print(
-            f"{args.matches} matches, {args.per_poll} per scoring call, {args.frames} timed "
-            f"frames each, {args.rounds} rounds, each in a fresh process"
-        )
+        print(f"{calls(args)}, {args.rounds} rounds, each in a fresh process")
         for _ in range(args.rounds):
             for variant, root in zip(variants, (tree, REPO_ROOT), strict=True):
                 child = subprocess.run(
@@ -183,6 +194,14 @@ def against(args: argparse.Namespace) -> None:
                 )
                 variant.per_frame_us.append(float(child.stdout.split()[-1]))
     report(variants)
+
+
+def calls(args: argparse.Namespace) -> str:
+    frames = "" if args.against is None else f", {args.frames_per_poll} frame(s) of each"
+    return (
+        f"{args.matches} matches, {args.per_poll} per scoring call{frames}, {args.frames} "
+        "timed frames each"
+    )
 
 
 def report(variants: list[Variant]) -> None:

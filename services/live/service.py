@@ -64,7 +64,8 @@ class LiveLoop:
             group_id=settings.consumer_group(NAME),
             enable_auto_commit=False,
             auto_offset_reset="latest",
-            fetch_max_wait_ms=100,
+            fetch_min_bytes=settings.live_fetch_min_bytes,
+            fetch_max_wait_ms=settings.live_fetch_max_wait_ms,
             session_timeout_ms=SESSION_TIMEOUT_MS,
             heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
         )
