@@ -15,10 +15,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 
 import aiohttp
 from aiohttp import WSMsgType, web
+from aiokafka.errors import KafkaError
 from aiokafka.structs import RecordMetadata
 
 from services.bridge.plugin import (
@@ -33,6 +35,7 @@ from shared.backoff import Backoff, sleep_unless_stopped
 from shared.events import EVENTS_INVALID, LIVE_FRAMES, InvalidEvent, LiveFrame, utcnow
 from shared.kafka import EventProducer, event_producer
 from shared.service import ServiceContext, run_service
+from shared.settings import Settings
 
 NAME = "bridge"
 log = logging.getLogger(NAME)
@@ -40,10 +43,17 @@ MAX_RAW_IN_DEAD_LETTER = 20_000
 
 
 class FrameSink:
-    """Forwards frames to Kafka; counts skips; dead-letters what cannot be read."""
+    """Forwards frames to Kafka; counts skips; dead-letters what cannot be read.
 
-    def __init__(self, producer: EventProducer) -> None:
-        self.producer = producer
+    Frames go to Kafka in rounds: those that arrive within ``window`` seconds of a round's
+    first are handed to the producer together, so they leave in one request for all their
+    partitions. (The producer's own lingering is per partition: frames of matches on other
+    partitions would each go in a request of their own; see ``bridge_producer``.)"""
+
+    def __init__(self, producer: EventProducer, window: float = 0.0) -> None:
+        self.producer, self.window = producer, window
+        self._waiting: list[LiveFrame] = []
+        self._round: asyncio.Task[None] | None = None
 
     async def accept(
         self,
@@ -62,10 +72,30 @@ class FrameSink:
         if isinstance(result, Skipped):
             metrics.LIVE_FRAMES_SKIPPED.labels(NAME, result.reason).inc()
         elif result is not None:
-            # not waiting for the broker's ack: the feed's next frame is read meanwhile
-            sent = await self.producer.enqueue(LIVE_FRAMES, result)
-            sent.add_done_callback(_log_failed_send)
+            # not waiting for the broker: the feed's next frame is read meanwhile
+            self._waiting.append(result)
+            if self._round is None or self._round.done():
+                self._round = asyncio.create_task(self._send_rounds())
         return None
+
+    async def _send_rounds(self) -> None:
+        """Until no frame waits: after ``window``, hand every waiting frame to the producer,
+        in the order they came (one round at a time, so a match's frames stay in order)."""
+        while self._waiting:
+            await asyncio.sleep(self.window)
+            frames, self._waiting = self._waiting, []
+            for frame in frames:
+                try:
+                    sent = await self.producer.enqueue(LIVE_FRAMES, frame)
+                except KafkaError as error:
+                    _count_failed_send(error)
+                    continue
+                sent.add_done_callback(_log_failed_send)
+
+    async def flush(self) -> None:
+        """Hand the waiting frames to the producer (before it stops)."""
+        if self._round is not None:
+            await self._round
 
     async def reject(self, source: str, raw: str, reason: str) -> None:
         metrics.ERRORS.labels(NAME, f"invalid_{source}_message").inc()
@@ -78,8 +108,18 @@ class FrameSink:
 
 def _log_failed_send(sent: asyncio.Future[RecordMetadata]) -> None:
     if not sent.cancelled() and (error := sent.exception()) is not None:
-        metrics.ERRORS.labels(NAME, type(error).__name__).inc()
-        log.warning("live frame not sent: %s", error)
+        _count_failed_send(error)
+
+
+def _count_failed_send(error: BaseException) -> None:
+    metrics.ERRORS.labels(NAME, type(error).__name__).inc()
+    log.warning("live frame not sent: %s", error)
+
+
+def bridge_producer(settings: Settings) -> AbstractAsyncContextManager[EventProducer]:
+    """The live path's producer, lingering not at all: the bridge's rounds gather frames for
+    ``live_linger_ms`` instead (:class:`FrameSink`), across partitions."""
+    return event_producer(settings.model_copy(update={"live_linger_ms": 0}), NAME, low_latency=True)
 
 
 async def follow_sos_feed(
@@ -153,8 +193,8 @@ async def serve_plugin_endpoint(ctx: ServiceContext, sink: FrameSink) -> web.App
 
 
 async def run(ctx: ServiceContext) -> None:
-    async with event_producer(ctx.settings, NAME, low_latency=True) as producer:
-        sink = FrameSink(producer)
+    async with bridge_producer(ctx.settings) as producer:
+        sink = FrameSink(producer, ctx.settings.live_linger_ms / 1000)
         plugin_endpoint = await serve_plugin_endpoint(ctx, sink)
         feeds = [
             asyncio.create_task(
@@ -169,6 +209,7 @@ async def run(ctx: ServiceContext) -> None:
         await asyncio.gather(*feeds, return_exceptions=True)
         if plugin_endpoint is not None:
             await plugin_endpoint.cleanup()
+        await sink.flush()
 
 
 def main() -> None:
