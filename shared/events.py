@@ -186,10 +186,13 @@ class TrainRequested(Event):
     promote: Literal["if-none-active", "always", "never"] = "if-none-active"
 
 
+ModelKind = Literal["impact", "skill"]  # one active model per kind in the registry
+
+
 class ModelPromoted(Event):
     model_id: int
     model_version: str
-    kind: Literal["impact", "skill"] = "impact"
+    kind: ModelKind = "impact"
 
 
 # ---------------------------------------------------------------- live matches
