@@ -113,7 +113,7 @@ def credit_touches(
         frames, players = np.nonzero(table.touched[start:stop])
         frames = frames + start
         for i, (frame, player) in enumerate(zip(frames, players, strict=True)):
-            before = p_score[max(frame - 1, start)]
+            before = p_score[max(int(frame) - 1, start)]
             if i + 1 < len(frames):
                 until = int(frames[i + 1])
                 after = p_score[max(until - 1, start)]

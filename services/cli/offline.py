@@ -23,6 +23,7 @@ from shared.report import IMPACT_LEGEND, OUT_OF_SCOPE_NOTE
 from shared.settings import Settings
 
 if TYPE_CHECKING:
+    from shared.events import PromotePolicy
     from shared.features.table import FeatureTable
     from shared.frames import ParsedReplay
     from shared.impact import PlayerScore, ScoredReplay
@@ -283,7 +284,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-async def _request_training(settings: Settings, promote: str) -> int:
+async def _request_training(settings: Settings, promote: PromotePolicy) -> int:
     from shared.events import TRAIN_REQUESTED, TrainRequested
     from shared.service import service_context
 

@@ -235,21 +235,21 @@ def across_match_units(matches: Sequence[MatchParts], ratings: Sequence[str]) ->
     sizes: list[int] = []
     owners: list[str] = []
     for match in matches:
-        present = match.present.any(axis=0)
-        values = {r: _whole_match(match, r) for r in ratings}
+        present = np.asarray(match.present.any(axis=0))
+        whole_match = {r: _whole_match(match, r) for r in ratings}
         for player, key in enumerate(match.player_keys):
             if not present[player] or key.startswith("name:"):
                 continue
             owners.append(key)
             sizes.append(match.team_size)
             for rating in ratings:
-                per_rating[rating].append(values[rating][player])
+                per_rating[rating].append(whole_match[rating][player])
     if not owners:
         return []
     size_array = np.array(sizes)
     z = {}
-    for rating, values in per_rating.items():
-        array = np.array(values)
+    for rating, standing in per_rating.items():
+        array = np.array(standing)
         known = ~np.isnan(array)
         z[rating] = np.full(array.shape, np.nan)
         z[rating][known] = standardised(array[known], size_array[known])
@@ -261,9 +261,9 @@ def across_match_units(matches: Sequence[MatchParts], ratings: Sequence[str]) ->
             continue
         unit: Unit = {"players": np.ones(1)}
         for rating in ratings:
-            values = np.array([a[1][rating] for a in appearances])
-            unit[f"{rating}/1"] = np.array([_known_mean(values[0::2])])
-            unit[f"{rating}/2"] = np.array([_known_mean(values[1::2])])
+            seen = np.array([a[1][rating] for a in appearances])
+            unit[f"{rating}/1"] = np.array([_known_mean(seen[0::2])])
+            unit[f"{rating}/2"] = np.array([_known_mean(seen[1::2])])
         units.append(unit)
     return units
 

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
@@ -34,7 +34,7 @@ class Emission:
     """What a transactional handler has to announce for one message, and what to record
     once the transaction that announces it is committed."""
 
-    events: list[tuple[Topic, Event]]
+    events: Sequence[tuple[Topic, Event]]
     committed: Callable[[], Awaitable[None]] | None = None
 
 
@@ -47,7 +47,7 @@ async def consume_in_transactions(
     producer: EventProducer,
     *,
     transactional_id: str,
-    after_fencing: Callable[[], Awaitable[None]] | None = None,
+    after_fencing: Callable[[], Awaitable[object]] | None = None,
     before_batch: Callable[[], Awaitable[None]] | None = None,
     stop: asyncio.Event | None = None,
     fail_replay: FailReplay | None = None,
