@@ -31,7 +31,7 @@ from services.bridge.sos import Skipped, SosMessageError, SosSession
 from shared import metrics
 from shared.backoff import Backoff, sleep_unless_stopped
 from shared.events import EVENTS_INVALID, LIVE_FRAMES, InvalidEvent, LiveFrame, utcnow
-from shared.kafka import EventProducer, event_producer
+from shared.kafka import EventProducer
 from shared.service import ServiceContext, run_service
 
 NAME = "bridge"
@@ -153,26 +153,26 @@ async def serve_plugin_endpoint(ctx: ServiceContext, sink: FrameSink) -> web.App
 
 
 async def run(ctx: ServiceContext) -> None:
-    async with event_producer(ctx.settings, NAME, low_latency=True) as producer:
-        sink = FrameSink(producer)
-        plugin_endpoint = await serve_plugin_endpoint(ctx, sink)
-        feeds = [
-            asyncio.create_task(
-                follow_sos_feed(url, sink, ctx.stop, ctx.settings.bridge_reconnect_max_seconds)
-            )
-            for url in ctx.settings.sos_urls
-        ]
-        log.info("following %d SOS feed(s): %s", len(feeds), ", ".join(ctx.settings.sos_urls))
-        await ctx.stop.wait()
-        for task in feeds:
-            task.cancel()
-        await asyncio.gather(*feeds, return_exceptions=True)
-        if plugin_endpoint is not None:
-            await plugin_endpoint.cleanup()
+    sink = FrameSink(ctx.producer)  # the low-latency producer (run_service's low_latency)
+    plugin_endpoint = await serve_plugin_endpoint(ctx, sink)
+    feeds = [
+        asyncio.create_task(
+            follow_sos_feed(url, sink, ctx.stop, ctx.settings.bridge_reconnect_max_seconds)
+        )
+        for url in ctx.settings.sos_urls
+    ]
+    log.info("following %d SOS feed(s): %s", len(feeds), ", ".join(ctx.settings.sos_urls))
+    await ctx.stop.wait()
+    for task in feeds:
+        task.cancel()
+    await asyncio.gather(*feeds, return_exceptions=True)
+    if plugin_endpoint is not None:
+        await plugin_endpoint.cleanup()
 
 
 def main() -> None:
-    run_service(NAME, run, latency_bound=True)
+    # Postgres is never used here, and the one producer is the live path's.
+    run_service(NAME, run, latency_bound=True, database=False, low_latency=True)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ are marked as announced and the replay ``scored``. A ``read_committed`` reader o
 commit, the transaction is aborted and the input consumed again; after it, the rows announced
 but not marked are found on ``scores.emitted`` at the next start (after this instance's
 transactional id fenced the dead process) and marked, so a later duplicate ``features.ready``
-announces nothing.
+announces nothing. Two limits: with several instances, a duplicate that reaches another
+instance before the dead one is restarted (and has marked its rows) is announced again; and
+``rlimpact rescore`` (:func:`score_replay`) announces outside transactions.
 
 Hot reload: the active impact model (and skill model, if any) is re-read from the registry
 when a ``model.promoted`` event arrives (every scorer instance reads that topic, outside any

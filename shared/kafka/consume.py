@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -64,10 +64,7 @@ async def consume(
     consumer = await group_consumer(settings, service, topic, policy, stop)
     rejecter = Rejecter(service, producer, fail_replay)
     try:
-        while not stop.is_set():
-            records = await next_batch(consumer, service, batch_size, before_batch, policy, stop)
-            if not records:
-                continue
+        async for records in batches(consumer, service, batch_size, before_batch, policy, stop):
             done = await asyncio.gather(
                 *(
                     handle_record(record, service, event_type, handler, rejecter, policy, stop)
@@ -107,20 +104,23 @@ async def group_consumer(
     )
 
 
-async def next_batch(
+async def batches(
     consumer: AIOKafkaConsumer,
     service: str,
     batch_size: int,
     before_batch: Callable[[], Awaitable[None]] | None,
     policy: RetryPolicy,
     stop: asyncio.Event,
-) -> list[ConsumerRecord]:
-    """``before_batch`` (retried while a dependency is down), then the next records, if any."""
-    if before_batch is not None:
-        await retry_transient(before_batch, f"{service}: preparing", policy, log, stop)
-    batches = await consumer.getmany(timeout_ms=500, max_records=batch_size)
-    await record_lag(consumer, service)
-    return [record for partition in batches.values() for record in partition]
+) -> AsyncIterator[list[ConsumerRecord]]:
+    """The batches of records, until ``stop``: before each poll ``before_batch`` (retried
+    while a dependency is down), then the next records, if any."""
+    while not stop.is_set():
+        if before_batch is not None:
+            await retry_transient(before_batch, f"{service}: preparing", policy, log, stop)
+        polled = await consumer.getmany(timeout_ms=500, max_records=batch_size)
+        await record_lag(consumer, service)
+        if records := [record for partition in polled.values() for record in partition]:
+            yield records
 
 
 async def commit(

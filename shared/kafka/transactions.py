@@ -19,7 +19,7 @@ from aiokafka.structs import OffsetAndMetadata, TopicPartition
 from shared import metrics
 from shared.events import Event, Topic, encode
 from shared.kafka.clients import EventProducer, started
-from shared.kafka.consume import group_consumer, handle_record, next_batch
+from shared.kafka.consume import batches, group_consumer, handle_record
 from shared.kafka.dead_letters import FailReplay, Rejecter
 from shared.retry import RetryPolicy, Stopped, retry_transient
 from shared.settings import Settings
@@ -77,10 +77,7 @@ async def consume_in_transactions(
         return
     rejecter = Rejecter(service, producer, fail_replay)
     try:
-        while not stop.is_set():
-            records = await next_batch(consumer, service, batch_size, before_batch, policy, stop)
-            if not records:
-                continue
+        async for records in batches(consumer, service, batch_size, before_batch, policy, stop):
             handled = [
                 await handle_record(record, service, event_type, handler, rejecter, policy, stop)
                 for record in records
