@@ -1,7 +1,11 @@
 """``rlimpact validate``: how far impact ratings can be trusted (services/trainer/validity.py).
 
 Every replay is scored by :func:`shared.impact.score_replay`, the code path of
-``rlimpact score``; the numbers are then cut into halves (and quarters) of live time.
+``rlimpact score``; the numbers are then cut into halves (and quarters) of live time. Impact
+is measured with the rating's weights cross-fitted (each match rated with weights fitted on
+the other folds of matches, ``services/trainer/rating_fit.py``), and with the shipped weights
+(fitted on these matches when they are corpus + more: in-sample). ``rlimpact fit-rating``
+fits the weights to ship.
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,10 +22,12 @@ from tqdm import tqdm
 
 from services.cli.common import add_recipe_arguments, load_impact_model, recipe_config
 from services.cli.offline import featurize_replays
+from shared.rating import SHIPPED_WEIGHTS, RatingWeights
 from shared.settings import Settings
 
 if TYPE_CHECKING:
     from services.parser.header import PlayerStats
+    from services.trainer.evaluate import TeamForecasts
     from services.trainer.statistics import Estimate
     from services.trainer.validity import MatchParts, Prediction, Reliability
     from shared.features.table import FeatureTable
@@ -31,6 +37,7 @@ VALIDITY_FILE = "validity.json"
 VALIDITY_PLOT = "validity.png"
 SCORE_POINTS = "score points"  # the header's in-game score, whole matches only
 SEGMENTS = 4
+SHIPPED_IMPACT = "impact, shipped weights"
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -56,19 +63,22 @@ def register(commands: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     add_recipe_arguments(validate)
     validate.set_defaults(func=cmd_validate)
+    fit = commands.add_parser(
+        "fit-rating",
+        help="fit the rating's weights (shared/rating.py) on replays scored by the shipped model",
+    )
+    fit.add_argument(
+        "paths", nargs="*", type=Path,
+        help="replay files or folders (default: $REPLAYS_DIR/corpus and $REPLAYS_DIR/more)",
+    )  # fmt: skip
+    fit.add_argument("--model", type=Path, help="ONNX model (default: the shipped model)")
+    fit.set_defaults(func=cmd_fit_rating)
 
 
 def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
-    from services.parser.header import player_stats_of_file
-    from services.trainer.evaluate import (
-        TeamForecasts,
-        bootstrap_auc_intervals,
-        roc_auc,
-        team_forecasts,
-    )
-    from services.trainer.validity import MIN_LIVE_MINUTES, match_parts, validity_plot
+    from services.trainer.evaluate import TeamForecasts, bootstrap_auc_intervals, roc_auc
+    from services.trainer.validity import MIN_LIVE_MINUTES, validity_plot
     from shared import scope
-    from shared.impact import live_minutes, score_replay
 
     paths = args.paths or [settings.replays_dir / "corpus", settings.replays_dir / "more"]
     featurized = featurize_replays(paths, settings)
@@ -81,15 +91,8 @@ def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
         model = load_impact_model(args.model, settings)
         model_name = f"model {model.version}"
         models = dict.fromkeys(in_scope, model)
-    halves, quarters, forecast_parts = [], [], []
-    for path, table in tqdm(featurized, desc="score", unit="replay", file=sys.stderr):
-        if table.replay_id not in in_scope or live_minutes(table) < MIN_LIVE_MINUTES:
-            continue
-        scored = score_replay(table, models[table.replay_id])
-        forecast_parts.append(team_forecasts(table, scored.p_score))
-        points = {SCORE_POINTS: header_points(table, player_stats_of_file(path))}
-        halves.append(match_parts(table, scored.p_score, scored.credits, 2, points))
-        quarters.append(match_parts(table, scored.p_score, scored.credits, SEGMENTS, points))
+    models = {k: m for k, m in models.items() if k in in_scope}
+    halves, quarters, forecast_parts = scored_parts(featurized, models)
     if len(halves) < 3:
         raise SystemExit("rlimpact: need at least 3 Soccar replays on standard arenas to validate")
     validation = validate_matches(halves, quarters, args.rounds)
@@ -102,6 +105,10 @@ def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
         "paths": [str(p) for p in paths],
         "matches": len(halves),
         "rounds": args.rounds,
+        "rating_weights": {
+            "shipped": asdict(SHIPPED_WEIGHTS),
+            "cross_fitted": [asdict(w) for w in validation.weights],
+        },
         "p_score_roc_auc": {
             "value": roc_auc(forecast.scored, forecast.p_score),
             "low": auc_interval.low,
@@ -128,6 +135,52 @@ def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
         title,
     )
     print(f"\nwrote {out / VALIDITY_FILE}, {out / VALIDITY_PLOT}")
+    return 0
+
+
+def scored_parts(
+    featurized: list[tuple[Path, FeatureTable]], models: dict[str, Predictor]
+) -> tuple[list[MatchParts], list[MatchParts], list[TeamForecasts]]:
+    """The in-scope replays of 2+ live minutes (those in ``models``) scored and cut in halves
+    and quarters, and their forecasts."""
+    from services.parser.header import player_stats_of_file
+    from services.trainer.evaluate import team_forecasts
+    from services.trainer.validity import MIN_LIVE_MINUTES, match_parts
+    from shared.impact import live_minutes, score_replay
+
+    halves, quarters, forecast_parts = [], [], []
+    for path, table in tqdm(featurized, desc="score", unit="replay", file=sys.stderr):
+        if table.replay_id not in models or live_minutes(table) < MIN_LIVE_MINUTES:
+            continue
+        scored = score_replay(table, models[table.replay_id])
+        forecast_parts.append(team_forecasts(table, scored.p_score))
+        points = {SCORE_POINTS: header_points(table, player_stats_of_file(path))}
+        halves.append(match_parts(table, scored.p_score, scored.credits, 2, points))
+        quarters.append(match_parts(table, scored.p_score, scored.credits, SEGMENTS, points))
+    return halves, quarters, forecast_parts
+
+
+def cmd_fit_rating(args: argparse.Namespace, settings: Settings) -> int:
+    """Fit the rating's weights on every in-scope match and print them for shared/rating.py."""
+    from services.trainer.rating_fit import fit_rating
+    from shared import scope
+
+    paths = args.paths or [settings.replays_dir / "corpus", settings.replays_dir / "more"]
+    tables = featurize_replays(paths, settings)
+    model = load_impact_model(args.model, settings)
+    models = {t.replay_id: model for _, t in tables if scope.in_scope(t.map_name, t.game_mode)}
+    halves, quarters, _ = scored_parts(tables, models)
+    if len(halves) < 3:
+        raise SystemExit("rlimpact: need at least 3 Soccar replays on standard arenas to fit")
+    weights, margins = fit_rating({2: halves, 4: quarters})
+    print(f"{len(halves)} matches, model {model.version}; margins on them (in-sample): "
+          f"predictive validity {margins.prediction:+.3f} over the best baseline, split-half "
+          f"r {margins.reliability:+.3f} over touches per minute")  # fmt: skip
+    print("shared/rating.py:")
+    print(
+        f"SHIPPED_WEIGHTS = RatingWeights(change={weights.change:g}, held={weights.held:g}, "
+        f"touch={weights.touch:g}, scale={weights.scale:.4f})"
+    )
     return 0
 
 
@@ -162,6 +215,7 @@ class Validation:
     reliability: Reliability
     predictions: list[Prediction]  # halves, then quarters 1 -> 2-4 and 1-3 -> 4
     across: dict[str, Estimate]
+    weights: list[RatingWeights]  # the rating's weights of each fold (cross-fitted)
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -174,21 +228,36 @@ class Validation:
 def validate_matches(
     halves: list[MatchParts], quarters: list[MatchParts], rounds: int
 ) -> Validation:
-    """Every measure of services/trainer/validity.py."""
+    """Every measure of services/trainer/validity.py, impact's with the rating's weights
+    cross-fitted (``impact``, ``offence``, ``defence``) and with the shipped ones."""
+    from services.trainer.rating_fit import cross_fitted
     from services.trainer.validity import (
         PLAYER_METRICS,
+        TEAM_METRICS,
         across_match_reliability,
         predictive_validity,
         split_half_reliability,
     )
 
-    predictions = [predictive_validity(halves, rounds=rounds)]
-    predictions += [predictive_validity(quarters, split=s, rounds=rounds) for s in (1, 3)]
+    shipped = {2: [_with_shipped(m) for m in halves], 4: [_with_shipped(m) for m in quarters]}
+    rated, weights = cross_fitted(shipped)
+    halves, quarters = rated[2], rated[4]
+    ratings = (*PLAYER_METRICS, SHIPPED_IMPACT)
+    metrics = (*ratings, *TEAM_METRICS)
+    predictions = [predictive_validity(halves, metrics, rounds=rounds)]
+    predictions += [predictive_validity(quarters, metrics, s, rounds) for s in (1, 3)]
     return Validation(
-        reliability=split_half_reliability(halves, rounds=rounds),
+        reliability=split_half_reliability(halves, ratings, rounds=rounds),
         predictions=predictions,
-        across=across_match_reliability(halves, (*PLAYER_METRICS, SCORE_POINTS), rounds),
+        across=across_match_reliability(halves, (*ratings, SCORE_POINTS), rounds),
+        weights=weights,
     )
+
+
+def _with_shipped(match: MatchParts) -> MatchParts:
+    """``match`` with its impact under the shipped weights kept as SHIPPED_IMPACT."""
+    totals = {**match.player_totals, SHIPPED_IMPACT: match.player_totals["impact"]}
+    return replace(match, player_totals=totals)
 
 
 def _reliability_json(reliability: Reliability) -> dict[str, object]:
