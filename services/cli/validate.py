@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,7 +38,7 @@ VALIDITY_FILE = "validity.json"
 VALIDITY_PLOT = "validity.png"
 SCORE_POINTS = "score points"  # the header's in-game score, whole matches only
 SEGMENTS = 4
-SHIPPED_IMPACT = "impact, shipped weights"
+SHIPPED_IMPACT = "impact, shipped"  # impact under SHIPPED_WEIGHTS (in-sample on corpus + more)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -61,6 +62,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="instead of --model: retrain the recipe (below) once per fold of the replays and "
         "score each replay with the model that never saw it",
     )  # fmt: skip
+    validate.add_argument(
+        "--rating-folds", type=int,
+        help="folds of matches the rating's weights are cross-fitted in (default 10; 0: leave "
+        "one match out)",
+    )  # fmt: skip
     add_recipe_arguments(validate)
     validate.set_defaults(func=cmd_validate)
     fit = commands.add_parser(
@@ -77,6 +83,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
     from services.trainer.evaluate import TeamForecasts, bootstrap_auc_intervals, roc_auc
+    from services.trainer.rating_fit import FOLDS
     from services.trainer.validity import MIN_LIVE_MINUTES, validity_plot
     from shared import scope
 
@@ -95,7 +102,8 @@ def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
     halves, quarters, forecast_parts = scored_parts(featurized, models)
     if len(halves) < 3:
         raise SystemExit("rlimpact: need at least 3 Soccar replays on standard arenas to validate")
-    validation = validate_matches(halves, quarters, args.rounds)
+    folds = FOLDS if args.rating_folds is None else args.rating_folds or None
+    validation = validate_matches(halves, quarters, args.rounds, folds)
     forecast = TeamForecasts.concat(forecast_parts)
     (auc_interval,) = bootstrap_auc_intervals(
         forecast.scored, {"model": forecast.p_score}, forecast.replay, args.rounds
@@ -107,6 +115,7 @@ def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
         "rounds": args.rounds,
         "rating_weights": {
             "shipped": asdict(SHIPPED_WEIGHTS),
+            "folds": len(validation.weights),
             "cross_fitted": [asdict(w) for w in validation.weights],
         },
         "p_score_roc_auc": {
@@ -226,10 +235,14 @@ class Validation:
 
 
 def validate_matches(
-    halves: list[MatchParts], quarters: list[MatchParts], rounds: int
+    halves: list[MatchParts],
+    quarters: list[MatchParts],
+    rounds: int,
+    rating_folds: int | None,
 ) -> Validation:
     """Every measure of services/trainer/validity.py, impact's with the rating's weights
-    cross-fitted (``impact``, ``offence``, ``defence``) and with the shipped ones."""
+    cross-fitted in ``rating_folds`` folds of matches (None: leaving one out; ``impact``,
+    ``offence``, ``defence``) and with the shipped ones (SHIPPED_IMPACT)."""
     from services.trainer.rating_fit import cross_fitted
     from services.trainer.validity import (
         PLAYER_METRICS,
@@ -240,7 +253,7 @@ def validate_matches(
     )
 
     shipped = {2: [_with_shipped(m) for m in halves], 4: [_with_shipped(m) for m in quarters]}
-    rated, weights = cross_fitted(shipped)
+    rated, weights = cross_fitted(shipped, rating_folds)
     halves, quarters = rated[2], rated[4]
     ratings = (*PLAYER_METRICS, SHIPPED_IMPACT)
     metrics = (*ratings, *TEAM_METRICS)
@@ -295,14 +308,21 @@ def format_summary(summary: dict) -> str:
     pooled = reliability["pooled_standardised"]
     any_rating = next(iter(pooled.values()))
     auc = summary["p_score_roc_auc"]
+    weights = summary["rating_weights"]
+    chosen = Counter(_weights_text(w, False) for w in weights["cross_fitted"]).most_common()
+    width = max(len(n) for n in (*pooled, *summary["predictive_validity"][0]["spearman"])) + 1
     lines = [
         f"the forecast: P(score within 10 s) ROC AUC {auc['value']:.3f} "
         f"[{auc['low']:.3f}, {auc['high']:.3f}] over {auc['rows']} (live frame, team) rows",
+        f"impact: the rating's weights cross-fitted, each match rated with weights fitted on "
+        f"the other folds of {weights['folds']} (in how many folds: "
+        + "; ".join(f"{text}: {n}" for text, n in chosen)
+        + f"); {SHIPPED_IMPACT}: {_weights_text(weights['shipped'])}",
         "",
         "split-half reliability: Pearson r of a player's rating per live minute in the first "
         "half of a match against the second (players on the pitch in both halves); 95 % "
         f"intervals over {summary['rounds']} resamples of the matches",
-        f"  {'rating':<10} {'within team size, pooled':<26} "
+        f"  {'rating':<{width}} {'within team size, pooled':<26} "
         + " ".join(
             f"{size + 'v' + size + ' (n ' + str(next(iter(v.values()))['n']) + ')':<26}"
             for size, v in sizes.items()
@@ -312,7 +332,7 @@ def format_summary(summary: dict) -> str:
     for rating, entry in pooled.items():
         cells = [_estimate(entry)] + [_estimate(v[rating]) for v in sizes.values()]
         cells.append(_estimate(reliability["pooled_raw"][rating]))
-        lines.append(f"  {rating:<10} " + " ".join(f"{c:<26}" for c in cells))
+        lines.append(f"  {rating:<{width}} " + " ".join(f"{c:<26}" for c in cells))
     lines.append(f"  (pooled: each half standardised per team size; {any_rating['n']} pairs)")
     for name, entry in reliability["margins"].items():
         lines.append(f"  {name}: {_estimate(entry)}")
@@ -324,13 +344,14 @@ def format_summary(summary: dict) -> str:
     ]
     predictions = summary["predictive_validity"]
     headers = [Prediction(p["earlier_parts"], p["parts"], {}, {}).label for p in predictions]
-    lines.append(f"  {'edge in':<16} " + " ".join(f"{h:<26}" for h in headers))
+    lines.append(f"  {'edge in':<{width}} " + " ".join(f"{h:<26}" for h in headers))
     for metric in predictions[0]["spearman"]:
         cells = [_estimate(p["spearman"][metric]) for p in predictions]
-        lines.append(f"  {metric:<16} " + " ".join(f"{c:<26}" for c in cells))
+        lines.append(f"  {metric:<{width}} " + " ".join(f"{c:<26}" for c in cells))
     for name in predictions[0]["margins"]:
         cells = [_estimate(p["margins"][name]) for p in predictions]
-        lines.append(f"  {name:<16} " + " ".join(f"{c:<26}" for c in cells))
+        lines.append(f"  {name}")
+        lines.append(f"  {'':<{width}} " + " ".join(f"{c:<26}" for c in cells))
     across = summary["across_match_reliability"]
     lines += [
         "",
@@ -338,5 +359,10 @@ def format_summary(summary: dict) -> str:
         "rating over odd appearances against even ones; intervals over resampled players",
     ]
     for rating, entry in across.items():
-        lines.append(f"  {rating:<14} {_estimate(entry)}  ({entry['n']} players)")
+        lines.append(f"  {rating:<{width}} {_estimate(entry)}  ({entry['n']} players)")
     return "\n".join(lines)
+
+
+def _weights_text(weights: dict[str, float], scale: bool = True) -> str:
+    text = f"change {weights['change']:g}, held {weights['held']:g}, touch {weights['touch']:g}"
+    return text + f", scale {weights['scale']:.4f}" if scale else text

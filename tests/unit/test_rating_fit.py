@@ -10,14 +10,25 @@ import pytest
 
 from services.parser.parse import parse_replay_file
 from services.trainer.rating_fit import (
+    BASELINES,
     FOLDS,
     GRID,
+    SPLITS,
     cross_fitted,
+    design,
     fit_rating,
     fold_of,
+    margins,
+    vector,
     weighted_totals,
 )
-from services.trainer.validity import PART_TOTALS, MatchParts, match_parts
+from services.trainer.validity import (
+    PART_TOTALS,
+    MatchParts,
+    match_parts,
+    predictive_validity,
+    split_half_reliability,
+)
 from shared.features.batch import featurize
 from shared.impact import credit_touches
 from shared.rating import SHIPPED_WEIGHTS, RatingWeights
@@ -87,13 +98,30 @@ def test_folds_deal_the_matches_evenly_by_id():
     assert np.bincount(fold).tolist() == [5] * 5
     assert fold_of(ids, 5).tolist() == fold.tolist()
     assert fold[ids.index("000")] == 0 and fold[ids.index("005")] == 0
+    assert sorted(fold_of(ids, None).tolist()) == list(range(25))  # leave one out
+
+
+def test_the_fits_margins_are_the_validity_statistics_of_the_rated_matches():
+    cuts = _cuts(4, 40)
+    weights = RatingWeights(change=1.7, held=2.0, touch=0.13)
+    rated = {n: [weighted_totals(m, weights) for m in ms] for n, ms in cuts.items()}
+    halves = split_half_reliability(rated[2], ("impact", "touches"), rounds=0).pooled
+    expected_reliability = halves["impact"].value - halves["touches"].value
+    worst = np.inf
+    for split, n_parts in SPLITS:
+        metrics = ("impact", *BASELINES)
+        found = predictive_validity(rated[n_parts], metrics, split, rounds=0).spearman
+        worst = min(worst, found["impact"].value - max(found[b].value for b in BASELINES))
+    got = margins(design(cuts), vector(weights))
+    assert got.reliability == pytest.approx(expected_reliability)
+    assert got.prediction == pytest.approx(worst)
 
 
 def test_cross_fitting_rates_each_match_with_weights_fitted_without_it():
     cuts = _cuts(2, 60)
     rated, weights = cross_fitted(cuts)
     assert len(weights) == FOLDS and len({w.scale for w in weights}) == 1
-    fold = fold_of([m.match_id for m in cuts[2]])
+    fold = fold_of([m.match_id for m in cuts[2]], FOLDS)
     for k in (0, 3):
         train = {n: [m for m, f in zip(ms, fold, strict=True) if f != k] for n, ms in cuts.items()}
         expected, _ = fit_rating(train)
