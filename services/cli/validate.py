@@ -46,11 +46,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "validate",
         help="reliability and predictive validity of impact ratings, next to simple baselines",
     )
-    validate.add_argument(
-        "paths", nargs="*", type=Path,
-        help="replay files or folders (default: $REPLAYS_DIR/corpus and $REPLAYS_DIR/more)",
-    )  # fmt: skip
-    validate.add_argument("--model", type=Path, help="ONNX model (default: the shipped model)")
+    _add_replay_arguments(validate)
     validate.add_argument(
         "--out",
         type=Path,
@@ -73,12 +69,20 @@ def register(commands: argparse._SubParsersAction) -> None:
         "fit-rating",
         help="fit the rating's weights (shared/rating.py) on replays scored by the shipped model",
     )
-    fit.add_argument(
+    _add_replay_arguments(fit)
+    fit.set_defaults(func=cmd_fit_rating)
+
+
+def _add_replay_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "paths", nargs="*", type=Path,
         help="replay files or folders (default: $REPLAYS_DIR/corpus and $REPLAYS_DIR/more)",
     )  # fmt: skip
-    fit.add_argument("--model", type=Path, help="ONNX model (default: the shipped model)")
-    fit.set_defaults(func=cmd_fit_rating)
+    parser.add_argument("--model", type=Path, help="ONNX model (default: the shipped model)")
+
+
+def _replay_paths(args: argparse.Namespace, settings: Settings) -> list[Path]:
+    return args.paths or [settings.replays_dir / "corpus", settings.replays_dir / "more"]
 
 
 def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
@@ -87,7 +91,7 @@ def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
     from services.trainer.validity import MIN_LIVE_MINUTES, validity_plot
     from shared import scope
 
-    paths = args.paths or [settings.replays_dir / "corpus", settings.replays_dir / "more"]
+    paths = _replay_paths(args, settings)
     featurized = featurize_replays(paths, settings)
     tables = [t for _, t in featurized]
     in_scope = {t.replay_id for t in tables if scope.in_scope(t.map_name, t.game_mode)}
@@ -174,7 +178,7 @@ def cmd_fit_rating(args: argparse.Namespace, settings: Settings) -> int:
     from services.trainer.rating_fit import fit_rating
     from shared import scope
 
-    paths = args.paths or [settings.replays_dir / "corpus", settings.replays_dir / "more"]
+    paths = _replay_paths(args, settings)
     tables = featurize_replays(paths, settings)
     model = load_impact_model(args.model, settings)
     models = {t.replay_id: model for _, t in tables if scope.in_scope(t.map_name, t.game_mode)}
@@ -185,6 +189,8 @@ def cmd_fit_rating(args: argparse.Namespace, settings: Settings) -> int:
     print(f"{len(halves)} matches, model {model.version}; margins on them (in-sample): "
           f"predictive validity {margins.prediction:+.3f} over the best baseline, split-half "
           f"r {margins.reliability:+.3f} over touches per minute")  # fmt: skip
+    if weights.scale <= 0:
+        print("warning: on these matches a larger edge forecasts fewer later goals: too few to fit")
     print("shared/rating.py:")
     print(
         f"SHIPPED_WEIGHTS = RatingWeights(change={weights.change:g}, held={weights.held:g}, "

@@ -3,6 +3,7 @@ what forecasts later goals, and cross-fitted without the match they rate."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -32,6 +33,7 @@ from services.trainer.validity import (
 from shared.features.batch import featurize
 from shared.impact import credit_touches
 from shared.rating import SHIPPED_WEIGHTS, RatingWeights
+from tests.unit.test_cli import _cli
 
 
 def test_a_matchs_parts_weigh_into_the_impact_its_touches_were_credited(standard_replay):
@@ -138,3 +140,14 @@ def test_cross_fitting_rates_each_match_with_weights_fitted_without_it():
         changed[n][first] = replace(changed[n][first], goals=changed[n][first].goals + 5)
     _, again = cross_fitted(changed)
     assert replace(again[0], scale=weights[0].scale) == weights[0]
+
+
+def test_fit_rating_command_prints_weights_to_ship(good_replays):
+    chosen = [r for r in good_replays if r.team_size == 3 and (r.goals or 0) >= 4][:4]
+    result = _cli("fit-rating", *(str(r.path) for r in chosen))
+    assert result.returncode == 0, result.stderr
+    assert "matches, model" in result.stdout
+    line = next(x for x in result.stdout.splitlines() if x.startswith("SHIPPED_WEIGHTS = "))
+    weights = {k: float(v) for k, v in re.findall(r"(\w+)=([-\d.]+)", line)}
+    assert weights["change"] in GRID["change"] and weights["touch"] in GRID["touch"]
+    assert weights["held"] in GRID["held"] and weights["scale"] != 0  # 4 matches: any sign
