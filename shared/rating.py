@@ -29,9 +29,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-# exp(mean log P(score)) over the live frames of corpus + more under the shipped model: the
-# level from which the threat's offence and defence parts are counted (they sum to the
-# threat whatever it is)
+# exp(mean log P(score)) over the live frames of corpus + more under the shipped model
+# (`rlimpact fit-rating` prints it): the level from which the threat's offence and defence
+# parts are counted (they sum to the threat whatever it is)
 REFERENCE_P_SCORE = 0.064
 
 

@@ -182,9 +182,10 @@ def cmd_fit_rating(args: argparse.Namespace, settings: Settings) -> int:
     tables = featurize_replays(paths, settings)
     model = load_impact_model(args.model, settings)
     models = {t.replay_id: model for _, t in tables if scope.in_scope(t.map_name, t.game_mode)}
-    halves, quarters, _ = scored_parts(tables, models)
+    halves, quarters, forecasts = scored_parts(tables, models)
     if len(halves) < 3:
         raise SystemExit("rlimpact: need at least 3 Soccar replays on standard arenas to fit")
+    p_score = np.concatenate([f.p_score for f in forecasts])
     weights, margins = fit_rating({2: halves, 4: quarters})
     print(f"{len(halves)} matches, model {model.version}; margins on them (in-sample): "
           f"predictive validity {margins.prediction:+.3f} over the best baseline, split-half "
@@ -192,6 +193,7 @@ def cmd_fit_rating(args: argparse.Namespace, settings: Settings) -> int:
     if weights.scale <= 0:
         print("warning: on these matches a larger edge forecasts fewer later goals: too few to fit")
     print("shared/rating.py:")
+    print(f"REFERENCE_P_SCORE = {np.exp(np.log(np.clip(p_score, 1e-6, 1)).mean()):.3f}")
     print(
         f"SHIPPED_WEIGHTS = RatingWeights(change={weights.change:g}, held={weights.held:g}, "
         f"touch={weights.touch:g}, scale={weights.scale:.4f})"

@@ -147,6 +147,7 @@ def test_fit_rating_command_prints_weights_to_ship(good_replays):
     result = _cli("fit-rating", *(str(r.path) for r in chosen))
     assert result.returncode == 0, result.stderr
     assert "matches, model" in result.stdout
+    assert 0 < float(result.stdout.split("REFERENCE_P_SCORE = ")[1].split()[0]) < 1
     line = next(x for x in result.stdout.splitlines() if x.startswith("SHIPPED_WEIGHTS = "))
     weights = {k: float(v) for k, v in re.findall(r"(\w+)=([-\d.]+)", line)}
     assert weights["change"] in GRID["change"] and weights["touch"] in GRID["touch"]
