@@ -32,7 +32,7 @@ import numpy as np
 # exp(mean log P(score)) over the live frames of corpus + more under the shipped model
 # (`rlimpact fit-rating` prints it): the level from which the threat's offence and defence
 # parts are counted (they sum to the threat whatever it is)
-REFERENCE_P_SCORE = 0.064
+REFERENCE_P_SCORE = 0.065
 
 
 @dataclass(frozen=True)
