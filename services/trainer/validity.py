@@ -40,6 +40,7 @@ from services.trainer.statistics import (
 )
 from shared.features.table import FEATURE_NAMES, FeatureTable
 from shared.impact import DEMOLISHED, IMPACT_SCALE, SECONDS_PER_MINUTE, TouchCredit, frame_step
+from shared.rating import NO_PARTS
 
 TEAM_SIZE = FEATURE_NAMES.index("team_size")
 TEAM_SIZE_SCALE = 4.0  # features.py stores team_size / 4
@@ -49,6 +50,9 @@ IMPACT = "impact"
 PLAYER_METRICS = ("impact", "offence", "defence", "touches")
 TEAM_METRICS = ("mean P(score)", "goal difference")
 POOLED = "pooled"
+# A touch's parts (shared.rating.TouchParts) summed per player and part, x IMPACT_SCALE: what
+# the rating's weights are fitted on (services/trainer/rating_fit.py)
+PART_TOTALS = ("change_for", "change_against", "threat_for", "threat_against", "held_for")
 
 
 @dataclass(frozen=True)
@@ -114,12 +118,15 @@ def match_parts(
     bounds = part_bounds(table.live, n_parts)
     part_of_frame = np.searchsorted(bounds, np.arange(table.time.shape[0]), side="right") - 1
     n_players = len(table.players)
-    totals = {name: np.zeros((n_parts, n_players)) for name in PLAYER_METRICS}
+    totals = {name: np.zeros((n_parts, n_players)) for name in (*PLAYER_METRICS, *PART_TOTALS)}
     for credit in credits:
         part, player = part_of_frame[credit.frame], credit.player_index
         totals["offence"][part, player] += IMPACT_SCALE * credit.offence
         totals["defence"][part, player] += IMPACT_SCALE * credit.defence
         totals["touches"][part, player] += 1
+        parts = credit.parts or NO_PARTS
+        for name in PART_TOTALS:
+            totals[name][part, player] += IMPACT_SCALE * getattr(parts, name)
     totals["impact"] = totals["offence"] + totals["defence"]
     step = frame_step(table)
     on_pitch = (table.features[:, :, DEMOLISHED] < 0.5) & table.live[:, None]
