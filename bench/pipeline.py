@@ -41,6 +41,7 @@ from pathlib import Path
 import asyncpg
 from live import STACK, broker_pid, fresh_stack, samples, settings_of, start, stop
 
+from services.cli import build_parser
 from services.cli.offline import cmd_score
 from shared.events import FEATURES_READY, FRAMES_PARSED, REPLAY_UPLOADED, Topic
 from shared.settings import Settings
@@ -102,7 +103,7 @@ def offline_rate(files: list[Path], settings: Settings) -> Offline:
     out = io.StringIO()
     began, cpu_began = time.perf_counter(), time.process_time()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
-        cmd_score(argparse.Namespace(paths=files, model=None), settings)
+        cmd_score(build_parser().parse_args(["score", *map(str, files)]), settings)
     seconds, cpu = time.perf_counter() - began, time.process_time() - cpu_began
     scored = len(files) - out.getvalue().count(": rejected: ")
     return Offline(seconds, scored, cpu)

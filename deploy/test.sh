@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test command: sets up .venv, checks style, runs unit and integration tests, then the
+# The test command: sets up .venv, checks style and types, runs unit and integration tests, then the
 # chaos suite.
 # The integration tests start their own Kafka and Postgres through deploy/stack.sh.
 set -euo pipefail
@@ -12,6 +12,8 @@ bash deploy/minio.sh install
 bash deploy/prometheus.sh install
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+# Types: shared/ and services/ ([tool.mypy] in pyproject.toml).
+.venv/bin/mypy
 .venv/bin/python -m pytest -q "$@"
 # The chaos suite (tests/chaos): its own stack under the supervisor, Postgres and Kafka stopped,
 # services killed, with replays in flight. A step of its own, after the others, when the

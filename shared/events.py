@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal, TypeVar
+from typing import Final, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 HOUR_MS = 3_600_000
 
 
@@ -181,15 +181,21 @@ class ScoreEmitted(Event):
     skill_model_version: str | None = None
 
 
+PromotePolicy = Literal["if-none-active", "always", "never"]  # a trained model's promotion
+
+
 class TrainRequested(Event):
     requested_by: str = "cli"
-    promote: Literal["if-none-active", "always", "never"] = "if-none-active"
+    promote: PromotePolicy = "if-none-active"
+
+
+ModelKind = Literal["impact", "skill"]  # one active model per kind in the registry
 
 
 class ModelPromoted(Event):
     model_id: int
     model_version: str
-    kind: Literal["impact", "skill"] = "impact"
+    kind: ModelKind = "impact"
 
 
 # ---------------------------------------------------------------- live matches

@@ -2,30 +2,33 @@
 
 The model gives, for each live frame, P(team k scores within the horizon) for both teams (the
 mean over the rows of both teams' players: a blue row's P(concede) is a forecast of orange
-scoring). The state value for team k is ``P(k scores) - P(k concedes)``.
+scoring).
 
-Impact is credited per ball touch, VAEP-style, in two parts, each in goals:
+Impact is credited per ball touch, from the frames between the touch and the next touch by
+anyone (or the end of play), in the parts of :class:`shared.rating.TouchParts`:
 
-- the *change*: the touch is worth the change in its team's P(score) (offence) and the fall in
-  its P(concede) (defence) from the frame before the touch to the frame before the next touch
-  by anyone, or to the end of play: a goal sets P(score) to 1 for the scoring team and to 0
-  for the other, so the touch before a goal takes the goal's credit;
-- the *held* value: the expected goals for (offence) and against (minus, defence) while the
-  possession the touch starts lasts, up to the next touch or the end of play. P(score within
-  the horizon) / horizon is a goal rate, so summed over the frames (x the frame step) it is the
-  expected number of goals of that time. A touch that keeps the ball where the team threatens
-  earns, one that leaves it in front of its own goal costs, however the forecast ends up.
+- the *change*: the change in its team's P(score) and the fall in its P(concede) by the next
+  touch: a goal sets P(score) to 1 for the scoring team and to 0 for the other, so the touch
+  before a goal takes the goal's credit;
+- the *threat*: how many times more likely its team was to score than to concede while the
+  possession it started lasted, log(P(score) / P(concede)) summed over those frames x the frame
+  step / horizon;
+- the *held* value: the expected goals for meanwhile (P(score within the horizon) / horizon is
+  a goal rate, so its sum over the frames x the frame step is the expected number of goals of
+  that time);
+- the touch itself.
 
-A player's impact is the sum over the player's touches, x100 (100 points = one goal's worth);
-``impact_per_minute`` divides it by the live minutes of the replay. The change alone sums, per
-team, to little more than its goal difference, which says little about the rest of a match;
-the held value adds how much of the play the team's touches kept threatening (``rlimpact
-validate`` measures both: README, *How far impact can be trusted*).
+:mod:`shared.rating` weighs them into the touch's credit in goals, split into offence (its
+team's own scoring) and defence (the other team's), with weights fitted to what a team's edge
+in them forecasts: its later goal difference (``rlimpact fit-rating``). A player's impact is
+the sum over the player's touches, x100 (100 points = one goal of forecast goal difference);
+``impact_per_minute`` divides it by the live minutes of the replay (``rlimpact validate``
+measures how far it can be trusted: README, *How far impact can be trusted*).
 
-Off-ball play is credited through the held value only: the value the team holds between a touch
-and the next one goes to the player who made the first touch, so positioning (a teammate's run,
-a defender's shadowing) counts through the touches it leads to or prevents and the threat the
-team keeps meanwhile.
+Off-ball play is credited through the threat and held value only: what the team holds between
+a touch and the next one goes to the player who made the first touch, so positioning (a
+teammate's run, a defender's shadowing) counts through the touches it leads to or prevents and
+the threat the team keeps meanwhile.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import numpy as np
 from shared.features.context import median_step
 from shared.features.table import FEATURE_NAMES, FeatureTable
 from shared.model import ImpactModel, Predictor, predict_table
+from shared.rating import SHIPPED_WEIGHTS, RatingWeights, TouchParts, offence_defence, threat
 
 IMPACT_SCALE = 100.0
 SECONDS_PER_MINUTE = 60.0
@@ -63,10 +67,11 @@ class TouchCredit:
     frame: int
     player_index: int
     team: int
-    offence: float  # change of the team's P(score) + held_for, in goals (not x100)
-    defence: float  # fall of the team's P(concede) - held_against
+    offence: float  # the rating's credit for its team's own scoring, in goals (not x100)
+    defence: float  # for the other team's (positive = good defending)
     held_for: float = 0.0  # expected goals for until the next touch or the end of play
     held_against: float = 0.0  # expected goals against meanwhile
+    parts: TouchParts | None = None  # what the credit is weighed from (shared.rating)
 
     @property
     def value(self) -> float:
@@ -100,20 +105,23 @@ def team_probability(
 
 
 def credit_touches(
-    table: FeatureTable, p_score: np.ndarray, horizon: float = FORECAST_HORIZON_SECONDS
+    table: FeatureTable,
+    p_score: np.ndarray,
+    horizon: float = FORECAST_HORIZON_SECONDS,
+    weights: RatingWeights = SHIPPED_WEIGHTS,
 ) -> list[TouchCredit]:
     """One credit per live touch; ``p_score`` [T, 2] from :func:`team_score_probability`."""
-    live = table.live
     teams = np.array([p.team for p in table.players])
-    stretches = _live_stretches(live)
+    stretches = _live_stretches(table.live)
     outcome = _stretch_outcomes(table, stretches)
-    held = _expected_goals_so_far(table, p_score, horizon)
+    held = _sum_so_far(table, p_score, horizon)
+    threats = _sum_so_far(table, threat(p_score, weights.reference), horizon)
     credits: list[TouchCredit] = []
     for (start, stop), final in zip(stretches, outcome, strict=True):
         frames, players = np.nonzero(table.touched[start:stop])
         frames = frames + start
         for i, (frame, player) in enumerate(zip(frames, players, strict=True)):
-            before = p_score[max(frame - 1, start)]
+            before = p_score[max(int(frame) - 1, start)]
             if i + 1 < len(frames):
                 until = int(frames[i + 1])
                 after = p_score[max(until - 1, start)]
@@ -122,25 +130,37 @@ def credit_touches(
                 after = final if final is not None else p_score[stop - 1]
             team = int(teams[player])
             expected = held[until] - held[frame]
+            threatened = threats[until] - threats[frame]
+            parts = TouchParts(
+                change_for=float(after[team] - before[team]),
+                change_against=float(before[1 - team] - after[1 - team]),
+                threat_for=float(threatened[team]),
+                threat_against=float(-threatened[1 - team]),
+                held_for=float(expected[team]),
+                held_against=float(expected[1 - team]),
+            )
+            offence, defence = offence_defence(parts, weights)
             credits.append(
                 TouchCredit(
                     frame=int(frame),
                     player_index=int(player),
                     team=team,
-                    offence=float(after[team] - before[team] + expected[team]),
-                    defence=float(before[1 - team] - after[1 - team] - expected[1 - team]),
-                    held_for=float(expected[team]),
-                    held_against=float(expected[1 - team]),
+                    offence=offence,
+                    defence=defence,
+                    held_for=parts.held_for,
+                    held_against=parts.held_against,
+                    parts=parts,
                 )
             )
     return credits
 
 
-def _expected_goals_so_far(table: FeatureTable, p_score: np.ndarray, horizon: float) -> np.ndarray:
-    """[T + 1, 2]: row i holds each team's expected goals over the frames before frame i, from
-    the goal rate P(score within the horizon) / horizon over each frame's step."""
+def _sum_so_far(table: FeatureTable, per_frame: np.ndarray, horizon: float) -> np.ndarray:
+    """[T + 1, 2]: row i holds each team's sum of ``per_frame`` [T, 2] over the live frames
+    before frame i, x the frame step / horizon (for P(score within the horizon): the expected
+    goals of that time, P / horizon being a goal rate)."""
     step = frame_step(table)
-    rate = np.where(table.live[:, None], p_score, 0.0) * (step / horizon)
+    rate = np.where(table.live[:, None], per_frame, 0.0) * (step / horizon)
     return np.concatenate([np.zeros((1, 2)), np.cumsum(rate, axis=0)])
 
 

@@ -7,6 +7,12 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 EVENTS_IN = Counter("rlimpact_events_in_total", "Events consumed", ["service", "topic"])
 EVENTS_OUT = Counter("rlimpact_events_out_total", "Events produced", ["service", "topic"])
 ERRORS = Counter("rlimpact_errors_total", "Failures by reason", ["service", "reason"])
+INGEST_DUPLICATES = Counter(
+    "rlimpact_ingest_duplicates_total", "Files whose content was already known"
+)
+INGEST_FILES = Counter(
+    "rlimpact_ingest_files_total", "Files dealt with, by source and outcome", ["source", "outcome"]
+)
 REDRIVES = Counter(
     "rlimpact_redrives_total", "Replays driven on again by recovery", ["service", "topic"]
 )

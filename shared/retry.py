@@ -10,7 +10,6 @@ starts, a "still waiting" line now and then, and one when it is over.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
 import time
@@ -24,7 +23,7 @@ from asyncpg.exceptions import _base as pg_errors
 from minio.error import S3Error, ServerError
 from urllib3 import exceptions as http_errors
 
-from shared.backoff import Backoff
+from shared.backoff import Backoff, sleep_unless_stopped
 from shared.storage import BlobStoreUnavailable
 
 if TYPE_CHECKING:
@@ -119,9 +118,8 @@ async def sleep_backoff(backoff: Backoff, stop: asyncio.Event | None = None) -> 
     delay = backoff.next_delay()
     if stop is None:
         await asyncio.sleep(delay)
-        return
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), delay)
+    else:
+        await sleep_unless_stopped(stop, delay)
 
 
 @dataclass

@@ -13,6 +13,7 @@ import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import TypeVar
 
 import asyncpg
@@ -42,10 +43,17 @@ LIBRARY_LOG_BURST = 3
 class ServiceContext:
     name: str
     settings: Settings
-    pool: asyncpg.Pool
+    database: asyncpg.Pool | None  # None: a service that runs without Postgres (the bridge)
     producer: EventProducer
     stop: asyncio.Event
     policy: RetryPolicy | None = None  # how long to wait for a dependency; None: as long as down
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The Postgres pool (a service started with ``database=False`` has none)."""
+        if self.database is None:
+            raise RuntimeError(f"{self.name} runs without the database")
+        return self.database
 
     async def fail_replay(
         self,
@@ -103,13 +111,19 @@ class ServiceContext:
 
 
 def run_service(
-    name: str, body: Callable[[ServiceContext], Awaitable[None]], latency_bound: bool = False
+    name: str,
+    body: Callable[[ServiceContext], Awaitable[None]],
+    latency_bound: bool = False,
+    *,
+    database: bool = True,
+    low_latency: bool = False,
 ) -> None:
     """Entry point of every service process: ``run_service("parser", run)``.
 
     ``latency_bound`` services (the live path) keep the objects alive at start-up out of the
     garbage collector's reach and collect the young generation less often, since each frame
     allocates many small objects and collector pauses made their latency tail.
+    ``database`` and ``low_latency``: as in :func:`service_context`.
     """
     if latency_bound:
         gc.freeze()
@@ -117,7 +131,7 @@ def run_service(
     configure_logging(name)
     settings = get_settings()
     metrics.serve(name, settings.metrics_host, settings.metrics_port(name))
-    asyncio.run(_main(name, settings, body))
+    asyncio.run(_main(name, settings, body, database=database, low_latency=low_latency))
 
 
 def configure_logging(name: str) -> None:
@@ -137,31 +151,51 @@ def configure_logging(name: str) -> None:
 
 @asynccontextmanager
 async def service_context(
-    name: str, settings: Settings, *, wait: bool = False
+    name: str,
+    settings: Settings,
+    *,
+    wait: bool = False,
+    database: bool = True,
+    low_latency: bool = False,
 ) -> AsyncIterator[ServiceContext]:
     """Database (migrated), topics (created) and a producer: what a service or the CLI needs.
     With ``wait`` (a service), each waits with backoff until its dependency is up, and sends
-    wait while Kafka is away; without (a command), a dependency that is down is an error."""
+    wait while Kafka is away; without (a command), a dependency that is down is an error.
+    ``database=False``: no Postgres at all (a service that never uses it); ``low_latency``: the
+    producer of the live path (see :func:`shared.kafka.event_producer`)."""
     policy = RetryPolicy.of(settings) if wait else RetryPolicy(attempts=1)
     stop = asyncio.Event()
 
     async def wait_for(operation: Callable[[], Awaitable[T]], what: str) -> T:
         return await retry_transient(operation, f"{name}: {what}", policy, log, stop)
 
-    pool = await wait_for(lambda: db.connect(settings), "connecting to Postgres")
+    pool = (
+        await wait_for(lambda: db.connect(settings), "connecting to Postgres") if database else None
+    )
     try:
-        await wait_for(lambda: db.migrate(pool), "migrating Postgres")
+        if pool is not None:
+            await wait_for(partial(db.migrate, pool), "migrating Postgres")
         await wait_for(lambda: ensure_topics(settings), "creating the Kafka topics")
-        async with event_producer(settings, name, stop=stop, policy=policy) as producer:
+        async with event_producer(
+            settings, name, low_latency=low_latency, stop=stop, policy=policy
+        ) as producer:
             yield ServiceContext(name, settings, pool, producer, stop, policy)
     finally:
-        await pool.close()
+        if pool is not None:
+            await pool.close()
 
 
 async def _main(
-    name: str, settings: Settings, body: Callable[[ServiceContext], Awaitable[None]]
+    name: str,
+    settings: Settings,
+    body: Callable[[ServiceContext], Awaitable[None]],
+    *,
+    database: bool,
+    low_latency: bool,
 ) -> None:
-    async with service_context(name, settings, wait=True) as ctx:
+    async with service_context(
+        name, settings, wait=True, database=database, low_latency=low_latency
+    ) as ctx:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, ctx.stop.set)

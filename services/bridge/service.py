@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 
 import aiohttp
@@ -33,9 +32,8 @@ from services.bridge.sos import Skipped, SosMessageError, SosSession
 from shared import metrics
 from shared.backoff import Backoff, sleep_unless_stopped
 from shared.events import EVENTS_INVALID, LIVE_FRAMES, InvalidEvent, LiveFrame, utcnow
-from shared.kafka import EventProducer, event_producer
+from shared.kafka import EventProducer
 from shared.service import ServiceContext, run_service
-from shared.settings import Settings
 
 NAME = "bridge"
 log = logging.getLogger(NAME)
@@ -47,8 +45,8 @@ class FrameSink:
 
     Frames go to Kafka in rounds: those that arrive within ``window`` seconds of a round's
     first are handed to the producer together, so they leave in one request for all their
-    partitions. (The producer's own lingering is per partition: frames of matches on other
-    partitions would each go in a request of their own; see ``bridge_producer``.)"""
+    partitions. (The producer lingers per partition: frames of matches on other partitions,
+    handed over one by one, would each go in a request of their own.)"""
 
     def __init__(self, producer: EventProducer, window: float = 0.0) -> None:
         self.producer, self.window = producer, window
@@ -114,12 +112,6 @@ def _log_failed_send(sent: asyncio.Future[RecordMetadata]) -> None:
 def _count_failed_send(error: BaseException) -> None:
     metrics.ERRORS.labels(NAME, type(error).__name__).inc()
     log.warning("live frame not sent: %s", error)
-
-
-def bridge_producer(settings: Settings) -> AbstractAsyncContextManager[EventProducer]:
-    """The live path's producer, lingering not at all: the bridge's rounds gather frames for
-    ``live_linger_ms`` instead (:class:`FrameSink`), across partitions."""
-    return event_producer(settings.model_copy(update={"live_linger_ms": 0}), NAME, low_latency=True)
 
 
 async def follow_sos_feed(
@@ -193,27 +185,28 @@ async def serve_plugin_endpoint(ctx: ServiceContext, sink: FrameSink) -> web.App
 
 
 async def run(ctx: ServiceContext) -> None:
-    async with bridge_producer(ctx.settings) as producer:
-        sink = FrameSink(producer, ctx.settings.live_linger_ms / 1000)
-        plugin_endpoint = await serve_plugin_endpoint(ctx, sink)
-        feeds = [
-            asyncio.create_task(
-                follow_sos_feed(url, sink, ctx.stop, ctx.settings.bridge_reconnect_max_seconds)
-            )
-            for url in ctx.settings.sos_urls
-        ]
-        log.info("following %d SOS feed(s): %s", len(feeds), ", ".join(ctx.settings.sos_urls))
-        await ctx.stop.wait()
-        for task in feeds:
-            task.cancel()
-        await asyncio.gather(*feeds, return_exceptions=True)
-        if plugin_endpoint is not None:
-            await plugin_endpoint.cleanup()
-        await sink.flush()
+    # the low-latency producer (run_service's low_latency); the sink's rounds gather frames
+    sink = FrameSink(ctx.producer, ctx.settings.live_linger_ms / 1000)
+    plugin_endpoint = await serve_plugin_endpoint(ctx, sink)
+    feeds = [
+        asyncio.create_task(
+            follow_sos_feed(url, sink, ctx.stop, ctx.settings.bridge_reconnect_max_seconds)
+        )
+        for url in ctx.settings.sos_urls
+    ]
+    log.info("following %d SOS feed(s): %s", len(feeds), ", ".join(ctx.settings.sos_urls))
+    await ctx.stop.wait()
+    for task in feeds:
+        task.cancel()
+    await asyncio.gather(*feeds, return_exceptions=True)
+    if plugin_endpoint is not None:
+        await plugin_endpoint.cleanup()
+    await sink.flush()
 
 
 def main() -> None:
-    run_service(NAME, run, latency_bound=True)
+    # Postgres is never used here, and the one producer is the live path's.
+    run_service(NAME, run, latency_bound=True, database=False, low_latency=True)
 
 
 if __name__ == "__main__":

@@ -297,8 +297,13 @@ class SosSimulator:
         loop = asyncio.get_running_loop()
         received: list[signal.Signals] = []
         asked = asyncio.Event()
+
+        def asked_to_stop(sig: signal.Signals) -> None:
+            received.append(sig)
+            asked.set()
+
         for sig in signals:
-            loop.add_signal_handler(sig, lambda sig=sig: (received.append(sig), asked.set()))
+            loop.add_signal_handler(sig, asked_to_stop, sig)
         played = asyncio.ensure_future(self.wait_done())
         stopping = asyncio.ensure_future(asked.wait())
         try:

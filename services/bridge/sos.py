@@ -219,7 +219,7 @@ def _player(key: str, player: Any) -> LivePlayer | None:
     team = _num(player.get("team"))
     if team not in (0.0, 1.0):  # spectators and unknown teams
         return None
-    location = player.get("location")
+    location: Any = player.get("location")  # a dict whenever xyz is not None
     xyz = _xyz(location)
     rotation = {
         axis: (
@@ -235,7 +235,7 @@ def _player(key: str, player: Any) -> LivePlayer | None:
     return LivePlayer(
         id=str(player.get("id") or key)[:256] or "?",
         name=str(player.get("name") or "")[:256],
-        team=int(team),  # type: ignore[arg-type]
+        team=int(team),
         x=xyz[0] if xyz else None,
         y=xyz[1] if xyz else None,
         z=xyz[2] if xyz else None,

@@ -38,7 +38,10 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="impact model vs a ball-only baseline on held-out replays; PNG plots",
     )
     evaluate.add_argument(
-        "replays", nargs="?", type=Path, help="folder of replays (default: $REPLAYS_DIR/corpus)"
+        "replays",
+        nargs="*",
+        type=Path,
+        help="folders of replays, taken together (default: $REPLAYS_DIR/corpus)",
     )
     evaluate.add_argument("--model", type=Path, help="ONNX model (default: the shipped model)")
     evaluate.add_argument(
@@ -56,7 +59,10 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="the training recipe vs the baseline's, retrained k times: every replay held out once",
     )
     crossval.add_argument(
-        "replays", nargs="?", type=Path, help="folder of replays (default: $REPLAYS_DIR/corpus)"
+        "replays",
+        nargs="*",
+        type=Path,
+        help="folders of replays, taken together (default: $REPLAYS_DIR/corpus)",
     )
     crossval.add_argument("--folds", type=int, default=5, help="folds of replays, dealt by file")
     add_recipe_arguments(crossval)
@@ -99,12 +105,12 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     from shared.model import predict_table
 
     out = args.out or settings.data_dir / "evaluate"
-    folder = _replay_folder(args.replays, settings)
+    folders = replay_folders(args.replays, settings)
     model = load_impact_model(args.model, settings)
-    tables = [table for _, table in featurize_replays([folder], settings)]
+    tables = [table for _, table in featurize_replays(folders, settings)]
     scoped, other = scoped_tables(tables)
     if len(scoped) < 2:
-        raise SystemExit(f"rlimpact: need at least 2 usable Soccar replays in {folder}")
+        raise SystemExit(f"rlimpact: need at least 2 usable Soccar replays in {_named(folders)}")
     try:
         trained, held_out = model_split(scoped, model.split, args.val_fraction, args.seed)
     except ValueError as error:
@@ -181,8 +187,8 @@ def cmd_crossval(args: argparse.Namespace, settings: Settings) -> int:
 
     config = recipe_config(args)
     out = args.out or settings.data_dir / "crossval"
-    folder = _replay_folder(args.replays, settings)
-    tables = [table for _, table in featurize_replays([folder], settings)]
+    folders = replay_folders(args.replays, settings)
+    tables = [table for _, table in featurize_replays(folders, settings)]
     baseline = baseline_config(args.baseline_epochs, args.seed, args.val_fraction)
     with tqdm(total=args.folds, desc="folds", unit="fold", file=sys.stderr) as bar:
         try:
@@ -240,11 +246,17 @@ def _print_folds(
         )
 
 
-def _replay_folder(path: Path | None, settings: Settings) -> Path:
-    folder = path or settings.replays_dir / "corpus"
-    if not folder.is_dir():
-        raise SystemExit(f"rlimpact: no such folder: {folder}")
-    return folder
+def replay_folders(paths: list[Path], settings: Settings) -> list[Path]:
+    """The folders asked for (default: the corpus), each checked to exist."""
+    folders = paths or [settings.replays_dir / "corpus"]
+    for folder in folders:
+        if not folder.is_dir():
+            raise SystemExit(f"rlimpact: no such folder: {folder}")
+    return folders
+
+
+def _named(folders: list[Path]) -> str:
+    return ", ".join(str(folder) for folder in folders)
 
 
 def _intervals_json(intervals: dict[str, dict[str, AucInterval]]) -> dict[str, object]:

@@ -199,15 +199,17 @@ def cmd_train_skill(args: argparse.Namespace, settings: Settings) -> int:
     from services.parser.validate import parse_valid_replay
     from services.trainer.skill import (
         SkillConfig,
+        SkillNet,
         export_skill_onnx,
         planted_ratings,
         train_skill_model,
     )
     from shared.features.batch import featurize
+    from shared.features.table import FeatureTable
     from shared.storage import sha256_file
 
     files = list(replay_files([args.local]))
-    tables = []
+    tables: list[FeatureTable] = []
     for path in tqdm(files, desc="featurize", unit="replay"):
         if args.limit is not None and len(tables) >= args.limit:
             break
@@ -236,6 +238,7 @@ def cmd_train_skill(args: argparse.Namespace, settings: Settings) -> int:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         version = f"skill-planted-seed{args.seed}-{len(tables)}replays"
+        assert isinstance(result.model, SkillNet)  # what train_skill_model trains
         export_skill_onnx(result.model, args.out, version, config.stride)
         print(f"wrote {args.out}")
     return 0

@@ -23,6 +23,7 @@ from shared.report import IMPACT_LEGEND, OUT_OF_SCOPE_NOTE
 from shared.settings import Settings
 
 if TYPE_CHECKING:
+    from shared.events import PromotePolicy
     from shared.features.table import FeatureTable
     from shared.frames import ParsedReplay
     from shared.impact import PlayerScore, ScoredReplay
@@ -41,8 +42,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--local",
         type=Path,
+        nargs="+",
         metavar="REPLAY_DIR",
-        help="train in-process on the replays of this folder instead (no servers needed)",
+        help="train in-process on the replays of these folders instead (no servers needed)",
     )
     train.add_argument(
         "--out", type=Path,
@@ -81,10 +83,16 @@ def featurize_replays(
 
     tables = []
     rejected: list[str] = []
+    seen: dict[str, Path] = {}  # sha256 -> first file: a match copied twice counts once
     files = list(replay_files(paths))
     for path in tqdm(files, desc=desc, unit="replay", file=sys.stderr, disable=len(files) < 2):
+        sha256 = sha256_file(path)
+        if sha256 in seen:
+            rejected.append(f"{path.name}: the same file as {seen[sha256].name}")
+            continue
+        seen[sha256] = path
         try:
-            parsed = parse_valid_replay(path, sha256_file(path), settings.fps, settings.validation)
+            parsed = parse_valid_replay(path, sha256, settings.fps, settings.validation)
         except ReplayParseError as error:
             rejected.append(f"{path.name}: {error.reason}")
             continue
@@ -251,10 +259,11 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 
     config = recipe_config(args)
     out = args.out or settings.data_dir / LOCAL_MODEL_PATH
-    tables = [table for _, table in featurize_replays([args.local], settings)]
+    tables = [table for _, table in featurize_replays(args.local, settings)]
     if len(scoped_tables(tables)[0]) < 2:
+        folders = ", ".join(str(folder) for folder in args.local)
         raise SystemExit(
-            f"rlimpact: need at least 2 usable Soccar replays on standard arenas in {args.local}"
+            f"rlimpact: need at least 2 usable Soccar replays on standard arenas in {folders}"
         )
     result = train_impact_model(tables, config)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -283,7 +292,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-async def _request_training(settings: Settings, promote: str) -> int:
+async def _request_training(settings: Settings, promote: PromotePolicy) -> int:
     from shared.events import TRAIN_REQUESTED, TrainRequested
     from shared.service import service_context
 

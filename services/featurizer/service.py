@@ -80,7 +80,7 @@ async def run(ctx: ServiceContext) -> None:
             return
         async with ctx.pool.acquire() as conn:
             await db.set_status(
-                conn, event.replay_id, NAME, "featurized", features_uri=ready.features_uri
+                conn, event.replay_id, "featurize", "featurized", features_uri=ready.features_uri
             )
         await ctx.producer.send(FEATURES_READY, ready)
         log.info("featurized %s", event.replay_id[:12])

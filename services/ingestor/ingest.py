@@ -25,7 +25,7 @@ import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from shared.backoff import Backoff
 from shared.events import ReplayUploaded
@@ -117,8 +117,14 @@ def resolve_inside(root: Path, path: Path) -> Path:
     return resolved
 
 
+class Readable(Protocol):
+    """What :func:`copy_limited` reads from: a file, or an HTTP response's body."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
 def copy_limited(
-    source: BinaryIO, target: BinaryIO, max_bytes: int, digest: hashlib._Hash | None = None
+    source: Readable, target: BinaryIO, max_bytes: int, digest: hashlib._Hash | None = None
 ) -> int:
     """Copy a stream, refusing it as soon as it grows past ``max_bytes``; return its size.
 

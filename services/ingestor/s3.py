@@ -6,6 +6,7 @@ key (control characters, NUL) can travel in an event or sit in Postgres without 
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -82,7 +83,7 @@ class Bucket:
         except (S3Error, HTTPError) as error:
             raise BucketUnavailable(f"cannot list {self.uri(prefix)}: {error}") from error
 
-    def page(self, prefix: str, start_after: str | None, limit: int) -> list[ObjectInfo]:
+    def page(self, prefix: str, start_after: str | None, limit: int) -> builtins.list[ObjectInfo]:
         return list(islice(self.list(prefix, start_after), limit))
 
     def stat(self, key: str) -> ObjectInfo | None:

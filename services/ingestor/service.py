@@ -26,7 +26,6 @@ from typing import Literal
 from urllib.parse import urlparse
 
 import asyncpg
-from prometheus_client import Counter
 
 from services.ingestor.ingest import (
     FolderWatcher,
@@ -49,10 +48,6 @@ from shared.storage import BlobStore, open_blob_store, uri_to_path
 
 NAME = "ingestor"
 log = logging.getLogger(NAME)
-DUPLICATES = Counter("rlimpact_ingest_duplicates_total", "Files whose content was already known")
-FILES = Counter(
-    "rlimpact_ingest_files_total", "Files dealt with, by source and outcome", ["source", "outcome"]
-)
 LISTING_PAGE = 1000
 
 Outcome = Literal["new", "duplicate", "rejected", "resumed"]
@@ -146,7 +141,7 @@ async def known_content(
             count_file(source, "resumed")
             log.info("known content %s: resumed (%s)", event.replay_id[:12], plan.why)
             return IngestResult("resumed", event.replay_id, event=event)
-    DUPLICATES.inc()
+    metrics.INGEST_DUPLICATES.inc()
     count_file(source, "duplicate")
     log.info("duplicate content %s (%s): skipped", event.replay_id[:12], event.filename)
     return IngestResult("duplicate", event.replay_id, event=event)
@@ -171,7 +166,7 @@ async def reject(ctx: ServiceContext, uri: str, reason: str, source: str) -> Ing
 def count_file(source: str, outcome: Outcome) -> None:
     """A file dealt with; also one in of the ingestor's events (as ``files:<source>``), against
     which its errors are measured (the HighErrorRate alert)."""
-    FILES.labels(source, outcome).inc()
+    metrics.INGEST_FILES.labels(source, outcome).inc()
     metrics.EVENTS_IN.labels(NAME, f"files:{source}").inc()
 
 

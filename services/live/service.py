@@ -150,7 +150,7 @@ class LiveLoop:
             return None
 
 
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Rebalance(ConsumerRebalanceListener):
     """Partitions go only once their states are saved; new ones come with theirs restored."""
 
     def __init__(self, loop: LiveLoop, consumer: AIOKafkaConsumer) -> None:

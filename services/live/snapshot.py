@@ -165,7 +165,7 @@ def _state(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> MatchState:
     }
     if header["latest"] is not None:
         state.latest = LiveFrame.model_validate_json(header["latest"])
-    state.score = tuple(header["score"]) if header["score"] is not None else None  # type: ignore[assignment]
+    state.score = tuple(header["score"]) if header["score"] is not None else None
     state.touch_counts = header["touch_counts"]
     state.started_at = header["started_at"]
     if (row := header["last_row"]) is not None:

@@ -142,7 +142,7 @@ class MatchState:
         if self.score is not None:
             for team in (0, 1):
                 for _ in range(max(score[team] - self.score[team], 0)):
-                    self.new_goals.append(GoalInfo(time=time, team=team))  # type: ignore[arg-type]
+                    self.new_goals.append(GoalInfo(time=time, team=team))
         self.score = score
 
     def _touched(self, players: list[LivePlayer]) -> list[int]:
@@ -243,7 +243,7 @@ class MatchState:
         if settled <= begin:
             return []
         assert stream.context is not None
-        touched = stream.context.touched[begin:settled].any(axis=1)
+        touched = np.asarray(stream.context.touched[begin:settled].any(axis=1))
         waiting = not ended and touched[0] and stream.context.live[begin:settled].all()
         if not touched[1:].any() and (waiting or not touched[0]):  # most polls
             if not waiting:  # no touch at all

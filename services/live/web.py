@@ -43,6 +43,8 @@ from shared.events import (
     ScoreEmitted,
     decode,
 )
+from shared.kafka import started
+from shared.retry import RetryPolicy
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -127,10 +129,14 @@ def _offer(queue: asyncio.Queue[StreamEvent], event: StreamEvent) -> None:
 async def feed_hub(hub: ScoreHub, settings: Settings, stop: asyncio.Event) -> None:
     """Publish everything that appears on scores.live (from a few seconds back) and
     scores.emitted (from now on)."""
-    consumer = AIOKafkaConsumer(
+    consumer = await started(
+        AIOKafkaConsumer,
+        settings,
+        "live: Kafka consumer of the score streams",
+        RetryPolicy.of(settings),
+        stop,
         SCORES_LIVE.name,
         SCORES_EMITTED.name,
-        bootstrap_servers=settings.kafka_bootstrap,
         group_id=None,
         auto_offset_reset="latest",
         isolation_level="read_committed",  # scores.emitted is written in transactions
@@ -139,7 +145,6 @@ async def feed_hub(hub: ScoreHub, settings: Settings, stop: asyncio.Event) -> No
         fetch_min_bytes=HUB_FETCH_MIN_BYTES,
         fetch_max_wait_ms=HUB_BATCH_MS,
     )
-    await consumer.start()
     try:
         await _start_recent(consumer)
         while not stop.is_set():

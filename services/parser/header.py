@@ -111,6 +111,8 @@ def player_stats(data: bytes) -> list[PlayerStats]:
         rows = header_properties(data).get("PlayerStats", [])
     except (HeaderError, UnicodeDecodeError, struct.error):
         return []
+    if not isinstance(rows, list):
+        return []
     return [stats for row in rows if isinstance(row, dict) and (stats := _stats(row))]
 
 
@@ -125,7 +127,7 @@ def _stats(row: Properties) -> PlayerStats | None:
     goals = row.get("Goals")
     return PlayerStats(
         name=name,
-        team=int(team),  # type: ignore[arg-type]
+        team=int(team),
         score=score,
         goals=goals if isinstance(goals, int) else 0,
         platform_id=_platform_id(row),

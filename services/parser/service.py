@@ -134,7 +134,7 @@ class Parser:
             await db.set_status(
                 conn,
                 event.replay_id,
-                NAME,
+                "parse",
                 "parsed",
                 frames_uri=parsed.frames_uri,
                 n_frames=parsed.n_frames,

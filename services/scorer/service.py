@@ -7,7 +7,9 @@ are marked as announced and the replay ``scored``. A ``read_committed`` reader o
 commit, the transaction is aborted and the input consumed again; after it, the rows announced
 but not marked are found on ``scores.emitted`` at the next start (after this instance's
 transactional id fenced the dead process) and marked, so a later duplicate ``features.ready``
-announces nothing.
+announces nothing. Two limits: with several instances, a duplicate that reaches another
+instance before the dead one is restarted (and has marked its rows) is announced again; and
+``rlimpact rescore`` (:func:`score_replay`) announces outside transactions.
 
 Hot reload: the active impact model (and skill model, if any) is re-read from the registry
 when a ``model.promoted`` event arrives (every scorer instance reads that topic, outside any
@@ -22,89 +24,69 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import astuple, dataclass
 from datetime import timedelta
-from pathlib import Path
-from typing import TypeGuard, TypeVar
-
-from aiokafka import AIOKafkaConsumer
 
 from shared import db, metrics
+from shared.backoff import sleep_unless_stopped
 from shared.db import ModelRecord, ScoreKey, ScoreRow, StoredScore
 from shared.events import (
     FEATURES_READY,
-    MODEL_PROMOTED,
     SCORES_EMITTED,
     EventDecodeError,
     FeaturesReady,
-    ModelPromoted,
     ScoreEmitted,
     decode,
 )
 from shared.features.dataset import read_stored_features
 from shared.features.table import FEATURE_SCHEMA_VERSION
 from shared.impact import score_table
-from shared.kafka import (
-    Emission,
-    committed_records_since,
-    consume_in_transactions,
-    started,
+from shared.kafka import Emission, committed_records_since, consume_in_transactions
+from shared.model import DEFAULT_MODEL_FILE, ImpactModel
+from shared.registry import (
+    MODEL_LOAD_ERRORS,
+    LoadedModel,
+    ModelFollower,
+    ensure_active_impact_model,
+    follow_promotions,
+    load_checked,
 )
-from shared.model import DEFAULT_MODEL_FILE, ImpactModel, ModelSchemaError
-from shared.registry import ensure_active_impact_model
 from shared.retry import RetryPolicy, Stopped, is_transient
 from shared.service import ServiceContext, run_service
 from shared.settings import Settings
 from shared.skill import SkillModel, estimate_skill
-from shared.storage import BlobOutsideStore, BlobStore, open_blob_store, open_checked
+from shared.storage import BlobOutsideStore, BlobStore, open_blob_store
 
 NAME = "scorer"
 # Event timestamps come from this host's clock, score rows' from Postgres's: the start-up scan
 # of scores.emitted begins this long before the oldest unmarked row.
 CLOCK_MARGIN = timedelta(minutes=5)
 log = logging.getLogger(NAME)
-L = TypeVar("L")
 
 
-@dataclass(frozen=True)
-class LoadedModel:
-    record: ModelRecord
-    model: ImpactModel
-
-
-@dataclass(frozen=True)
-class LoadedSkill:
-    record: ModelRecord
-    model: SkillModel
+LoadedImpact = LoadedModel[ImpactModel]
+LoadedSkill = LoadedModel[SkillModel]
 
 
 @dataclass(frozen=True)
 class Scorers:
     """The models one replay is scored with."""
 
-    impact: LoadedModel
+    impact: LoadedImpact
     skill: LoadedSkill | None = None
 
 
-async def load_impact(record: ModelRecord, store: BlobStore) -> LoadedModel:
-    return LoadedModel(record, await _load_checked(record, store, ImpactModel))
+async def load_impact(record: ModelRecord, store: BlobStore) -> LoadedImpact:
+    return await load_checked(record, store, ImpactModel)
 
 
 async def load_skill(record: ModelRecord, store: BlobStore) -> LoadedSkill:
-    return LoadedSkill(record, await _load_checked(record, store, SkillModel))
-
-
-async def _load_checked(record: ModelRecord, store: BlobStore, model: Callable[[Path], L]) -> L:
-    def load() -> L:
-        with open_checked(store, record.uri, record.sha256) as path:
-            return model(path)
-
-    return await asyncio.to_thread(load)
+    return await load_checked(record, store, SkillModel)
 
 
 class ActiveModel:
-    """Follows the ``models`` table: loads the active models when they change (hot reload).
+    """Follows the registry's active impact and skill models (hot reload, through
+    :class:`shared.registry.ModelFollower`).
 
     When no impact model is active at all (a fresh stack), the shipped model
     (``models/default/impact.onnx``) is registered and promoted first, so replays are scored
@@ -113,13 +95,12 @@ class ActiveModel:
 
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
-        self.current: LoadedModel | None = None
-        self.skill: LoadedSkill | None = None
+        self.impact = ModelFollower(NAME, ctx.settings, "impact", ImpactModel)
+        self.skill = ModelFollower(NAME, ctx.settings, "skill", SkillModel)
         self._checked_at = 0.0
-        self._failed: set[int] = set()  # model ids that would not load: not retried
         self._no_default = False  # the shipped model could not be registered: not retried
         self._said_waiting = False
-        self.store = open_blob_store(ctx.settings)
+        self.store = self.impact.store
 
     def request_refresh(self) -> None:
         """Re-read the registry before the next batch (a model was promoted)."""
@@ -127,26 +108,22 @@ class ActiveModel:
 
     @property
     def scorers(self) -> Scorers:
-        assert self.current is not None
-        return Scorers(self.current, self.skill)
+        assert self.impact.current is not None
+        return Scorers(self.impact.current, self.skill.current)
 
     async def refresh(self) -> None:
-        async with self.ctx.pool.acquire() as conn:
-            impact = await db.active_model(conn, "impact")
-            skill = await db.active_model(conn, "skill")
+        impact = await self.impact.active(self.ctx.pool)
+        skill = await self.skill.active(self.ctx.pool)
         if impact is None and await self._promote_default():
-            async with self.ctx.pool.acquire() as conn:
-                impact = await db.active_model(conn, "impact")
+            impact = await self.impact.active(self.ctx.pool)
         self._checked_at = time.monotonic()
-        if self._wanted(impact, self.current) and (loaded := await self._load(load_impact, impact)):
-            self.current = loaded
+        if loaded := await self.impact.follow(impact):
             metrics.ACTIVE_MODEL.labels(NAME).set(loaded.record.id)
             log.info("now scoring with model %s (id %d)", loaded.record.version, loaded.record.id)
-        if skill is None and self.skill is not None:
+        if skill is None and self.skill.current is not None:
             log.info("no active skill model any more: scores carry no skill estimate")
-            self.skill = None
-        elif self._wanted(skill, self.skill) and (new := await self._load(load_skill, skill)):
-            self.skill = new
+            self.skill.current = None
+        elif new := await self.skill.follow(skill):
             log.info("now estimating skill with %s (id %d)", new.record.version, new.record.id)
 
     async def _promote_default(self) -> bool:
@@ -156,7 +133,7 @@ class ActiveModel:
         path = self.ctx.settings.default_model_dir / DEFAULT_MODEL_FILE
         try:
             shipped = await asyncio.to_thread(ImpactModel, path)
-        except (ModelSchemaError, OSError, RuntimeError, ValueError) as error:
+        except MODEL_LOAD_ERRORS as error:
             self._no_default = True
             metrics.ERRORS.labels(NAME, "model_load").inc()
             log.error("the shipped model %s cannot be used: %s", path, error)
@@ -179,71 +156,18 @@ class ActiveModel:
             return False
         return True
 
-    def _wanted(
-        self, record: ModelRecord | None, loaded: LoadedModel | LoadedSkill | None
-    ) -> TypeGuard[ModelRecord]:
-        """A model is active that is neither loaded nor known not to load."""
-        if record is None or record.id in self._failed:
-            return False
-        return loaded is None or loaded.record.id != record.id
-
-    async def _load(
-        self, loader: Callable[[ModelRecord, BlobStore], Awaitable[L]], record: ModelRecord
-    ) -> L | None:
-        try:
-            return await loader(record, self.store)
-        except (ModelSchemaError, OSError, RuntimeError, ValueError) as error:
-            if is_transient(error):  # the blob store is down: try again later
-                raise
-            self._failed.add(record.id)
-            metrics.ERRORS.labels(NAME, "model_load").inc()
-            log.error("model %s not loaded, keeping the current one: %s", record.version, error)
-            return None
-
     async def wait_until_ready(self) -> None:
         """Before each batch: re-check the registry now and then; block while there is no model.
         A database that is down makes this raise a transient error: the caller retries it."""
         while not self.ctx.stop.is_set():
             if time.monotonic() - self._checked_at >= self.ctx.settings.model_poll_seconds:
                 await self.refresh()
-            if self.current is not None:
+            if self.impact.current is not None:
                 return
             if not self._said_waiting:
                 log.info("no usable impact model: waiting (nothing is consumed meanwhile)")
                 self._said_waiting = True
-            await asyncio.sleep(self.ctx.settings.model_poll_seconds)
-
-
-async def follow_promotions(ctx: ServiceContext, active: ActiveModel) -> None:
-    """Every ``model.promoted`` event makes this instance re-read the registry at once.
-
-    No consumer group: every scorer instance sees every promotion. Starts at the end of the
-    topic: what was promoted before this instance started is in the registry already (and the
-    registry poll catches anything missed while Kafka was away).
-    """
-    consumer = await started(
-        AIOKafkaConsumer,
-        ctx.settings,
-        f"{NAME}: Kafka consumer of {MODEL_PROMOTED.name}",
-        RetryPolicy.of(ctx.settings),
-        ctx.stop,
-        MODEL_PROMOTED.name,
-        group_id=None,
-        auto_offset_reset="latest",
-    )
-    try:
-        while not ctx.stop.is_set():
-            batches = await consumer.getmany(timeout_ms=500)
-            for record in (r for records in batches.values() for r in records):
-                try:
-                    event = decode(ModelPromoted, record.value)
-                except EventDecodeError as error:  # the registry poll still catches up
-                    log.warning("ignoring a model.promoted message: %s", error)
-                    continue
-                log.info("model %s (%s) promoted: reloading", event.model_version, event.kind)
-                active.request_refresh()
-    finally:
-        await consumer.stop()
+            await sleep_unless_stopped(self.ctx.stop, self.ctx.settings.model_poll_seconds)
 
 
 async def stored_scores(
@@ -384,7 +308,9 @@ async def run(ctx: ServiceContext) -> None:
         events = [(SCORES_EMITTED, e) for e in score_events(pending, scorers)]
         return Emission(events, committed)
 
-    promotions = asyncio.create_task(follow_promotions(ctx, active))
+    promotions = asyncio.create_task(
+        follow_promotions(ctx.settings, NAME, ctx.stop, active.request_refresh)
+    )
     try:
         await consume_in_transactions(
             ctx.settings,

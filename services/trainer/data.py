@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from services.trainer.network import ImpactNet
 from services.trainer.targets import NO_AUX, AuxTargets, training_targets
 from shared.features.table import (
     N_FEATURES,
@@ -90,13 +91,13 @@ class ImpactTask:
         for batch in np.array_split(order, max(1, len(order) // self.batch_size)):
             yield torch.from_numpy(batch)
 
-    def loss(self, model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    def loss(self, model: ImpactNet, batch: torch.Tensor) -> torch.Tensor:
         losses = nn.functional.binary_cross_entropy_with_logits(
             model.all_logits(self.x_train[batch]), self.y_train[batch], reduction="none"
         )
         return (losses * self.weights).sum(dim=1).mean() / self.weights.sum()
 
-    def val_loss(self, model: nn.Module) -> float:
+    def val_loss(self, model: ImpactNet) -> float:
         total = 0.0
         for start in range(0, len(self.x_val), VAL_CHUNK_ROWS):
             rows = slice(start, start + VAL_CHUNK_ROWS)

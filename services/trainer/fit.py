@@ -57,16 +57,19 @@ class FitResult:
 
 
 B = TypeVar("B")
+N = TypeVar("N", bound=nn.Module)
+N_contra = TypeVar("N_contra", bound=nn.Module, contravariant=True)
 
 
-class FitTask(Protocol[B]):
-    """The data side of a fit: batches of training data, a batch's loss, the validation loss."""
+class FitTask(Protocol[B, N_contra]):
+    """The data side of a fit: batches of training data, a batch's loss, the validation loss
+    (of the network ``N_contra`` it trains)."""
 
     def batches(self, rng: np.random.Generator) -> Iterable[B]: ...
 
-    def loss(self, model: nn.Module, batch: B) -> torch.Tensor: ...
+    def loss(self, model: N_contra, batch: B) -> torch.Tensor: ...
 
-    def val_loss(self, model: nn.Module) -> float: ...
+    def val_loss(self, model: N_contra) -> float: ...
 
 
 def data_hash(train_ids: Iterable[str], val_ids: Iterable[str], labels: Iterable[str] = ()) -> str:
@@ -76,8 +79,8 @@ def data_hash(train_ids: Iterable[str], val_ids: Iterable[str], labels: Iterable
 
 
 def fit(
-    model: nn.Module,
-    task: FitTask[B],
+    model: N,
+    task: FitTask[B, N],
     config: FitConfig,
     run: RunInfo,
     run_dir: Path | None = None,
@@ -105,8 +108,8 @@ def torch_threads(count: int) -> Iterator[None]:
 
 
 def _fit(
-    model: nn.Module,
-    task: FitTask[B],
+    model: N,
+    task: FitTask[B, N],
     config: FitConfig,
     run: RunInfo,
     run_dir: Path | None,
@@ -181,7 +184,7 @@ class _FitState:
 
 
 def _train_epoch(
-    model: nn.Module, optimizer: torch.optim.Optimizer, task: FitTask[B], seed: int, epoch: int
+    model: N, optimizer: torch.optim.Optimizer, task: FitTask[B, N], seed: int, epoch: int
 ) -> float:
     # Each epoch's randomness comes from (seed, epoch) alone, so a resumed run repeats exactly
     # what the killed run would have done.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -32,7 +33,7 @@ def member_seed(seed: int, member: int) -> int:
 class ImpactEnsemble(nn.Module):
     """The mean of its members' probabilities: the forward of one :class:`ImpactNet`."""
 
-    def __init__(self, members: list[nn.Module]) -> None:
+    def __init__(self, members: Sequence[nn.Module]) -> None:
         super().__init__()
         self.members = nn.ModuleList(members)
 
@@ -53,6 +54,12 @@ class ImpactNet(nn.Module):
     left-right (MIRROR_SIGNS): the game's symmetry holds by construction, in training and in
     the exported graph, instead of having to be learnt from data.
     """
+
+    # buffers (register_buffer): the columns read, their scaling, their mirror signs
+    columns: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+    mirror: torch.Tensor
 
     def __init__(
         self,

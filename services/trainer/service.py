@@ -28,12 +28,13 @@ from services.trainer.skill import (
     SKILL_SIGNATURE,
     PlayerKey,
     SkillConfig,
+    SkillNet,
     export_skill_onnx,
     train_skill_model,
 )
 from services.trainer.train import TrainResult, train_impact_model
 from shared import db
-from shared.events import TRAIN_REQUESTED, TrainRequested
+from shared.events import TRAIN_REQUESTED, ModelKind, TrainRequested
 from shared.features.dataset import check_label_horizon, read_stored_features
 from shared.features.table import FEATURE_SCHEMA_VERSION, N_FEATURES, FeatureTable
 from shared.kafka import consume
@@ -49,7 +50,7 @@ PARITY_ROWS = 4096
 log = logging.getLogger(NAME)
 
 
-def model_version(kind: str, replay_ids: list[str]) -> str:
+def model_version(kind: ModelKind, replay_ids: list[str]) -> str:
     return f"{kind}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{data_hash(replay_ids, ())[:8]}"
 
 
@@ -67,7 +68,7 @@ def mean_ratings(labels: list[db.PlayerLabel]) -> dict[PlayerKey, float]:
 
 async def register(
     ctx: ServiceContext,
-    kind: str,
+    kind: ModelKind,
     result: TrainResult,
     request: TrainRequested,
     export: Callable[[nn.Module, Path, str], None],
@@ -150,6 +151,7 @@ async def train_skill(
     sequences = player_sequences(labelled, config.stride)
 
     def export(model: nn.Module, path: Path, version: str) -> None:
+        assert isinstance(model, SkillNet)  # what train_skill_model trains
         export_skill_onnx(model, path, version, config.stride)
 
     return await register(ctx, "skill", result, request, export, sequences, SKILL_SIGNATURE)

@@ -81,6 +81,12 @@ class SkillExample:
 class SkillNet(nn.Module):
     """[players, frames, features] -> [players] standardized ratings (``rating()``: MMR)."""
 
+    # buffers (register_buffer): the scaling of the inputs and of the ratings
+    feature_mean: torch.Tensor
+    feature_std: torch.Tensor
+    rating_mean: torch.Tensor
+    rating_std: torch.Tensor
+
     def __init__(
         self,
         feature_mean: np.ndarray,

@@ -71,7 +71,12 @@ def train_on_split(
         raise ValueError("no live frames to train or validate on")
     weights = torch.tensor([1.0, 1.0] + [config.aux_weight] * config.aux.width)
     task = ImpactTask(
-        *map(torch.from_numpy, (x_train, y_train, x_val, y_val)), config.batch_size, weights
+        torch.from_numpy(x_train),
+        torch.from_numpy(y_train),
+        torch.from_numpy(x_val),
+        torch.from_numpy(y_val),
+        config.batch_size,
+        weights,
     )
     mean, std = input_scaling(x_train, config.inputs)
     train_ids, val_ids = [t.replay_id for t in train_tables], [t.replay_id for t in val_tables]

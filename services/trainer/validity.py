@@ -40,6 +40,7 @@ from services.trainer.statistics import (
 )
 from shared.features.table import FEATURE_NAMES, FeatureTable
 from shared.impact import DEMOLISHED, IMPACT_SCALE, SECONDS_PER_MINUTE, TouchCredit, frame_step
+from shared.rating import NO_PARTS
 
 TEAM_SIZE = FEATURE_NAMES.index("team_size")
 TEAM_SIZE_SCALE = 4.0  # features.py stores team_size / 4
@@ -49,6 +50,9 @@ IMPACT = "impact"
 PLAYER_METRICS = ("impact", "offence", "defence", "touches")
 TEAM_METRICS = ("mean P(score)", "goal difference")
 POOLED = "pooled"
+# A touch's parts (shared.rating.TouchParts) summed per player and part, x IMPACT_SCALE: what
+# the rating's weights are fitted on (services/trainer/rating_fit.py)
+PART_TOTALS = ("change_for", "change_against", "threat_for", "threat_against", "held_for")
 
 
 @dataclass(frozen=True)
@@ -114,12 +118,15 @@ def match_parts(
     bounds = part_bounds(table.live, n_parts)
     part_of_frame = np.searchsorted(bounds, np.arange(table.time.shape[0]), side="right") - 1
     n_players = len(table.players)
-    totals = {name: np.zeros((n_parts, n_players)) for name in PLAYER_METRICS}
+    totals = {name: np.zeros((n_parts, n_players)) for name in (*PLAYER_METRICS, *PART_TOTALS)}
     for credit in credits:
         part, player = part_of_frame[credit.frame], credit.player_index
         totals["offence"][part, player] += IMPACT_SCALE * credit.offence
         totals["defence"][part, player] += IMPACT_SCALE * credit.defence
         totals["touches"][part, player] += 1
+        parts = credit.parts or NO_PARTS
+        for name in PART_TOTALS:
+            totals[name][part, player] += IMPACT_SCALE * getattr(parts, name)
     totals["impact"] = totals["offence"] + totals["defence"]
     step = frame_step(table)
     on_pitch = (table.features[:, :, DEMOLISHED] < 0.5) & table.live[:, None]
@@ -235,21 +242,21 @@ def across_match_units(matches: Sequence[MatchParts], ratings: Sequence[str]) ->
     sizes: list[int] = []
     owners: list[str] = []
     for match in matches:
-        present = match.present.any(axis=0)
-        values = {r: _whole_match(match, r) for r in ratings}
+        present = np.asarray(match.present.any(axis=0))
+        whole_match = {r: _whole_match(match, r) for r in ratings}
         for player, key in enumerate(match.player_keys):
             if not present[player] or key.startswith("name:"):
                 continue
             owners.append(key)
             sizes.append(match.team_size)
             for rating in ratings:
-                per_rating[rating].append(values[rating][player])
+                per_rating[rating].append(whole_match[rating][player])
     if not owners:
         return []
     size_array = np.array(sizes)
     z = {}
-    for rating, values in per_rating.items():
-        array = np.array(values)
+    for rating, standing in per_rating.items():
+        array = np.array(standing)
         known = ~np.isnan(array)
         z[rating] = np.full(array.shape, np.nan)
         z[rating][known] = standardised(array[known], size_array[known])
@@ -261,9 +268,9 @@ def across_match_units(matches: Sequence[MatchParts], ratings: Sequence[str]) ->
             continue
         unit: Unit = {"players": np.ones(1)}
         for rating in ratings:
-            values = np.array([a[1][rating] for a in appearances])
-            unit[f"{rating}/1"] = np.array([_known_mean(values[0::2])])
-            unit[f"{rating}/2"] = np.array([_known_mean(values[1::2])])
+            seen = np.array([a[1][rating] for a in appearances])
+            unit[f"{rating}/1"] = np.array([_known_mean(seen[0::2])])
+            unit[f"{rating}/2"] = np.array([_known_mean(seen[1::2])])
         units.append(unit)
     return units
 

@@ -200,7 +200,7 @@ async def unpublished_replays(conn: asyncpg.Connection) -> list[asyncpg.Record]:
 async def set_status(
     conn: asyncpg.Connection,
     replay_id: str,
-    stage: str,
+    stage: str,  # a Stage (shared/events.py), as the failures record it, or "recovery"
     status: str,
     reason: str | None = None,
     *,
@@ -353,7 +353,7 @@ async def mark_scored(conn: asyncpg.Connection, replay_id: str, model_id: int) -
             model_id,
         )
         if done:
-            await set_status(conn, replay_id, "scorer", "scored")
+            await set_status(conn, replay_id, "score", "scored")
     return bool(done)
 
 

@@ -9,7 +9,9 @@ from datetime import datetime
 
 import asyncpg
 
-MODEL_KINDS = ("impact", "skill")
+from shared.events import ModelKind
+
+MODEL_KINDS: tuple[ModelKind, ...] = ("impact", "skill")
 
 
 @dataclass(frozen=True)
@@ -22,7 +24,7 @@ class ModelRecord:
     feature_schema_version: int
     status: str
     metrics: dict[str, float]
-    kind: str = "impact"  # one of MODEL_KINDS; one active model per kind
+    kind: ModelKind = "impact"
 
 
 def _model(row: asyncpg.Record) -> ModelRecord:
@@ -48,7 +50,7 @@ async def register_model(
     sha256: str,
     feature_schema_version: int,
     metrics: dict[str, float],
-    kind: str = "impact",
+    kind: ModelKind = "impact",
 ) -> ModelRecord:
     """Register a model as a candidate (``promote_model`` makes it the active one)."""
     row = await conn.fetchrow(
@@ -84,7 +86,7 @@ async def promote_model(conn: asyncpg.Connection, model_id: int) -> ModelRecord:
     return _model(row)
 
 
-async def active_model(conn: asyncpg.Connection, kind: str = "impact") -> ModelRecord | None:
+async def active_model(conn: asyncpg.Connection, kind: ModelKind = "impact") -> ModelRecord | None:
     row = await conn.fetchrow("SELECT * FROM models WHERE status = 'active' AND kind = $1", kind)
     return None if row is None else _model(row)
 

@@ -80,9 +80,9 @@ def live_frames(
     live = np.zeros(time.shape[0], dtype=bool)
     state, start = (not bool(still[0])) if carry is None else carry.live, 0
     for moment, resumes in events:
-        index = int(np.searchsorted(time, moment, side="left"))
-        live[start:index] = state
-        state, start = resumes, index
+        at = int(np.searchsorted(time, moment, side="left"))
+        live[start:at] = state
+        state, start = resumes, at
     live[start:] = state
     return live
 
@@ -162,4 +162,7 @@ def median_step(time: np.ndarray) -> float:
 def vector_length(vectors: np.ndarray, axis: int = -1, keepdims: bool = False) -> np.ndarray:
     """Euclidean length along ``axis``: ``np.linalg.norm``'s exact value (it computes the
     same), without its overhead, which counts on the live path's few rows per call."""
-    return np.sqrt(np.add.reduce(vectors * vectors, axis=axis, keepdims=keepdims))
+    squares = vectors * vectors
+    if keepdims:
+        return np.sqrt(np.add.reduce(squares, axis=axis, keepdims=True))
+    return np.sqrt(np.add.reduce(squares, axis=axis))

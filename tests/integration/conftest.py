@@ -17,15 +17,20 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from services.parser.parse import parse_replay_file
 from shared.events import Event, Topic, decode
+from shared.frames import ParsedReplay
 from shared.settings import REPO_ROOT, SERVICE_NAMES, Settings
 from tests.support.prometheus import PrometheusAPI, one_instance_each, write_scrape_targets
+
+if TYPE_CHECKING:
+    from tests.integration.live_support import LiveTopics
 
 T = TypeVar("T")
 E = TypeVar("E", bound=Event)
@@ -39,7 +44,7 @@ TEST_PORTS = {
     "RLIMPACT_METRICS_BASE_PORT": str(19181 + PORT_OFFSET),
     # MinIO (deploy/minio.sh), started by the tests that need it; its console takes port + 1.
     "RLIMPACT_S3_ENDPOINT": f"http://127.0.0.1:{19500 + PORT_OFFSET}",
-    # Live matches: the SOS feed the bridge follows (a simulator that test_live.py starts),
+    # Live matches: the SOS feed the bridge follows (a simulator that the live tests start),
     # the bridge's custom-plugin endpoint and token, the live page.
     "RLIMPACT_BRIDGE_SOS_URLS": f"ws://127.0.0.1:{19170 + PORT_OFFSET}",
     "RLIMPACT_BRIDGE_PLUGIN_PORT": str(19171 + PORT_OFFSET),
@@ -252,6 +257,23 @@ async def wait_for(
             return result
         await asyncio.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+async def live(stack: Stack) -> AsyncIterator[LiveTopics]:
+    """Everything on the live topics during a module's live tests (test_live*.py)."""
+    from tests.integration.live_support import live_topics  # it imports this module
+
+    async with live_topics(stack) as topics:
+        yield topics
+
+
+@pytest.fixture(scope="module")
+def parsed(standard_replay) -> ParsedReplay:
+    """The standard replay parsed at the live feed's rate, for the live tests."""
+    from tests.integration.live_support import FPS
+
+    return parse_replay_file(standard_replay.path, standard_replay.sha256, fps=FPS)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

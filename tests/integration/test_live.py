@@ -1,7 +1,8 @@
 """Live matches end to end, on the real stack: the SOS simulator (``rlimpact simulate``) plays a
 replay as the game -> the bridge service -> ``live.frames`` -> the live service ->
 ``scores.live`` -> the live page in headless Chromium; the token-protected custom-plugin
-endpoint; reconnecting to a feed that went away; an old plugin build without locations."""
+endpoint; reconnecting to a feed that went away; an old plugin build without locations.
+Kills and rebalances of the live service: ``test_live_faults.py``."""
 
 from __future__ import annotations
 
@@ -10,146 +11,29 @@ import io
 import json
 import math
 import os
-import signal
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import urlparse
 
 import aiohttp
-import asyncpg
 import numpy as np
 import pytest
-from aiokafka.partitioner import DefaultPartitioner
 from PIL import Image, ImageChops
 
 from services.bridge.simulator import PlaybackOptions, sos_messages
-from services.live.model import LiveModel
-from services.live.scorer import LiveScorer
-from services.live.state import ScoringModel
-from services.parser.parse import parse_replay_file
-from shared.events import (
-    EVENTS_INVALID,
-    LIVE_FRAMES,
-    SCORES_LIVE,
-    InvalidEvent,
-    LiveFrame,
-    LiveScore,
-    utcnow,
-)
 from shared.features.table import FEATURE_SCHEMA_VERSION
-from shared.frames import PLAYER_FIELD, ParsedReplay
-from shared.kafka import ensure_topics
-from shared.settings import REPO_ROOT
-from tests.integration.conftest import Stack, events_on, wait_for
+from shared.frames import ParsedReplay
+from tests.integration.conftest import Stack, wait_for
+from tests.integration.live_support import (
+    LiveTopics,
+    final_score,
+    new_match,
+    plugin_frame,
+    simulator,
+)
 from tests.support.chromium import headless_chromium
 from tests.support.prometheus import matching, scrape, total
 
 pytestmark = pytest.mark.integration
-
-FPS = 30
-MATCH_TIMEOUT = 240.0
-
-
-@dataclass
-class LiveTopics:
-    """Everything on live.frames, scores.live and events.invalid during the tests."""
-
-    frames: list[LiveFrame]
-    scores: list[LiveScore]
-    invalid: list[InvalidEvent]
-
-    def frames_of(self, match_id: str) -> list[LiveFrame]:
-        return [f for f in self.frames if f.match_id == match_id]
-
-    def scores_of(self, match_id: str) -> list[LiveScore]:
-        return [s for s in self.scores if s.match_id == match_id]
-
-    def match_ids(self) -> set[str]:
-        return {f.match_id for f in self.frames}
-
-
-@pytest.fixture(scope="module")
-async def live(stack: Stack) -> AsyncIterator[LiveTopics]:
-    await ensure_topics(stack.settings)
-    async with (
-        events_on(stack, LIVE_FRAMES, LiveFrame) as frames,
-        events_on(stack, SCORES_LIVE, LiveScore) as scores,
-        events_on(stack, EVENTS_INVALID, InvalidEvent) as invalid,
-    ):
-        await _live_service_ready(stack)
-        yield LiveTopics(frames, scores, invalid)
-
-
-async def _live_service_ready(stack: Stack) -> None:
-    """The live service consumes every partition of live.frames (it starts at their end)."""
-
-    async def ready() -> bool:
-        try:
-            samples = scrape(stack.settings.metrics_port("live"))
-        except OSError:
-            return False
-        lag = matching(samples, "rlimpact_consumer_lag", service="live", topic=LIVE_FRAMES.name)
-        return len(lag) == stack.settings.partitions(LIVE_FRAMES)
-
-    await wait_for(ready, 120, "the live service to be assigned live.frames")
-    port = stack.settings.metrics_port("live")
-    model = matching(scrape(port), "rlimpact_active_model_id", service="live")
-    assert model, f"the live service has no usable model:\n{stack.log('live')[-2000:]}"
-
-
-@pytest.fixture(scope="module")
-def parsed(standard_replay) -> ParsedReplay:
-    return parse_replay_file(standard_replay.path, standard_replay.sha256, fps=FPS)
-
-
-def _sos_port(stack: Stack) -> int:
-    port = urlparse(stack.env["RLIMPACT_BRIDGE_SOS_URLS"]).port
-    assert port is not None
-    return port
-
-
-@contextmanager
-def simulator(stack: Stack, replay: Path, *options: str) -> Iterator[subprocess.Popen[str]]:
-    """``rlimpact simulate`` on the port the bridge follows, stopped on exit."""
-    port = _sos_port(stack)
-    command = [sys.executable, "-m", "services.cli", "simulate", str(replay), "--port", str(port)]
-    process = subprocess.Popen(
-        [*command, *options],
-        env=stack.env,
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-
-async def _new_match(live: LiveTopics, before: set[str], source: str = "sos") -> str:
-    async def appeared() -> str | None:
-        new = [f.match_id for f in live.frames if f.source == source and f.match_id not in before]
-        return new[0] if new else None
-
-    return await wait_for(appeared, 90, f"a new match on live.frames from {source}")
-
-
-async def _final_score(live: LiveTopics, match_id: str) -> LiveScore:
-    async def final() -> LiveScore | None:
-        ended = [s for s in live.scores_of(match_id) if s.status == "ended"]
-        return ended[-1] if ended else None
-
-    return await wait_for(final, MATCH_TIMEOUT, f"the final scores.live of {match_id}")
-
 
 # ---------------------------------------------------------------- the browser
 
@@ -227,7 +111,7 @@ async def test_a_simulated_match_is_scored_live_and_shown_on_the_page(
 
     before = live.match_ids()
     with simulator(stack, standard_replay.path, "--speed", "3", "--max-seconds", str(seconds)):
-        match_id = await _new_match(live, before)
+        match_id = await new_match(live, before)
         page = f"http://127.0.0.1:{stack.settings.live_http_port}/"
         await asyncio.to_thread(browser.get, page)
 
@@ -244,7 +128,7 @@ async def test_a_simulated_match_is_scored_live_and_shown_on_the_page(
         first = await asyncio.to_thread(_page_shot, browser, match_id)
         await asyncio.sleep(4)
         second = await asyncio.to_thread(_page_shot, browser, match_id)
-        final = await _final_score(live, match_id)
+        final = await final_score(live, match_id)
 
         async def goals_marked() -> bool:
             goals, _ = await asyncio.to_thread(_chart_shot, browser, match_id)
@@ -302,12 +186,12 @@ async def test_custom_plugin_frames_are_scored_like_the_replay(
             assert refused.value.status == 401
         async with http.ws_connect(url, headers={"Authorization": f"Bearer {token}"}) as ws:
             for i in range(start, stop):
-                await ws.send_str(json.dumps(_plugin_frame(parsed, match_id, i)))
+                await ws.send_str(json.dumps(plugin_frame(parsed, match_id, i)))
             await ws.send_str(json.dumps({"type": "frame", "match_id": match_id}))
             reply = await ws.receive_json(timeout=30)
             assert "ball" in reply["error"] and "players" in reply["error"]
             await ws.send_str(json.dumps({"type": "match_ended", "match_id": match_id}))
-        final = await _final_score(live, match_id)
+        final = await final_score(live, match_id)
 
     frames = live.frames_of(match_id)
     assert len(frames) == stop - start + 1 and {f.source for f in frames} == {"plugin"}
@@ -319,39 +203,6 @@ async def test_custom_plugin_frames_are_scored_like_the_replay(
     assert {p.name for p in final.players} == {p.name for p in parsed.players}
 
 
-def _plugin_frame(
-    parsed: ParsedReplay, match_id: str, i: int, touches: np.ndarray | None = None
-) -> dict[str, object]:
-    """Frame ``i`` as a custom plugin sends it; ``touches`` [T, P]: each player's touch
-    counter (none sent without)."""
-    f = PLAYER_FIELD
-    fields = ("x", "y", "z", "roll", "pitch", "yaw", "vx", "vy", "vz", "boost")
-    t = float(parsed.time[i])
-    return {
-        "type": "frame",
-        "match_id": match_id,
-        "time": t,
-        "seconds_remaining": float(parsed.seconds_remaining[i]),
-        "blue_goals": sum(g.team == 0 and g.time <= t for g in parsed.goals),
-        "orange_goals": sum(g.team == 1 and g.time <= t for g in parsed.goals),
-        "ball": dict(
-            zip(("x", "y", "z", "vx", "vy", "vz"), map(float, parsed.ball[i]), strict=True)
-        ),
-        "players": [
-            {
-                "id": f"player-{p.index}",
-                "name": p.name,
-                "team": p.team,
-                **{k: float(parsed.cars[i, p.index, f[k]]) for k in fields},
-                "jumping": bool(parsed.cars[i, p.index, f["jumping"]]),
-                "demolished": bool(parsed.cars[i, p.index, f["demolished"]]),
-                **({"touches": int(touches[i, p.index])} if touches is not None else {}),
-            }
-            for p in parsed.players
-        ],
-    }
-
-
 async def test_the_bridge_reconnects_and_tolerates_old_plugin_builds(
     stack: Stack, live: LiveTopics, standard_replay
 ):
@@ -361,7 +212,7 @@ async def test_the_bridge_reconnects_and_tolerates_old_plugin_builds(
 
     before = live.match_ids()
     with simulator(stack, standard_replay.path, "--legacy", "--max-seconds", "60"):
-        legacy = await _new_match(live, before)
+        legacy = await new_match(live, before)
 
         async def some_frames() -> bool:
             return len(live.frames_of(legacy)) >= 30
@@ -374,8 +225,8 @@ async def test_the_bridge_reconnects_and_tolerates_old_plugin_builds(
     await asyncio.sleep(2)
     before = live.match_ids()
     with simulator(stack, standard_replay.path, "--max-seconds", "8", "--speed", "2"):
-        current = await _new_match(live, before)
-        await _final_score(live, current)
+        current = await new_match(live, before)
+        await final_score(live, current)
 
     assert total(scrape(bridge), "rlimpact_bridge_reconnects_total") > reconnects
     frames = live.frames_of(legacy)
@@ -394,203 +245,3 @@ async def _gauge_is(port: int, name: str, value: float) -> bool:
 
 
 # ---------------------------------------------------------------- fault tolerance
-
-RESUME_SECONDS = 60.0  # the bound the tests allow (a loaded machine); they print how long
-
-
-def _live_env(stack: Stack, instance: int) -> dict[str, str]:
-    """Instance 0 is the stack's own; another has its own metrics and HTTP ports, as the
-    supervisor gives them (``RLIMPACT_INSTANCE``)."""
-    if instance == 0:
-        return stack.env
-    http = stack.settings.live_http_port + instance
-    return {**stack.env, "RLIMPACT_INSTANCE": str(instance), "RLIMPACT_LIVE_HTTP_PORT": str(http)}
-
-
-def _start_live(stack: Stack, instance: int) -> subprocess.Popen[bytes]:
-    name = "live" if instance == 0 else f"live-{instance}"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "services.live"],
-        env=_live_env(stack, instance),
-        cwd=REPO_ROOT,
-        stdout=(stack.data_dir / "logs" / f"{name}.log").open("ab"),
-        stderr=subprocess.STDOUT,
-    )
-    stack.processes[name] = process  # stopped with the stack
-    return process
-
-
-def _kill(process: subprocess.Popen[bytes]) -> None:
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait(timeout=30)
-
-
-async def _model_in_use(stack: Stack, final: LiveScore) -> ScoringModel:
-    """The model the live service scored with, loaded as it loads it."""
-    pool = await asyncpg.create_pool(stack.settings.pg_dsn, min_size=1, max_size=1)
-    try:
-        model = LiveModel("test", stack.settings, pool)
-        await model.refresh()
-    finally:
-        await pool.close()
-    assert model.current is not None and model.current.model_id == final.model_id
-    return model.current
-
-
-def _undisturbed(frames: list[LiveFrame], model: ScoringModel) -> LiveScore:
-    """The match's final update from one scorer that saw all its frames, never stopped."""
-    scorer = LiveScorer()
-    updates: list[LiveScore] = []
-    for i in range(0, len(frames), 4):
-        updates += scorer.score(frames[i : i + 4], model, now=0.0)[0]
-    assert updates and updates[-1].status == "ended"
-    return updates[-1]
-
-
-def _assert_same_totals(got: LiveScore, want: LiveScore) -> None:
-    expected = {p.id: p for p in want.players}
-    assert {p.id for p in got.players} == set(expected)
-    assert sum(abs(p.impact) for p in want.players) > 1.0, "touches were credited"
-    for player in got.players:
-        reference = expected[player.id]
-        assert player.n_frames == reference.n_frames, player.name
-        assert abs(player.impact - reference.impact) <= 0.5, (player.name, player, reference)
-
-
-async def _latest_shows(port: int, match_id: str, min_frames: int) -> bool:
-    """The live page's JSON shows the match with at least ``min_frames`` scored."""
-    try:
-        async with (
-            aiohttp.ClientSession() as http,
-            http.get(f"http://127.0.0.1:{port}/scores/latest") as response,
-        ):
-            shown = [LiveScore.model_validate(s) for s in await response.json()]
-    except (aiohttp.ClientError, OSError):
-        return False
-    return any(s.match_id == match_id and s.players[0].n_frames >= min_frames for s in shown)
-
-
-async def test_a_live_service_killed_mid_match_goes_on_from_the_same_totals(
-    stack: Stack, live: LiveTopics, standard_replay
-):
-    """kill -9 of the live service while a simulated match plays: the restarted service goes
-    on from the state in live.state, and every player's final totals are those of one scorer
-    that saw the whole match undisturbed (no frame counted twice or lost)."""
-    before = live.match_ids()
-    with simulator(stack, standard_replay.path, "--speed", "3", "--max-seconds", "100"):
-        match_id = await _new_match(live, before)
-
-        async def well_under_way() -> LiveScore | None:  # credited touches, and snapshots
-            scores = live.scores_of(match_id)
-            latest = scores[-1] if scores else None
-            credited = latest and any(p.impact != 0 for p in latest.players)
-            return latest if credited and latest.players[0].n_frames >= 25 * FPS else None
-
-        standing = await wait_for(well_under_way, 90, "the match to be well under way")
-        _kill(stack.processes["live"])
-        killed_at, killed_wall = asyncio.get_running_loop().time(), utcnow()
-        _start_live(stack, 0)
-        shown = standing.players[0].n_frames
-        await wait_for(
-            lambda: _latest_shows(stack.settings.live_http_port, match_id, shown),
-            RESUME_SECONDS,
-            "the live page to show the match again",
-        )
-        page_back = asyncio.get_running_loop().time() - killed_at
-
-        async def scored_again() -> bool:
-            return any(s.players[0].n_frames > shown + FPS for s in live.scores_of(match_id))
-
-        await wait_for(scored_again, RESUME_SECONDS, "scores.live to go on")
-        resumed = asyncio.get_running_loop().time() - killed_at
-        final = await _final_score(live, match_id)
-    print(f"after kill -9: page back in {page_back:.1f} s, scoring again in {resumed:.1f} s")
-
-    frames = live.frames_of(match_id)
-    _assert_same_totals(final, _undisturbed(frames, await _model_in_use(stack, final)))
-    assert {p.n_frames for p in final.players} == {len(frames) - 1}  # all but match_ended
-    # The frames since the last snapshot were scored before the kill and again after it (from
-    # the committed offset), and still count once in the totals.
-    again = [u for u in live.scores_of(match_id) if u.emitted_at > killed_wall]
-    assert any(t < killed_wall for u in again for t in u.frames_received_at)
-
-
-def _keys_on_every_partition(prefix: str) -> list[str]:
-    """Match ids whose live.frames partitions are all different: one per partition."""
-    partitioner = DefaultPartitioner()
-    every = list(range(LIVE_FRAMES.partitions))
-    by_partition: dict[int, str] = {}
-    for n in range(10_000):
-        key = f"{prefix}-{n}"
-        by_partition.setdefault(partitioner(key.encode(), every, every), key)
-        if len(by_partition) == len(every):
-            return list(by_partition.values())
-    raise AssertionError("no key for some partition")
-
-
-async def test_a_second_live_instance_joining_mid_match_changes_no_totals(
-    stack: Stack, live: LiveTopics, parsed: ParsedReplay
-):
-    """One match per partition, sent by a custom plugin; a second live instance joins while
-    they play, so that half the partitions move to it: every match ends with the totals of an
-    undisturbed scorer."""
-    matches = _keys_on_every_partition(f"rebalance-{os.getpid()}")
-    touches = np.zeros((parsed.n_frames, len(parsed.players)), dtype=np.int64)
-    events = np.asarray(parsed.touches).reshape(-1, 2)
-    np.add.at(touches, (events[:, 0], events[:, 1]), 1)
-    touches = np.cumsum(touches, axis=0)
-    joined = asyncio.Event()
-    start, longest = 300, 60 * FPS
-    url = f"ws://127.0.0.1:{stack.settings.bridge_plugin_port}/plugin"
-    token = stack.env["RLIMPACT_BRIDGE_PLUGIN_TOKEN"]
-
-    async def play() -> int:
-        """At twice real time until 10 s of game after the second instance joined."""
-        sent, until = 0, start + longest
-        headers = {"Authorization": f"Bearer {token}"}
-        async with aiohttp.ClientSession() as http, http.ws_connect(url, headers=headers) as ws:
-            for i in range(start, start + longest):
-                if joined.is_set() and until > i + 10 * FPS:
-                    until = i + 10 * FPS
-                if i >= until:
-                    break
-                for match_id in matches:
-                    await ws.send_str(json.dumps(_plugin_frame(parsed, match_id, i, touches)))
-                sent += 1
-                await asyncio.sleep(0.5 / FPS)
-            assert joined.is_set(), "the match ended before the second instance joined"
-            for match_id in matches:
-                await ws.send_json({"type": "match_ended", "match_id": match_id})
-        return sent
-
-    player = asyncio.create_task(play())
-    port = stack.settings.metrics_port("live", instance=1)
-    try:
-        await asyncio.sleep(3)
-        _start_live(stack, 1)
-
-        async def assigned() -> bool:
-            try:
-                lag = matching(scrape(port), "rlimpact_consumer_lag", topic=LIVE_FRAMES.name)
-            except OSError:
-                return False
-            return bool(lag)
-
-        await wait_for(assigned, 90, "the second live instance to take partitions")
-        joined.set()
-        sent = await player
-        finals = {m: await _final_score(live, m) for m in matches}
-        moved = total(scrape(port), "rlimpact_events_in_total", topic=LIVE_FRAMES.name)
-    finally:
-        player.cancel()
-        if (process := stack.processes.pop("live-1", None)) is not None:
-            process.terminate()
-            process.wait(timeout=30)
-
-    assert moved > 0, "no match moved to the second instance"
-    model = await _model_in_use(stack, finals[matches[0]])
-    for match_id, final in finals.items():
-        frames = live.frames_of(match_id)
-        assert len(frames) == sent + 1
-        _assert_same_totals(final, _undisturbed(frames, model))
-        assert {p.n_frames for p in final.players} == {sent}

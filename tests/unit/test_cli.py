@@ -48,3 +48,25 @@ def test_score_reports_an_undecodable_file_and_fails(bad_replays):
 def test_missing_path_is_a_clear_error():
     result = _cli("score", "/nonexistent.replay")
     assert result.returncode != 0 and "no such file or folder" in result.stderr
+
+
+def test_a_replay_in_two_folders_is_featurized_once(standard_replay, tmp_path):
+    from services.cli.offline import featurize_replays
+    from shared.settings import Settings
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    for folder in (first, second):
+        folder.mkdir()
+        (folder / "copy.replay").write_bytes(standard_replay.path.read_bytes())
+    tables = featurize_replays([first, second], Settings())
+    assert [path for path, _ in tables] == [first / "copy.replay"]
+
+
+def test_train_evaluate_and_crossval_take_several_folders(tmp_path):
+    from services.cli import build_parser
+
+    parser = build_parser()
+    folders = [str(tmp_path / "a"), str(tmp_path / "b")]
+    assert len(parser.parse_args(["train", "--local", *folders]).local) == 2
+    for command in ("evaluate", "crossval"):
+        assert len(parser.parse_args([command, *folders]).replays) == 2

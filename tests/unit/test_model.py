@@ -28,6 +28,7 @@ from shared.impact import (
     team_score_probability,
 )
 from shared.model import ImpactModel, ModelSchemaError, predict_table
+from shared.rating import SHIPPED_WEIGHTS, offence_defence
 
 
 @pytest.fixture(scope="module")
@@ -117,39 +118,46 @@ def test_one_score_per_player(exported, tables):
 
 
 def test_touch_credits_add_up_to_how_each_segment_ended(exported, tables):
-    """Each touch is credited until the next one, so the changes chain: per segment, team 0's
-    credits minus team 1's, less the expected goals held, equal the change of V0 = P(0 scores)
-    - P(1 scores) from before the first touch to the segment's end, where a goal makes V0 = +1
-    or -1; the held values add up to V0's goal rate over the frames from the first touch on."""
+    """Each touch is credited until the next one, so the parts chain: per segment, team 0's
+    changes minus team 1's equal the change of V0 = P(0 scores) - P(1 scores) from before the
+    first touch to the segment's end, where a goal makes V0 = +1 or -1; the held values add up
+    to V0's goal rate and the threats to log(P(0 scores) / P(1 scores)) over the frames from
+    the first touch on; and the players' impact is the weighed sum of them."""
     _, path = exported
     table = tables[0]
     p_score = team_score_probability(table, predict_table(table, ImpactModel(path)))
     credits = credit_touches(table, p_score)
     value = p_score[:, 0] - p_score[:, 1]
+    log_ratio = np.log(p_score[:, 0] / p_score[:, 1])
     edges = np.diff(np.r_[0, table.live.astype(int), 0])
     expected = 0.0
     goal_at = {int(np.searchsorted(table.time, g.time)): g.team for g in table.goals}
+    first_touch = {}
     for start, stop in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True):
         touched = np.flatnonzero(table.touched[start:stop].any(axis=1)) + start
         if not touched.size:
             continue
         end = {0: 1.0, 1: -1.0}.get(goal_at.get(int(stop), -1), value[stop - 1])
         expected += end - value[max(touched[0] - 1, start)]
+        first_touch[int(touched[0])] = int(stop)
     sign = {0: 1.0, 1: -1.0}
-    held = sum(sign[c.team] * (c.held_for - c.held_against) for c in credits)
-    change = sum(sign[c.team] * c.value for c in credits) - held
+    parts = [(sign[c.team], c.parts) for c in credits]
+    change = sum(k * (p.change_for + p.change_against) for k, p in parts)
     assert change == pytest.approx(expected, abs=1e-9)
     step = float(np.median(np.diff(table.time)))
-    first_touch = {}
-    for start, stop in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True):
-        touched = np.flatnonzero(table.touched[start:stop].any(axis=1)) + start
-        if touched.size:
-            first_touch[int(touched[0])] = int(stop)
+    held = sum(k * (p.held_for - p.held_against) for k, p in parts)
     rate = sum(value[a:b].sum() for a, b in first_touch.items()) * step / 10.0
     assert held == pytest.approx(rate, abs=1e-9)
+    threat = sum(k * (p.threat_for + p.threat_against) for k, p in parts)
+    ratio = sum(log_ratio[a:b].sum() for a, b in first_touch.items()) * step / 10.0
+    assert threat == pytest.approx(ratio, abs=1e-6)
+    w = SHIPPED_WEIGHTS
+    held_for = sum(k * p.held_for for k, p in parts)
+    touches = sum(k for k, _ in parts)
+    weighed = w.scale * (threat + w.change * change + w.held * held_for + w.touch * touches)
     scores = score_credits(table, credits)
     by_team = [sum(s.impact for s in scores if s.team == team) for team in (0, 1)]
-    assert by_team[0] - by_team[1] == pytest.approx(IMPACT_SCALE * (expected + held), abs=1e-6)
+    assert by_team[0] - by_team[1] == pytest.approx(IMPACT_SCALE * weighed, abs=1e-6)
 
 
 def _synthetic(touches: list[tuple[int, int]], goal_frame: int | None) -> FeatureTable:
@@ -183,15 +191,23 @@ def test_a_touch_is_credited_from_before_it_to_before_the_next_touch():
     p_score[5, 1] = 0.1  # and orange's dip just before orange touches
     first, second = credit_touches(table, p_score)
     assert (first.player_index, second.player_index) == (0, 1)
+    one, two = first.parts, second.parts
     # held: the goal rate P / 10 s over the 0.1 s frames from the touch to the next one
-    assert first.held_for == pytest.approx(p_score[2:6, 0].sum() * 0.01)
+    assert first.held_for == one.held_for == pytest.approx(p_score[2:6, 0].sum() * 0.01)
     assert first.held_against == pytest.approx(p_score[2:6, 1].sum() * 0.01)
     assert second.held_for == pytest.approx(p_score[6:10, 1].sum() * 0.01)  # to the end of play
     assert second.held_against == pytest.approx(p_score[6:10, 0].sum() * 0.01)
-    assert first.offence == pytest.approx(p_score[5, 0] - p_score[1, 0] + first.held_for)
-    assert first.defence == pytest.approx(p_score[1, 1] - p_score[5, 1] - first.held_against)
-    assert second.offence == pytest.approx(p_score[9, 1] - p_score[5, 1] + second.held_for)
-    assert second.defence == pytest.approx(p_score[5, 0] - p_score[9, 0] - second.held_against)
+    assert one.change_for == pytest.approx(p_score[5, 0] - p_score[1, 0])
+    assert one.change_against == pytest.approx(p_score[1, 1] - p_score[5, 1])
+    assert two.change_for == pytest.approx(p_score[9, 1] - p_score[5, 1])
+    assert two.change_against == pytest.approx(p_score[5, 0] - p_score[9, 0])
+    # threat: log(P / the reference P) over the same frames, for and (minus) against
+    reference = SHIPPED_WEIGHTS.reference
+    assert one.threat_for == pytest.approx(np.log(p_score[2:6, 0] / reference).sum() * 0.01)
+    assert one.threat_against == pytest.approx(np.log(reference / p_score[2:6, 1]).sum() * 0.01)
+    assert two.threat_for == pytest.approx(np.log(p_score[6:10, 1] / reference).sum() * 0.01)
+    for credit in (first, second):
+        assert (credit.offence, credit.defence) == offence_defence(credit.parts, SHIPPED_WEIGHTS)
 
 
 def test_the_touch_before_a_goal_takes_the_goal_and_an_own_goal_costs():
@@ -199,10 +215,13 @@ def test_the_touch_before_a_goal_takes_the_goal_and_an_own_goal_costs():
     (scorer,) = credit_touches(_synthetic([(3, 0)], goal_frame=8), p_score)
     held = 5 * 0.2 * 0.01  # frames 3 to 7 at 0.2 each side, then the goal
     assert scorer.held_for == pytest.approx(held) == pytest.approx(scorer.held_against)
-    assert scorer.offence == pytest.approx(0.8 + held)
-    assert scorer.defence == pytest.approx(0.2 - held)
+    assert scorer.parts.change_for == pytest.approx(0.8)
+    assert scorer.parts.change_against == pytest.approx(0.2)
+    assert scorer.parts.threat_for + scorer.parts.threat_against == pytest.approx(0.0)
     (own_goal,) = credit_touches(_synthetic([(3, 1)], goal_frame=8), p_score)
-    assert own_goal.team == 1 and own_goal.value == pytest.approx(-1.0)
+    assert own_goal.team == 1
+    assert own_goal.parts.change_for + own_goal.parts.change_against == pytest.approx(-1.0)
+    assert own_goal.value < scorer.value
 
 
 def test_touches_outside_play_are_not_credited():

@@ -32,7 +32,7 @@ from services.trainer.network import ImpactEnsemble, weights_digest
 from services.trainer.train import train_impact_model
 from shared.features.batch import featurize
 from shared.features.table import FEATURE_SCHEMA_VERSION, N_FEATURES, FeatureTable
-from shared.model import ImpactModel, split_metadata
+from shared.model import ImpactModel, recorded_split, split_metadata
 from shared.scope import in_scope
 from shared.settings import REPO_ROOT
 from tests.conftest import ManifestRow
@@ -240,5 +240,7 @@ def test_a_model_records_its_split_and_evaluation_holds_out_what_it_was_not_trai
 
 def test_a_model_without_a_recorded_split_is_held_out_by_seed(tables):
     assert model_split(tables, None, 0.2, 0) == split_by_replay(tables, 0.2, 0)
-    shipped = ImpactModel(REPO_ROOT / "models" / "default" / "impact.onnx")
-    assert shipped.split is None  # exported before splits were recorded
+    assert recorded_split({"rlimpact.version": "exported before splits were recorded"}) is None
+    shipped = ImpactModel(REPO_ROOT / "models" / "default" / "impact.onnx").split
+    assert shipped is not None and shipped.train_replays and shipped.val_replays
+    assert not shipped.train_replays & shipped.val_replays

@@ -10,9 +10,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from services.cli.validate import header_points
+from services.cli.validate import SHIPPED_IMPACT, header_points
 from services.parser.header import player_stats, player_stats_of_file
 from services.parser.parse import parse_replay_file
+from services.trainer.rating_fit import FOLDS
 from services.trainer.statistics import pearson, ranks, spearman, standardised
 from services.trainer.validity import (
     MatchParts,
@@ -282,10 +283,12 @@ def test_validate_command_writes_json_and_png(tmp_path, good_replays):
     assert 0.5 < auc["value"] < 1 and auc["low"] <= auc["value"] <= auc["high"]
     assert auc["rows"] == 2 * sum(int(t.live.sum()) for t in usable)
     pooled = summary["split_half_reliability"]["pooled_standardised"]
-    assert set(pooled) == {"impact", "offence", "defence", "touches"}
+    assert set(pooled) == {"impact", "offence", "defence", "touches", SHIPPED_IMPACT}
+    assert len(summary["rating_weights"]["cross_fitted"]) == min(FOLDS, len(usable))
     halves, *quarters = summary["predictive_validity"]
     assert set(halves["spearman"]) == {
         "impact",
+        SHIPPED_IMPACT,
         "offence",
         "defence",
         "touches",

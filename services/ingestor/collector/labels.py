@@ -33,7 +33,7 @@ from shared import db
 
 CSV_COLUMNS = ("replay_filename", "player_name", "team", "skill_rating")
 MAX_RATING = 100_000.0  # the table's CHECK; real MMR is below 3000
-TEAMS = {"0": 0, "1": 1, "blue": 0, "orange": 1}
+TEAMS: dict[str, Literal[0, 1]] = {"0": 0, "1": 1, "blue": 0, "orange": 1}
 
 # Approximate MMR (2v2 playlist) where each Ballchasing rank tier starts, tier 1 (Bronze I) to
 # tier 22 (Supersonic Legend), and where Supersonic Legend ends. A rank without an MMR becomes
@@ -209,7 +209,8 @@ def labels_from_ballchasing(replay: BcReplay, line: int = 0) -> tuple[list[Label
     refs = tuple(ref for ref in (replay.id, replay.rocket_league_id) if ref)
     rows: list[LabelRow] = []
     unrated = 0
-    for team, side in ((0, replay.blue), (1, replay.orange)):
+    sides: tuple[tuple[Literal[0, 1], BcTeam | None], ...] = ((0, replay.blue), (1, replay.orange))
+    for team, side in sides:
         for player in side.players if side else []:
             rating = player.mmr if player.mmr is not None else rating_from_rank(player.rank)
             if rating is None or not player.name.strip():
