@@ -184,7 +184,7 @@ def test_stream_features_equal_batch_features(parsed):
     for k, stream in enumerate(streams):
         assert stream.n_frames < 15 * FPS, "only the recent frames are kept"
         assert not np.isnan(rows[k]).any()
-        np.testing.assert_allclose(rows[k], reference, rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(rows[k], reference)  # bit for bit
 
 
 def test_goals_and_touches_reach_the_stream_from_the_feed(parsed):
