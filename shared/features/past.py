@@ -3,6 +3,8 @@ touched it. Pure numpy."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from shared.features.context import GameContext
@@ -19,16 +21,18 @@ def team_past(
     segment began.
 
     Computed once, for team 0: team 1 sees the pitch turned round, so its numbers are team
-    0's with x and y negated and the thirds and teams swapped (exactly: negation is exact).
+    0's with x and y negated and the thirds and teams swapped (exactly: negation is exact, in
+    float64 before the cast to float32 as after it).
     """
     result = np.zeros((2, rows.shape[0], 12), dtype=np.float32)
     if not rows.shape[0]:
         return result
     fps, start = context.frames_per_second, context.segment_start[rows]
     end = rows + 1
-    lags = np.array([max(1, round(s * fps)) for s in (5.0, 10.0)])
-    begins = np.maximum(end[:, None] - lags, start[:, None])  # [R, 2]: 5 s and 10 s back
-    first, stop = int(begins[:, 1].min()), int(end.max())  # the windows read [first, stop)
+    windows, back = _frames_back(fps)
+    begins = np.maximum(end[:, None] - windows, start[:, None])  # [R, 2]: 5 s and 10 s back
+    # the windows read frames [first, stop)
+    first, stop = int(np.minimum.reduce(begins[:, 1])), int(np.maximum.reduce(end))
     y = parsed.ball[first:stop, BALL_FIELD["y"]]
     touched = context.touched[first:stop]
     series = np.empty((stop - first, 5))
@@ -44,22 +48,27 @@ def team_past(
         at_end - cumulative[begins[:, 1] - first],
     )
     n_5s, n_10s = end - begins[:, 0], end - begins[:, 1]
-    mean_y = np.stack([last_5s[:, 0] / n_5s, last_10s[:, 0] / n_10s], axis=1)
-    attacking, defending = last_10s[:, 1] / n_10s, last_10s[:, 2] / n_10s
+    mean_y = np.stack([last_5s[:, 0] / n_5s, last_10s[:, 0] / n_10s], axis=1) / POS_SCALE
+    thirds = np.stack([last_10s[:, 1] / n_10s, last_10s[:, 2] / n_10s], axis=1)
     touches = last_5s[:, 3:5] / TOUCH_COUNT_SCALE
-    back = np.array([round(s * fps) for s in (1.0, 2.0)])
+    # [R, 2, 3] the ball 1 s and 2 s ago
     ago = parsed.ball[np.maximum(rows[:, None] - back, start[:, None]), 0:3] / POS_SCALE
-    one, two = ago[:, 0], ago[:, 1]
-    turned = np.array([-1.0, -1.0, 1.0], dtype=np.float32)
-    for team, (thirds, by_team, sign) in enumerate(
-        (((attacking, defending), touches, 1.0), ((defending, attacking), touches[:, ::-1], -1.0))
-    ):
-        past = (
-            one * turned if team else one,
-            two * turned if team else two,
-            sign * mean_y / POS_SCALE,
-            np.stack(thirds, axis=1),
-            by_team,
-        )
-        result[team] = np.concatenate(past, axis=1, dtype=np.float32, casting="unsafe")
+    past = (ago.reshape(-1, 6), mean_y, thirds, touches)
+    result[0] = np.concatenate(past, axis=1, dtype=np.float32, casting="unsafe")
+    np.multiply(result[0][:, TURNED_ORDER], TURNED_SIGN, out=result[1])
     return result
+
+
+# Team 1's columns from team 0's: x and y negated, the thirds and the teams' touches swapped
+TURNED_ORDER = np.array([0, 1, 2, 3, 4, 5, 6, 7, 9, 8, 11, 10])
+TURNED_SIGN = np.array([-1, -1, 1, -1, -1, 1, -1, -1, 1, 1, 1, 1], dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=64)
+def _frames_back(fps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Frames in 5 s and 10 s (at least one), and in 1 s and 2 s, at ``fps``."""
+    windows = np.array([max(1, round(s * fps)) for s in (5.0, 10.0)])
+    back = np.array([round(s * fps) for s in (1.0, 2.0)])
+    for array in (windows, back):
+        array.flags.writeable = False
+    return windows, back

@@ -421,7 +421,9 @@ def _match(v: RowView) -> list[np.ndarray]:
     since_kickoff = np.minimum(v.context.since_kickoff[v.frame_rows], MATCH_SECONDS)
     return [
         since_kickoff[:, None] / MATCH_SECONDS,
-        np.clip(v.scored - v.conceded, -SCORE_DIFF_CAP, SCORE_DIFF_CAP)[:, None] / SCORE_DIFF_CAP,
+        # np.clip's value, without its wrapper
+        np.minimum(np.maximum(v.scored - v.conceded, -SCORE_DIFF_CAP), SCORE_DIFF_CAP)[:, None]
+        / SCORE_DIFF_CAP,
         np.minimum(np.stack([v.scored, v.conceded], axis=1), GOALS_CAP) / GOALS_CAP,
         v.parsed.seconds_remaining[v.frame_rows, None] / MATCH_SECONDS,
         np.full((len(v.pos), 1), v.parsed.team_size / 4.0),
