@@ -138,10 +138,11 @@ class Settings(BaseSettings):
         2.0, gt=0, description="how often a changing match's state goes to live.state"
     )
     # The live service's fetches of live.frames: the broker answers once it has
-    # live_fetch_min_bytes (a few frames) or live_fetch_max_wait_ms has passed, so that a poll
-    # scores a few frames together rather than one (a poll's fixed cost is most of a frame's).
-    live_fetch_min_bytes: int = Field(8192, ge=1)
-    live_fetch_max_wait_ms: int = Field(5, ge=0)
+    # live_fetch_min_bytes or live_fetch_max_wait_ms has passed. A few frames' worth (8192,
+    # 5 ms) makes a poll score several frames together, at about two thirds of the live
+    # service's CPU, but measured a longer latency (README, Live benchmark): off by default.
+    live_fetch_min_bytes: int = Field(1, ge=1)
+    live_fetch_max_wait_ms: int = Field(100, ge=0)
 
     # Metrics: each service instance serves /metrics on its own port (see metrics_port)
     metrics_host: str = "127.0.0.1"
