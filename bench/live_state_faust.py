@@ -3,16 +3,16 @@ service's own ``StateLog`` (``services/live/changelog.py``: whole-state snapshot
 ``RLIMPACT_LIVE_SNAPSHOT_SECONDS`` to a compacted topic, offsets committed only up to what
 acknowledged snapshots hold) against a faust-streaming ``Table`` backed by its changelog.
 
-    PYTHONPATH=. /tmp/faustvenv/bin/python bench/live_state_faust.py [--matches 10]
+    PYTHONPATH=. .venv/bin/python bench/live_state_faust.py [--matches 10]
         [--warmup-seconds 15] [--seconds 10] [--frames-per-batch 3] [--rounds 2]
 
-(faust-streaming is in the ``dev`` extra; ``/tmp/faustvenv`` stands for any environment with
-it.) Starts its own Kafka (``deploy/kafka.sh``, ports from ``RLIMPACT_BENCH_PORT_OFFSET``,
-default 1000, data in ``.rlimpact/bench-live-state-faust``: the broker's removed at the end,
-the logs kept) and writes N matches' SOS feeds to ``live.frames`` (one partition), frames
-interleaved: one corpus replay through the bridge's mapping, as ``bench/live_state.py`` does.
-Then, per round and variant, a process of its own reads them all from the start,
-``--frames-per-batch`` frames of every match per batch, and scores them with ``LiveScorer``:
+(faust-streaming is in the ``dev`` extra.) Starts its own Kafka (``deploy/kafka.sh``, ports
+from ``RLIMPACT_BENCH_PORT_OFFSET``, default 1000, data in ``.rlimpact/bench-live-state-faust``:
+the broker's removed at the end, the logs kept) and writes N matches' SOS feeds to
+``live.frames`` (one partition), frames interleaved: one corpus replay through the bridge's
+mapping, as ``bench/live_state.py`` does. Then, per round and variant, a process of its own
+reads them all from the start, ``--frames-per-batch`` frames of every match per batch, and
+scores them with ``LiveScorer``:
 
 - ``no state``: scoring alone (the reference for the CPU the state adds);
 - ``StateLog``: as the live service keeps its state (a consumer group with the service's 6 s
@@ -26,8 +26,8 @@ Then, per round and variant, a process of its own reads them all from the start,
   This is how faust keeps state consistent with its input: a table that lags its committed
   offsets loses frames after a crash;
 - ``faust, every 2 s``: the same, each match's value set every 2 s of play only (what the
-  snapshots do), to separate faust's own cost from the changelog's volume; its offsets run
-  ahead of its table, so a crash loses frames (the restore line says how many).
+  snapshots do), to separate faust's own cost from the changelog's volume; its committed
+  offsets may run ahead of its table, so a crash can lose frames (``behind`` says how many).
 
 Per variant it prints the CPU time per frame over the last ``--seconds`` of play (this
 process's CPU, ``time.process_time``, including its Kafka clients, until every write is
@@ -45,6 +45,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import importlib.util
 import json
 import logging
 import os
@@ -487,6 +488,8 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--replay", type=Path, default=default_replay)
     args = parser.parse_args()
+    if any(v.startswith("faust") for v in args.variants) and not importlib.util.find_spec("faust"):
+        raise SystemExit("bench: faust-streaming is not installed (the dev extra)")
     warm, timed = int(args.warmup_seconds * RATE), int(args.seconds * RATE)
     frames = feed(args.replay, (warm + timed) / RATE + 1)[: warm + timed]
     if len(frames) < warm + timed:
