@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -152,7 +153,7 @@ def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def scored_parts(
-    featurized: list[tuple[Path, FeatureTable]], models: dict[str, Predictor]
+    featurized: list[tuple[Path, FeatureTable]], models: Mapping[str, Predictor]
 ) -> tuple[list[MatchParts], list[MatchParts], list[TeamForecasts]]:
     """The in-scope replays of 2+ live minutes (those in ``models``) scored and cut in halves
     and quarters, and their forecasts."""

@@ -22,7 +22,7 @@ difference per minute.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -114,7 +114,7 @@ class Design:
         return int(self.forecasts[0].later.shape[0])
 
 
-def design(by_parts: dict[int, Sequence[MatchParts]]) -> Design:
+def design(by_parts: Mapping[int, Sequence[MatchParts]]) -> Design:
     """``by_parts`` maps 2 and 4 to the same matches, in the same order, so cut."""
     first, second, touches, sizes, owner = [], [], [], [], []
     for i, match in enumerate(by_parts[2]):
@@ -188,7 +188,7 @@ def fit_design(d: Design, chosen: np.ndarray | None = None) -> tuple[RatingWeigh
     return fitted, margins(d, vector(fitted) * fitted.scale, chosen)
 
 
-def fit_rating(by_parts: dict[int, Sequence[MatchParts]]) -> tuple[RatingWeights, Margins]:
+def fit_rating(by_parts: Mapping[int, Sequence[MatchParts]]) -> tuple[RatingWeights, Margins]:
     """:func:`fit_design` on every match."""
     return fit_design(design(by_parts))
 
@@ -213,7 +213,7 @@ def fold_of(match_ids: Sequence[str], folds: int | None) -> np.ndarray:
 
 
 def cross_fitted(
-    by_parts: dict[int, Sequence[MatchParts]], folds: int | None = FOLDS
+    by_parts: Mapping[int, Sequence[MatchParts]], folds: int | None = FOLDS
 ) -> tuple[dict[int, list[MatchParts]], list[RatingWeights]]:
     """Every match rated with the weights :func:`fit_design` finds on the other folds (None:
     on all the other matches), and the weights of each fold, all at the first fold's scale:
@@ -227,6 +227,6 @@ def cross_fitted(
         weights, _ = fit_design(d, fold != k)
         fitted.append(weights.scaled(fitted[0].scale) if fitted else weights)
         for n, ms in by_parts.items():
-            for i in np.flatnonzero(fold == k):
+            for i in np.flatnonzero(fold == k).tolist():
                 rated[n][i] = weighted_totals(ms[i], fitted[-1])
     return rated, fitted
