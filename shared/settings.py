@@ -132,7 +132,7 @@ class Settings(BaseSettings):
     live_http_port: int = 8765
     live_match_idle_seconds: float = Field(60.0, gt=0, description="then a match is forgotten")
     live_linger_ms: int = Field(
-        2, ge=0, description="the bridge and live producers batch what comes within this"
+        0, ge=0, description="the bridge and live producers batch what comes within this"
     )
     live_snapshot_seconds: float = Field(
         2.0, gt=0, description="how often a changing match's state goes to live.state"
