@@ -15,8 +15,8 @@ import numpy as np
 from shared.events import GoalInfo, PlayerInfo
 
 # the names come from the feature blocks that compute them (rows.py)
-from shared.features.rows import FEATURE_NAMES as FEATURE_NAMES
-from shared.features.rows import N_FEATURES as N_FEATURES
+from shared.features.blocks import FEATURE_NAMES as FEATURE_NAMES
+from shared.features.blocks import N_FEATURES as N_FEATURES
 
 FEATURE_SCHEMA_VERSION = 2
 
