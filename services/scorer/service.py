@@ -7,9 +7,10 @@ are marked as announced and the replay ``scored``. A ``read_committed`` reader o
 commit, the transaction is aborted and the input consumed again; after it, the rows announced
 but not marked are found on ``scores.emitted`` at the next start (after this instance's
 transactional id fenced the dead process) and marked, so a later duplicate ``features.ready``
-announces nothing. Two limits: with several instances, a duplicate that reaches another
-instance before the dead one is restarted (and has marked its rows) is announced again; and
-``rlimpact rescore`` (:func:`score_replay`) announces outside transactions.
+announces nothing. With several instances, a rebalance waits for the batch in hand
+(:class:`shared.kafka.transactions.Ownership`), and rows another attempt wrote but did not
+mark are looked up on ``scores.emitted`` before they are announced (:func:`announced_earlier`).
+One limit: ``rlimpact rescore`` (:func:`score_replay`) announces outside transactions.
 
 Hot reload: the active impact model (and skill model, if any) is re-read from the registry
 when a ``model.promoted`` event arrives (every scorer instance reads that topic, outside any
@@ -25,7 +26,7 @@ import contextlib
 import logging
 import time
 from dataclasses import astuple, dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from shared import db, metrics
 from shared.backoff import sleep_unless_stopped
@@ -199,8 +200,53 @@ async def stored_scores(
         for s in scores
     ]
     async with ctx.pool.acquire() as conn:
-        await db.insert_scores(conn, rows)
-        return await db.unemitted_scores(conn, replay_id, model_id)
+        written = await db.insert_scores(conn, rows)
+        pending = await db.unemitted_scores(conn, replay_id, model_id)
+    if inherited := {s.row.player_index for s in pending} - written:
+        announced = await announced_earlier(ctx, replay_id, model_id, inherited)
+        pending = [s for s in pending if s.row.player_index not in announced]
+    return pending
+
+
+async def announced_earlier(
+    ctx: ServiceContext, replay_id: str, model_id: int, player_indexes: set[int]
+) -> set[int]:
+    """Rows of ``replay_id`` an earlier attempt wrote and did not mark: another scorer (or
+    this one's previous process) may have announced them in a transaction that committed just
+    before it died, and the duplicate ``features.ready`` reached this one before that scorer
+    came back to mark them. ``scores.emitted`` decides: those announced there are marked now,
+    the others returned for announcing."""
+    async with ctx.pool.acquire() as conn:
+        unmarked, oldest = await db.unemitted_keys(conn, replay_id, model_id)
+    keys = {k for k in unmarked if k.player_index in player_indexes}
+    found = await found_on_scores_emitted(ctx, keys, oldest)
+    async with ctx.pool.acquire() as conn:
+        await db.mark_keys_emitted(conn, sorted(found, key=astuple))
+    if found:
+        log.info("%s: %d score rows had been announced before; marked", replay_id[:12], len(found))
+    return {k.player_index for k in found}
+
+
+async def found_on_scores_emitted(
+    ctx: ServiceContext, keys: set[ScoreKey], oldest: datetime | None
+) -> set[ScoreKey]:
+    """Those of ``keys`` (rows written from ``oldest`` on) that a committed ``scores.emitted``
+    event announces, once every transaction open now has ended (aborted or committed)."""
+    if not keys or oldest is None:
+        return set()
+    policy = RetryPolicy.of(ctx.settings)
+    found: set[ScoreKey] = set()
+    async for record in committed_records_since(
+        ctx.settings, SCORES_EMITTED, oldest - CLOCK_MARGIN, policy
+    ):
+        try:
+            event = decode(ScoreEmitted, record.value)
+        except EventDecodeError:
+            continue
+        key = ScoreKey(event.replay_id, event.player_index, event.model_id)
+        if key in keys:
+            found.add(key)
+    return found
 
 
 def score_events(pending: list[StoredScore], scorers: Scorers) -> list[ScoreEmitted]:
@@ -257,17 +303,7 @@ async def mark_announced_before(ctx: ServiceContext) -> int:
         unmarked, oldest = await db.unemitted_keys(conn)
     if oldest is None:
         return 0
-    policy = RetryPolicy.of(ctx.settings)
-    found: set[ScoreKey] = set()
-    since = oldest - CLOCK_MARGIN
-    async for record in committed_records_since(ctx.settings, SCORES_EMITTED, since, policy):
-        try:
-            event = decode(ScoreEmitted, record.value)
-        except EventDecodeError:
-            continue
-        key = ScoreKey(event.replay_id, event.player_index, event.model_id)
-        if key in unmarked:
-            found.add(key)
+    found = await found_on_scores_emitted(ctx, unmarked, oldest)
     async with ctx.pool.acquire() as conn:
         await db.mark_keys_emitted(conn, sorted(found, key=astuple))
         for replay_id, model_id in sorted({(k.replay_id, k.model_id) for k in found}):

@@ -133,29 +133,18 @@ class StoredScore:
     team: int
 
 
-async def insert_scores(conn: asyncpg.Connection, rows: Sequence[ScoreRow]) -> None:
-    """Existing rows (same replay, player and model) are kept as they are."""
-    await conn.executemany(
-        "INSERT INTO scores (replay_id, player_index, model_id, impact, offence, defence,"
-        " n_frames, skill, skill_model_id, impact_per_minute, touches)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING",
-        [
-            (
-                r.replay_id,
-                r.player_index,
-                r.model_id,
-                r.impact,
-                r.offence,
-                r.defence,
-                r.n_frames,
-                r.skill,
-                r.skill_model_id,
-                r.impact_per_minute,
-                r.touches,
-            )
-            for r in rows
-        ],
+async def insert_scores(conn: asyncpg.Connection, rows: Sequence[ScoreRow]) -> set[int]:
+    """Existing rows (same replay, player and model) are kept as they are; returns the player
+    indexes of the rows written now."""
+    columns = [f.name for f in fields(ScoreRow)]
+    written = await conn.fetch(
+        f"INSERT INTO scores ({', '.join(columns)})"
+        " SELECT * FROM unnest($1::text[], $2::int[], $3::int[], $4::float8[], $5::float8[],"
+        " $6::float8[], $7::int[], $8::float8[], $9::int[], $10::float8[], $11::int[])"
+        " ON CONFLICT DO NOTHING RETURNING player_index",
+        *([getattr(r, name) for r in rows] for name in columns),
     )
+    return {row["player_index"] for row in written}
 
 
 async def unemitted_scores(
@@ -189,10 +178,16 @@ class ScoreKey:
     model_id: int
 
 
-async def unemitted_keys(conn: asyncpg.Connection) -> tuple[set[ScoreKey], datetime | None]:
-    """Every score row not marked as announced, and when the oldest was written."""
+async def unemitted_keys(
+    conn: asyncpg.Connection, replay_id: str | None = None, model_id: int | None = None
+) -> tuple[set[ScoreKey], datetime | None]:
+    """Every score row not marked as announced (of one replay and model, if given), and when
+    the oldest was written."""
     rows = await conn.fetch(
         "SELECT replay_id, player_index, model_id, created_at FROM scores WHERE NOT emitted"
+        " AND ($1::text IS NULL OR replay_id = $1) AND ($2::int IS NULL OR model_id = $2)",
+        replay_id,
+        model_id,
     )
     keys = {ScoreKey(r["replay_id"], r["player_index"], r["model_id"]) for r in rows}
     return keys, min((r["created_at"] for r in rows), default=None)

@@ -15,7 +15,7 @@ records since a time). Import the names from here.
 from shared.kafka.clients import QUIET_CLIENT, EventProducer, event_producer, started
 from shared.kafka.consume import HANDLER_ATTEMPTS, commit, consume, record_lag
 from shared.kafka.dead_letters import FailReplay, dead_letter, replay_named_in
-from shared.kafka.reading import READ_TO_END_IDLE_POLLS, committed_records_since
+from shared.kafka.reading import TRANSACTIONS_END_SECONDS, committed_records_since
 from shared.kafka.topics import COMPACTED_CONFIGS, ensure_topics, partitions_to_add
 from shared.kafka.transactions import Emission, consume_in_transactions, next_offsets
 
@@ -23,7 +23,7 @@ __all__ = [
     "COMPACTED_CONFIGS",
     "HANDLER_ATTEMPTS",
     "QUIET_CLIENT",
-    "READ_TO_END_IDLE_POLLS",
+    "TRANSACTIONS_END_SECONDS",
     "Emission",
     "EventProducer",
     "FailReplay",

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from aiokafka.structs import TopicPartition
 
@@ -86,22 +86,27 @@ async def group_consumer(
     topic: Topic,
     policy: RetryPolicy,
     stop: asyncio.Event,
+    listener: ConsumerRebalanceListener | None = None,
     **options: Any,
 ) -> AIOKafkaConsumer:
-    """The service's consumer of ``topic`` in its group, committing only by hand."""
-    return await started(
+    """The service's consumer of ``topic`` in its group, committing only by hand;
+    ``listener`` hears of its rebalances."""
+    consumer = await started(
         AIOKafkaConsumer,
         settings,
         f"{service}: Kafka consumer of {topic.name}",
         policy,
         stop,
-        topic.name,
+        *(() if listener else (topic.name,)),
         group_id=settings.consumer_group(service),
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_poll_interval_ms=30 * 60 * 1000,
         **options,
     )
+    if listener is not None:
+        consumer.subscribe([topic.name], listener=listener)
+    return consumer
 
 
 async def batches(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
 
-from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
@@ -25,6 +25,9 @@ from shared.retry import RetryPolicy, Stopped, retry_transient
 from shared.settings import Settings
 
 log = logging.getLogger(__package__)
+
+# How long a rebalance waits for the batch in hand (a record's handling, then the commit)
+REBALANCE_TIMEOUT_MS = 120_000
 
 E = TypeVar("E", bound=Event)
 
@@ -65,40 +68,117 @@ async def consume_in_transactions(
     stop = stop or asyncio.Event()
     policy = RetryPolicy.of(settings)
     transactions = _Transactions(settings, service, transactional_id, policy, stop)
+    ownership = Ownership()
     try:
         await transactions.start()
         if after_fencing is not None:
             await retry_transient(after_fencing, f"{service}: recovering", policy, log, stop)
         consumer = await group_consumer(
-            settings, service, topic, policy, stop, isolation_level="read_committed"
+            settings,
+            service,
+            topic,
+            policy,
+            stop,
+            listener=ownership,
+            isolation_level="read_committed",
+            rebalance_timeout_ms=REBALANCE_TIMEOUT_MS,
         )
     except Stopped:
         await transactions.stop()
         return
     rejecter = Rejecter(service, producer, fail_replay)
     try:
-        async for records in batches(consumer, service, batch_size, before_batch, policy, stop):
-            handled = [
-                await handle_record(record, service, event_type, handler, rejecter, policy, stop)
-                for record in records
-            ]
-            if None in handled:  # stopped while waiting for a dependency: commit nothing
-                break
-            emissions = [h.result for h in handled if h is not None and h.result is not None]
-            events = [sent for emission in emissions for sent in emission.events]
-            await transactions.commit(events, next_offsets(records))
-            for topic_name, count in Counter(t.name for t, _ in events).items():
-                metrics.EVENTS_OUT.labels(service, topic_name).inc(count)
-            for emission in emissions:
-                if emission.committed is not None:
-                    await retry_transient(
-                        emission.committed, f"{service}: recording", policy, log, stop
+        polls = ownership.polls(before_batch)
+        async for records in batches(consumer, service, batch_size, polls, policy, stop):
+            async with ownership.batch():
+                handled = []
+                for record in records:
+                    if ownership.moved_since_poll() or ownership.revoking:
+                        ownership.fetch_again(consumer, records)
+                        break
+                    handled.append(
+                        await handle_record(
+                            record, service, event_type, handler, rejecter, policy, stop
+                        )
                     )
+                if len(handled) < len(records):  # the partitions are moving: left to their owner
+                    continue
+                if None in handled:  # stopped while waiting for a dependency: commit nothing
+                    break
+                emissions = [h.result for h in handled if h is not None and h.result is not None]
+                events = [sent for emission in emissions for sent in emission.events]
+                await transactions.commit(events, next_offsets(records))
+                for topic_name, count in Counter(t.name for t, _ in events).items():
+                    metrics.EVENTS_OUT.labels(service, topic_name).inc(count)
+                for emission in emissions:
+                    if emission.committed is not None:
+                        await retry_transient(
+                            emission.committed, f"{service}: recording", policy, log, stop
+                        )
     except Stopped:
         log.info("%s: stopped while waiting for a dependency", service)
     finally:
         await consumer.stop()
         await transactions.stop()
+
+
+class Ownership(ConsumerRebalanceListener):
+    """Keeps a batch and a rebalance apart. Without it, an instance still handling a batch
+    when its partitions move would commit the batch's transaction after the new owner had read
+    the old offsets and handled the batch again: a zombie's commit that Kafka accepts (aiokafka
+    sends no group generation with the transaction's offsets), so a ``read_committed`` reader
+    would see its events twice. So a rebalance (``on_partitions_revoked``) waits for the batch
+    in hand: the record being handled is finished, the rest of the batch left uncommitted
+    (``revoking``), or, once handled, the batch is committed and recorded first. A batch
+    polled before a rebalance that ended while it waited for its turn is not handled either.
+    Records left so are read again from the committed offsets, by whoever owns them next.
+    The rebalance waits at most ``REBALANCE_TIMEOUT_MS`` (a record whose dependency is down
+    for longer lets the group go on without this instance: the one case left)."""
+
+    def __init__(self) -> None:
+        self._lock = asyncio.Lock()
+        self._rebalances = 0
+        self._at_poll = 0
+        self.revoking = False
+
+    def polls(
+        self, before_batch: Callable[[], Awaitable[None]] | None
+    ) -> Callable[[], Awaitable[None]]:
+        """``before_batch``, noting before each poll how many rebalances there have been."""
+
+        async def before_poll() -> None:
+            self._at_poll = self._rebalances
+            if before_batch is not None:
+                await before_batch()
+
+        return before_poll
+
+    def batch(self) -> asyncio.Lock:
+        return self._lock
+
+    def moved_since_poll(self) -> bool:
+        return self._rebalances != self._at_poll
+
+    @staticmethod
+    def fetch_again(consumer: AIOKafkaConsumer, records: list[ConsumerRecord]) -> None:
+        """Seek back to the batch's records on partitions still assigned here; the others are
+        their new owner's."""
+        assigned = consumer.assignment()
+        for tp, offset in sorted(next_offsets(records, first=True).items()):
+            if tp in assigned:
+                consumer.seek(tp, offset.offset)
+        log.info("partitions moving: a batch of %d left to be read again", len(records))
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self.revoking = True
+        try:
+            async with self._lock:
+                self._rebalances += 1
+        finally:
+            self.revoking = False
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self._rebalances += 1
 
 
 class _Transactions:
@@ -166,12 +246,18 @@ class _Transactions:
             self.producer = None
 
 
-def next_offsets(records: list[ConsumerRecord]) -> dict[TopicPartition, OffsetAndMetadata]:
-    """The offsets to commit once ``records`` are done: per partition, the one after the last."""
+def next_offsets(
+    records: list[ConsumerRecord], first: bool = False
+) -> dict[TopicPartition, OffsetAndMetadata]:
+    """The offsets to commit once ``records`` are done: per partition, the one after the last
+    (``first``: the first record's, where to read them again)."""
     offsets: dict[TopicPartition, int] = {}
     for record in records:
         tp = TopicPartition(record.topic, record.partition)
-        offsets[tp] = max(offsets.get(tp, 0), record.offset + 1)
+        if first:
+            offsets[tp] = min(offsets.get(tp, record.offset), record.offset)
+        else:
+            offsets[tp] = max(offsets.get(tp, 0), record.offset + 1)
     return {tp: OffsetAndMetadata(offset, "") for tp, offset in offsets.items()}
 
 
