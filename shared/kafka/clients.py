@@ -6,11 +6,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+)
 from aiokafka.structs import RecordMetadata
 
 from shared import metrics
@@ -24,6 +30,22 @@ log = logging.getLogger(__package__)
 # second or so (aiokafka's defaults of 50-100 ms make every client spin and log).
 QUIET_CLIENT: dict[str, Any] = {"retry_backoff_ms": 1000}
 
+# An idempotent producer the broker no longer takes records from: after a broker restart the
+# broker can refuse its sequence numbers (OutOfOrderSequenceNumber), and aiokafka's sender then
+# stops for good, failing every later send (aiokafka issue 1017). Only a new producer (a new
+# producer id) sends again.
+PRODUCER_OUT_OF_STEP = (
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+)
+
+
+class ProducerReplaced(ConnectionError):
+    """The send met a producer out of step with the broker, now replaced: send again (a
+    transient error, so the retry loop does)."""
+
 
 class EventProducer:
     """Sends events; a send that fails because Kafka is down is retried until it succeeds (or
@@ -35,22 +57,47 @@ class EventProducer:
         service: str,
         policy: RetryPolicy | None = None,
         stop: asyncio.Event | None = None,
+        new_producer: Callable[[], Awaitable[AIOKafkaProducer]] | None = None,
     ) -> None:
         self._producer = producer
         self._service = service
         self._policy = policy or RetryPolicy()
         self._stop = stop
+        self._new_producer = new_producer
+        self._replacing = asyncio.Lock()
 
     async def send(self, topic: Topic, event: Event) -> None:
         value, key = encode(event), event.key()
         await retry_transient(
-            lambda: self._producer.send_and_wait(topic.name, value, key=key),
+            lambda: self._send_once(topic.name, value, key),
             f"{self._service}: sending to {topic.name}",
             self._policy,
             log,
             self._stop,
         )
         metrics.EVENTS_OUT.labels(self._service, topic.name).inc()
+
+    async def _send_once(self, topic: str, value: bytes, key: bytes | None) -> None:
+        producer = self._producer
+        try:
+            await producer.send_and_wait(topic, value, key=key)
+        except PRODUCER_OUT_OF_STEP as error:
+            if self._new_producer is None:
+                raise
+            await self._replace(producer, error)
+            raise ProducerReplaced(f"a new Kafka producer after {error!r}") from error
+
+    async def _replace(self, broken: AIOKafkaProducer, error: Exception) -> None:
+        async with self._replacing:
+            if self._producer is not broken or self._new_producer is None:
+                return  # a concurrent send replaced it already
+            log.warning("%s: Kafka producer out of step (%r): a new one", self._service, error)
+            with contextlib.suppress(Exception):
+                await broken.stop()
+            self._producer = await self._new_producer()
+
+    async def close(self) -> None:
+        await self._producer.stop()
 
     async def enqueue(self, topic: Topic, event: Event) -> asyncio.Future[RecordMetadata]:
         """Queue the event without waiting for the broker (the live path: the next frame need
@@ -114,8 +161,12 @@ async def event_producer(
         else {"acks": "all", "enable_idempotence": True}
     )
     what = f"{service}: Kafka producer"
-    producer = await started(AIOKafkaProducer, settings, what, policy, stop, **options)
+
+    async def new_producer() -> AIOKafkaProducer:
+        return await started(AIOKafkaProducer, settings, what, policy, stop, **options)
+
+    producer = EventProducer(await new_producer(), service, policy, stop, new_producer)
     try:
-        yield EventProducer(producer, service, policy, stop)
+        yield producer
     finally:
-        await producer.stop()
+        await producer.close()

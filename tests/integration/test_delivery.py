@@ -21,7 +21,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from shared import db
@@ -397,3 +397,29 @@ async def test_postgres_stopped_under_load_loses_and_doubles_nothing(
 
 def _lines(path: Path) -> int:
     return path.read_bytes().count(b"\n")
+
+
+async def test_a_producer_the_broker_refuses_for_its_sequence_is_replaced_and_nothing_lost(
+    stack: Stack,
+):
+    """The broker's real OutOfOrderSequenceNumber (what a broker restart can leave an
+    idempotent producer with: aiokafka's sender then stops for good): provoked by moving the
+    producer's next sequence number on; the send goes through on a new producer."""
+    settings = _quick(stack.settings)
+    topic = await _fresh_topic(settings)
+    first, second = (
+        ReplayFailed(replay_id=_fake_replay_id(), stage="parse", reason="r", error_type="t")
+        for _ in range(2)
+    )
+    async with (
+        events_on(stack, topic, ReplayFailed) as seen,
+        event_producer(settings, "test") as producer,
+    ):
+        await producer.send(topic, first)
+        broken = producer._producer  # the real client inside (idempotent: it has sequences)
+        assert broken._txn_manager is not None
+        broken._txn_manager.increment_sequence_number(TopicPartition(topic.name, 0), 5)
+        await asyncio.wait_for(producer.send(topic, second), 60)
+        assert producer._producer is not broken, "replaced"
+        await wait_for(lambda: _async(len(seen) >= 2), 30, "both events on the topic")
+    assert [e.replay_id for e in seen] == [first.replay_id, second.replay_id]
