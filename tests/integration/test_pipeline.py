@@ -146,10 +146,13 @@ async def test_replays_flow_to_exactly_one_score_per_player(
             shipped,
         )
 
+    async def job_succeeded() -> bool:  # recorded just after the promotion
+        status = await pg.fetchval("SELECT status FROM train_jobs ORDER BY id DESC LIMIT 1")
+        assert status != "failed", "the train job failed"
+        return status == "succeeded"
+
     await wait_for(trained, STAGE_TIMEOUT, "the trained model to be promoted")
-    assert await pg.fetchval("SELECT status FROM train_jobs ORDER BY id DESC LIMIT 1") == (
-        "succeeded"
-    )
+    await wait_for(job_succeeded, STAGE_TIMEOUT, "the train job to be recorded as succeeded")
 
     # The same files again, under new names: nothing new anywhere.
     replays_before = await pg.fetchval("SELECT count(*) FROM replays")
