@@ -11,6 +11,7 @@ import hashlib
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -171,6 +172,29 @@ async def _emitted_flags(ctx: ServiceContext, replay_id: str) -> list[bool]:
     return [row["emitted"] for row in rows]
 
 
+@asynccontextmanager
+async def _dying_scorer(ctx: ServiceContext) -> AsyncIterator[AIOKafkaProducer]:
+    """A transactional producer standing for another scorer's."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=ctx.settings.kafka_bootstrap,
+        transactional_id=f"test-other-scorer-{uuid.uuid4().hex[:8]}",
+        enable_idempotence=True,
+    )
+    await producer.start()
+    try:
+        yield producer
+    finally:
+        await producer.stop()
+
+
+async def _announce(
+    producer: AIOKafkaProducer, replay_id: str, model_id: int, players: tuple[int, ...]
+) -> None:
+    for player in players:
+        event = _announcement(replay_id, model_id, player)
+        await producer.send_and_wait(SCORES_EMITTED.name, encode(event), key=event.key())
+
+
 async def test_rows_another_scorer_announced_before_dying_are_marked_not_announced_again(
     scorer_ctx: ServiceContext,
 ):
@@ -179,27 +203,16 @@ async def test_rows_another_scorer_announced_before_dying_are_marked_not_announc
     check waits for the open one and leaves 2 and 3 to announce."""
     ctx = scorer_ctx
     replay_id, model_id = await _unmarked_rows(ctx, 4)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=ctx.settings.kafka_bootstrap,
-        transactional_id=f"test-dead-scorer-{uuid.uuid4().hex[:8]}",
-        enable_idempotence=True,
-    )
-    await producer.start()
-    try:
+    async with _dying_scorer(ctx) as producer:
         async with producer.transaction():
-            for player in (0, 1):
-                event = _announcement(replay_id, model_id, player)
-                await producer.send_and_wait(SCORES_EMITTED.name, encode(event), key=event.key())
+            await _announce(producer, replay_id, model_id, (0, 1))
         await producer.begin_transaction()
-        event = _announcement(replay_id, model_id, 2)
-        await producer.send_and_wait(SCORES_EMITTED.name, encode(event), key=event.key())
+        await _announce(producer, replay_id, model_id, (2,))
         check = asyncio.create_task(announced_earlier(ctx, replay_id, model_id, {0, 1, 2, 3}))
         await asyncio.sleep(2)
         assert not check.done(), "waits for the open transaction to end"
         await producer.abort_transaction()
         found = await asyncio.wait_for(check, 60)
-    finally:
-        await producer.stop()
     assert found == {0, 1}
     assert await _emitted_flags(ctx, replay_id) == [True, True, False, False]
 
@@ -209,22 +222,12 @@ async def test_a_transaction_committed_while_the_check_waits_counts_as_announced
 ):
     ctx = scorer_ctx
     replay_id, model_id = await _unmarked_rows(ctx, 2)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=ctx.settings.kafka_bootstrap,
-        transactional_id=f"test-slow-scorer-{uuid.uuid4().hex[:8]}",
-        enable_idempotence=True,
-    )
-    await producer.start()
-    try:
+    async with _dying_scorer(ctx) as producer:
         await producer.begin_transaction()
-        for player in (0, 1):
-            event = _announcement(replay_id, model_id, player)
-            await producer.send_and_wait(SCORES_EMITTED.name, encode(event), key=event.key())
+        await _announce(producer, replay_id, model_id, (0, 1))
         check = asyncio.create_task(announced_earlier(ctx, replay_id, model_id, {0, 1}))
         await asyncio.sleep(1)
         await producer.commit_transaction()
         found = await asyncio.wait_for(check, 60)
-    finally:
-        await producer.stop()
     assert found == {0, 1}
     assert await _emitted_flags(ctx, replay_id) == [True, True]
