@@ -6,7 +6,11 @@ from __future__ import annotations
 import numpy as np
 
 from services.live.state import MatchState, ScoringModel, Totals
-from shared.events import LiveFrame, LiveScore
+from shared.events import (
+    LiveFrame,
+    LivePlayerScore,
+    LiveScore,
+)
 from shared.features.stream import stream_rows
 from shared.features.table import FEATURE_SCHEMA_VERSION, N_FEATURES
 
@@ -116,33 +120,30 @@ class LiveScorer:
         for i, player in enumerate(state.players):
             totals = state.totals.get(player.id, Totals())
             players.append(
-                {
-                    "id": player.id,
-                    "name": player.name,
-                    "team": player.team,
-                    "impact": totals.offence + totals.defence,
-                    "offence": totals.offence,
-                    "defence": totals.defence,
-                    "p_score": float(latest[i, 0]) if latest is not None else 0.0,
-                    "p_concede": float(latest[i, 1]) if latest is not None else 0.0,
-                    "n_frames": totals.n,
-                    "goals": by_id.get(player.id, player).goals,
-                }
+                LivePlayerScore(
+                    id=player.id,
+                    name=player.name,
+                    team=player.team,
+                    impact=totals.offence + totals.defence,
+                    offence=totals.offence,
+                    defence=totals.defence,
+                    p_score=float(latest[i, 0]) if latest is not None else 0.0,
+                    p_concede=float(latest[i, 1]) if latest is not None else 0.0,
+                    n_frames=totals.n,
+                    goals=by_id.get(player.id, player).goals,
+                )
             )
-        # validated as a whole (one call, not one per player): the same checks
-        return LiveScore.model_validate(
-            {
-                "match_id": state.match_id,
-                "seq": last.seq,
-                "frames_received_at": [f.received_at for f in frames],
-                "model_id": model.model_id,
-                "model_version": model.version,
-                "feature_schema_version": FEATURE_SCHEMA_VERSION,
-                "seconds_remaining": last.seconds_remaining,
-                "overtime": last.overtime,
-                "blue_goals": last.blue_goals,
-                "orange_goals": last.orange_goals,
-                "status": last.status,
-                "players": players,
-            }
+        return LiveScore(
+            match_id=state.match_id,
+            seq=last.seq,
+            frames_received_at=[f.received_at for f in frames],
+            model_id=model.model_id,
+            model_version=model.version,
+            feature_schema_version=FEATURE_SCHEMA_VERSION,
+            seconds_remaining=last.seconds_remaining,
+            overtime=last.overtime,
+            blue_goals=last.blue_goals,
+            orange_goals=last.orange_goals,
+            status=last.status,
+            players=players,
         )
