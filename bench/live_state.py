@@ -171,12 +171,7 @@ def against(args: argparse.Namespace) -> None:
         *("--frames", str(args.frames), "--replay", str(args.replay), "--child"),
     ]
     with tempfile.TemporaryDirectory(prefix="live-state-") as folder:
-        tree = Path(folder)
-        archive = subprocess.run(
-            ["git", "archive", args.against], cwd=REPO_ROOT, check=True, capture_output=True
-        ).stdout
-        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-            tar.extractall(tree, filter="data")
+        tree = archived(args.against, Path(folder))
         variants = [
             Variant(f"scoring at {args.against}", None),
             Variant("scoring (this code)", None),
@@ -184,16 +179,31 @@ def against(args: argparse.Namespace) -> None:
         print(f"{calls(args)}, {args.rounds} rounds, each in a fresh process")
         for _ in range(args.rounds):
             for variant, root in zip(variants, (tree, REPO_ROOT), strict=True):
-                child = subprocess.run(
-                    [sys.executable, str(Path(__file__).resolve()), *options],
-                    cwd=root,
-                    env={**os.environ, "PYTHONPATH": str(root)},
-                    check=True,
-                    capture_output=True,
-                    text=True,
-                )
-                variant.per_frame_us.append(float(child.stdout.split()[-1]))
+                output = run_child(Path(__file__), root, options)
+                variant.per_frame_us.append(float(output.split()[-1]))
     report(variants)
+
+
+def archived(rev: str, folder: Path) -> Path:
+    """The tree of commit ``rev`` (``git archive``), extracted into ``folder``."""
+    archive = subprocess.run(
+        ["git", "archive", rev], cwd=REPO_ROOT, check=True, capture_output=True
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(folder, filter="data")
+    return folder
+
+
+def run_child(script: Path, root: Path, options: list[str]) -> str:
+    """``script`` (of this checkout) run on the code of the tree ``root``; its output."""
+    return subprocess.run(
+        [sys.executable, str(script.resolve()), *options],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
 
 
 def calls(args: argparse.Namespace) -> str:

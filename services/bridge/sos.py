@@ -20,14 +20,15 @@ plays (between ``replay_start`` and ``replay_end``, or whenever ``game.isReplay`
 
 from __future__ import annotations
 
-import json
 import math
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from shared.events import LiveBall, LiveFrame, LivePlayer
+from pydantic_core import from_json
+
+from shared.events import LiveFrame
 
 URU_TO_RADIANS = math.pi / 32768.0  # Unreal rotator units -> radians
 KMH_TO_UU_PER_S = 1 / 0.036  # 1 Unreal unit = 1 cm
@@ -114,18 +115,21 @@ class SosSession:
             return Skipped("match_ended")
         assert self.match_id is not None
         blue, orange = _team_scores(game.get("teams"))
-        frame = LiveFrame(
-            match_id=self.match_id,
-            source="sos",
-            seq=self._next_seq(),
-            received_at=received_at,
-            game_time=_num(game.get("elapsed")),
-            seconds_remaining=_num(game.get("time_seconds", game.get("time"))),
-            overtime=_bool(game.get("isOT")),
-            blue_goals=blue,
-            orange_goals=orange,
-            ball=_ball(game.get("ball")),
-            players=_players(data.get("players")),
+        # validated as a whole (one call, not one per player): the same checks
+        frame = LiveFrame.model_validate(
+            {
+                "match_id": self.match_id,
+                "source": "sos",
+                "seq": self._next_seq(),
+                "received_at": received_at,
+                "game_time": _num(game.get("elapsed")),
+                "seconds_remaining": _num(game.get("time_seconds", game.get("time"))),
+                "overtime": _bool(game.get("isOT")),
+                "blue_goals": blue,
+                "orange_goals": orange,
+                "ball": _ball(game.get("ball")),
+                "players": _players(data.get("players")),
+            }
         )
         self.last_state = frame
         return frame
@@ -137,8 +141,8 @@ class SosSession:
 
 def parse_message(raw: str | bytes) -> tuple[str, Any]:
     try:
-        message = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        message = from_json(raw)  # the values json.loads gives, in half its time
+    except ValueError as error:
         raise SosMessageError(f"not JSON: {error}") from error
     if not isinstance(message, dict) or not isinstance(message.get("event"), str):
         raise SosMessageError('not an SOS message: expected {"event": "...", "data": ...}')
@@ -200,20 +204,22 @@ def _speed(value: Any) -> float | None:
     return abs(kmh) * KMH_TO_UU_PER_S if kmh is not None else None
 
 
-def _ball(ball: Any) -> LiveBall | None:
+def _ball(ball: Any) -> dict[str, Any] | None:
+    """A :class:`LiveBall`'s fields."""
     if not isinstance(ball, dict) or (xyz := _xyz(ball.get("location"))) is None:
         return None
-    return LiveBall(x=xyz[0], y=xyz[1], z=xyz[2], speed=_speed(ball.get("speed")))
+    return {"x": xyz[0], "y": xyz[1], "z": xyz[2], "speed": _speed(ball.get("speed"))}
 
 
-def _players(players: Any) -> list[LivePlayer]:
+def _players(players: Any) -> list[dict[str, Any]]:
     if not isinstance(players, dict):
         return []
     result = [_player(key, value) for key, value in players.items()]
     return [p for p in result if p is not None]
 
 
-def _player(key: str, player: Any) -> LivePlayer | None:
+def _player(key: str, player: Any) -> dict[str, Any] | None:
+    """A :class:`LivePlayer`'s fields."""
     if not isinstance(player, dict):
         return None
     team = _num(player.get("team"))
@@ -221,32 +227,31 @@ def _player(key: str, player: Any) -> LivePlayer | None:
         return None
     location: Any = player.get("location")  # a dict whenever xyz is not None
     xyz = _xyz(location)
-    rotation = {
-        axis: (
-            value * URU_TO_RADIANS
-            if xyz is not None and (value := _num(location.get(axis))) is not None
-            else None
-        )
-        for axis in ("roll", "pitch", "yaw")
-    }
     on_ground, on_wall = player.get("onGround"), player.get("onWall")
     airborne = on_ground is not None and not _bool(on_ground) and not _bool(on_wall)
     boost = _num(player.get("boost"))
-    return LivePlayer(
-        id=str(player.get("id") or key)[:256] or "?",
-        name=str(player.get("name") or "")[:256],
-        team=int(team),
-        x=xyz[0] if xyz else None,
-        y=xyz[1] if xyz else None,
-        z=xyz[2] if xyz else None,
-        **rotation,
-        speed=_speed(player.get("speed")),
-        boost=min(max((boost or 0.0) / 100.0, 0.0), 1.0),
-        jumping=airborne,
-        demolished=_bool(player.get("isDead")) or player.get("hasCar") is False,
-        goals=_int(player.get("goals")),
-        shots=_int(player.get("shots")),
-        saves=_int(player.get("saves")),
-        assists=_int(player.get("assists")),
-        touches=_int(player.get("touches")),
-    )
+    return {
+        "id": str(player.get("id") or key)[:256] or "?",
+        "name": str(player.get("name") or "")[:256],
+        "team": int(team),
+        "x": xyz[0] if xyz else None,
+        "y": xyz[1] if xyz else None,
+        "z": xyz[2] if xyz else None,
+        "roll": _rotation(location, "roll") if xyz else None,
+        "pitch": _rotation(location, "pitch") if xyz else None,
+        "yaw": _rotation(location, "yaw") if xyz else None,
+        "speed": _speed(player.get("speed")),
+        "boost": min(max((boost or 0.0) / 100.0, 0.0), 1.0),
+        "jumping": airborne,
+        "demolished": _bool(player.get("isDead")) or player.get("hasCar") is False,
+        "goals": _int(player.get("goals")),
+        "shots": _int(player.get("shots")),
+        "saves": _int(player.get("saves")),
+        "assists": _int(player.get("assists")),
+        "touches": _int(player.get("touches")),
+    }
+
+
+def _rotation(location: dict[str, Any], axis: str) -> float | None:
+    value = _num(location.get(axis))
+    return value * URU_TO_RADIANS if value is not None else None

@@ -99,6 +99,7 @@ class LiveLoop:
 
     async def handle(self, records: list[ConsumerRecord]) -> None:
         records = [r for r in records if r.partition in self.state.owned]  # not revoked since
+        metrics.EVENTS_IN.labels(NAME, LIVE_FRAMES.name).inc(len(records))
         decoded = [(record, await self._decode(record)) for record in records]
         for record in records:
             self.state.read(record.partition, record.offset)
@@ -142,7 +143,6 @@ class LiveLoop:
                 latency.observe((sent - received_at).total_seconds())
 
     async def _decode(self, record: ConsumerRecord) -> LiveFrame | None:
-        metrics.EVENTS_IN.labels(NAME, record.topic).inc()
         try:
             return decode(LiveFrame, record.value)
         except EventDecodeError as error:

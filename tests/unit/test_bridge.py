@@ -212,6 +212,25 @@ def test_backoff_doubles_up_to_the_ceiling():
     assert backoff.next_delay() <= 0.5
 
 
+def test_a_replay_played_as_several_matches_is_scripted_once(parsed):
+    options = PlaybackOptions(max_seconds=5.0)
+    matches = build_matches([parsed], 3, options, loop=True)
+    script = matches[0].script
+    assert script is not None and all(m.script is script for m in matches)
+    alone = build_matches([parsed, parsed], 2, options, loop=True)
+    assert [m.script for m in alone] == [None, None], "a replay one match plays is not kept"
+    expected = [
+        (at, json.dumps(message, separators=(",", ":")), message["event"] == "game:update_state")
+        for at, message in sos_messages(parsed, "sim-0123456789abcdef", options)
+    ]
+    for guid in ("sim-0123456789abcdef", "sim-0123456789abcdef"):  # made, then kept
+        assert list(script.texts(guid)) == expected
+    other = list(script.texts("sim-fedcba9876543210"))
+    assert [json.loads(text).get("data", {}).get("match_guid") for _, text, _ in other] == [
+        "sim-fedcba9876543210"
+    ] * len(expected)
+
+
 async def test_simulator_serves_sos_over_websocket(parsed):
     options = PlaybackOptions(speed=20.0, max_seconds=3.0)
     simulator = SosSimulator(build_matches([parsed], 2, options, loop=False))
