@@ -19,7 +19,7 @@ from shared.backoff import sleep_unless_stopped
 from shared.db import ModelRecord
 from shared.model import DEFAULT_MODEL_FILE, ImpactModel
 from shared.registry import MODEL_LOAD_ERRORS, LoadedModel, ModelFollower
-from shared.retry import is_transient
+from shared.retry import OutageLog, RetryPolicy, is_transient
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -78,11 +78,14 @@ class LiveModel:
         log.info("live scoring with model %s (%s)", loaded.version, source)
 
     async def follow(self, stop: asyncio.Event) -> None:
-        """Re-read the registry every ``model_poll_seconds`` until ``stop``."""
+        """Re-read the registry every ``model_poll_seconds`` until ``stop``; an outage is
+        logged once, then every 30 s, and when it is over."""
+        outage = OutageLog(log, "model registry unreachable", RetryPolicy().log_every_seconds)
         while not stop.is_set():
             try:
                 await self.refresh()
+                outage.recovered()
             except (OSError, asyncpg.PostgresError) as error:
                 metrics.ERRORS.labels(self.service, "model_registry").inc()
-                log.warning("model registry unreachable: %s", error)
+                outage.failed(error)
             await sleep_unless_stopped(stop, self.settings.model_poll_seconds)
