@@ -22,10 +22,12 @@ from typing import TYPE_CHECKING, TypeVar
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
 
 from services.parser.parse import parse_replay_file
-from shared.events import Event, Topic, decode
+from shared.events import Event, EventDecodeError, Topic, decode
 from shared.frames import ParsedReplay
+from shared.kafka.dead_letters import where
 from shared.settings import REPO_ROOT, SERVICE_NAMES, Settings
 from tests.support.prometheus import PrometheusAPI, one_instance_each, write_scrape_targets
 
@@ -171,8 +173,19 @@ async def events_on(stack: Stack, topic: Topic, event_type: type[E]) -> AsyncIte
     events: list[E] = []
 
     async def collect() -> None:
-        async for record in consumer:
-            events.append(decode(event_type, record.value))
+        # A record that does not decode, or a fetch that fails, is said and passed over: a
+        # collector that died silently would leave the list still, and a test waiting on it
+        # would time out with no clue.
+        while True:
+            try:
+                async for record in consumer:
+                    try:
+                        events.append(decode(event_type, record.value))
+                    except EventDecodeError as error:
+                        print(f"events_on({topic.name}): skipped {where(record)}: {error}")
+            except KafkaError as error:
+                print(f"events_on({topic.name}): {error!r}; reading on")
+                await asyncio.sleep(0.5)
 
     task = asyncio.create_task(collect())
     try:
