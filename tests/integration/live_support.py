@@ -10,6 +10,7 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -28,6 +29,9 @@ from shared.kafka import ensure_topics
 from shared.settings import REPO_ROOT
 from tests.integration.conftest import Stack, events_on, wait_for
 from tests.support.prometheus import matching, scrape
+
+# a match's first frame, received at most this long before new_match looks for it
+MATCH_START_MARGIN = timedelta(seconds=1)
 
 FPS = 30
 MATCH_TIMEOUT = 240.0
@@ -111,8 +115,17 @@ def simulator(stack: Stack, replay: Path, *options: str) -> Iterator[subprocess.
 
 
 async def new_match(live: LiveTopics, before: set[str], source: str = "sos") -> str:
+    """The match that starts on live.frames now: not in ``before``, and received from now on
+    (``before`` alone is not enough: the lists fill from the start of the topics, and while
+    they still catch up with earlier tests' matches, one of those would pass for new)."""
+    since = datetime.now(UTC) - MATCH_START_MARGIN
+
     async def appeared() -> str | None:
-        new = [f.match_id for f in live.frames if f.source == source and f.match_id not in before]
+        first: dict[str, datetime] = {}
+        for f in live.frames:
+            if f.source == source and f.match_id not in before:
+                first.setdefault(f.match_id, f.received_at)
+        new = [match_id for match_id, at in first.items() if at >= since]
         return new[0] if new else None
 
     return await wait_for(appeared, 90, f"a new match on live.frames from {source}")
