@@ -49,7 +49,8 @@ class ProducerReplaced(ConnectionError):
 
 class EventProducer:
     """Sends events; a send that fails because Kafka is down is retried until it succeeds (or
-    the service stops), never turned into a lost or dead-lettered message."""
+    the service stops), never turned into a lost or dead-lettered message; a producer out of
+    step with the broker is replaced by ``new_producer``'s."""
 
     def __init__(
         self,
@@ -57,7 +58,8 @@ class EventProducer:
         service: str,
         policy: RetryPolicy | None = None,
         stop: asyncio.Event | None = None,
-        new_producer: Callable[[], Awaitable[AIOKafkaProducer]] | None = None,
+        *,
+        new_producer: Callable[[], Awaitable[AIOKafkaProducer]],
     ) -> None:
         self._producer = producer
         self._service = service
@@ -82,14 +84,12 @@ class EventProducer:
         try:
             await producer.send_and_wait(topic, value, key=key)
         except PRODUCER_OUT_OF_STEP as error:
-            if self._new_producer is None:
-                raise
             await self._replace(producer, error)
             raise ProducerReplaced(f"a new Kafka producer after {error!r}") from error
 
     async def _replace(self, broken: AIOKafkaProducer, error: Exception) -> None:
         async with self._replacing:
-            if self._producer is not broken or self._new_producer is None:
+            if self._producer is not broken:
                 return  # a concurrent send replaced it already
             log.warning("%s: Kafka producer out of step (%r): a new one", self._service, error)
             with contextlib.suppress(Exception):
@@ -165,7 +165,7 @@ async def event_producer(
     async def new_producer() -> AIOKafkaProducer:
         return await started(AIOKafkaProducer, settings, what, policy, stop, **options)
 
-    producer = EventProducer(await new_producer(), service, policy, stop, new_producer)
+    producer = EventProducer(await new_producer(), service, policy, stop, new_producer=new_producer)
     try:
         yield producer
     finally:

@@ -163,10 +163,13 @@ class Ownership(ConsumerRebalanceListener):
     def fetch_again(consumer: AIOKafkaConsumer, records: list[ConsumerRecord]) -> None:
         """Seek back to the batch's records on partitions still assigned here; the others are
         their new owner's."""
+        first: dict[TopicPartition, int] = {}
+        for record in records:  # in offset order within each partition
+            first.setdefault(TopicPartition(record.topic, record.partition), record.offset)
         assigned = consumer.assignment()
-        for tp, offset in sorted(next_offsets(records, first=True).items()):
+        for tp, offset in first.items():
             if tp in assigned:
-                consumer.seek(tp, offset.offset)
+                consumer.seek(tp, offset)
         log.info("partitions moving: a batch of %d left to be read again", len(records))
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
@@ -246,18 +249,12 @@ class _Transactions:
             self.producer = None
 
 
-def next_offsets(
-    records: list[ConsumerRecord], first: bool = False
-) -> dict[TopicPartition, OffsetAndMetadata]:
-    """The offsets to commit once ``records`` are done: per partition, the one after the last
-    (``first``: the first record's, where to read them again)."""
+def next_offsets(records: list[ConsumerRecord]) -> dict[TopicPartition, OffsetAndMetadata]:
+    """The offsets to commit once ``records`` are done: per partition, the one after the last."""
     offsets: dict[TopicPartition, int] = {}
     for record in records:
         tp = TopicPartition(record.topic, record.partition)
-        if first:
-            offsets[tp] = min(offsets.get(tp, record.offset), record.offset)
-        else:
-            offsets[tp] = max(offsets.get(tp, 0), record.offset + 1)
+        offsets[tp] = max(offsets.get(tp, 0), record.offset + 1)
     return {tp: OffsetAndMetadata(offset, "") for tp, offset in offsets.items()}
 
 
