@@ -3,13 +3,14 @@ live service -> scores.live, for each N in one run.
 
     .venv/bin/python bench/live.py [--matches 1 10 50] [--seconds 20] [--warmup 5]
                                    [--stack-warmup 60] [--stack-warmup-matches 10]
-                                   [--load-niceness 10]
+                                   [--load-niceness 10] [--live-instances 1]
 
 Starts its own Kafka and Postgres (``deploy/stack.sh``, ports from
 ``RLIMPACT_BENCH_PORT_OFFSET``, default 800, data in ``.rlimpact/bench-live``) and the live
-service, and warms them with ``--stack-warmup`` seconds of unmeasured load (a freshly started
-broker spends its first minute compiling its hot paths: without it the first round measures
-the JVM's warm-up, not the live path); then for each N, ``rlimpact simulate --matches N
+service (``--live-instances`` of it, sharing live.frames' partitions), and warms them with
+``--stack-warmup`` seconds of unmeasured load (a freshly started broker spends its first
+minute compiling its hot paths: without it the first round measures the JVM's warm-up, not
+the live path); then for each N, ``rlimpact simulate --matches N
 --loop`` (real time, matches spread over one frame interval) and a bridge following the N
 feeds. The simulator stands in for the game, which runs on the players' machines: it runs at
 ``--load-niceness`` so that the load generator yields the CPU to the path it measures.
@@ -114,9 +115,9 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.kill()
 
 
-def samples(settings: Settings, service: str) -> list[Sample]:
-    """The service's Prometheus samples (none while it does not answer)."""
-    url = f"http://127.0.0.1:{settings.metrics_port(service)}/metrics"
+def samples(settings: Settings, service: str, instance: int = 0) -> list[Sample]:
+    """An instance's Prometheus samples (none while it does not answer)."""
+    url = f"http://127.0.0.1:{settings.metrics_port(service, instance)}/metrics"
     try:
         body = urllib.request.urlopen(url, timeout=2).read().decode()
     except OSError:
@@ -124,11 +125,13 @@ def samples(settings: Settings, service: str) -> list[Sample]:
     return [sample for family in text_string_to_metric_families(body) for sample in family.samples]
 
 
-def live_ready(settings: Settings) -> bool:
-    """The live service has all partitions of live.frames (it starts at their end)."""
+def live_ready(settings: Settings, instances: int) -> bool:
+    """The live instances have all partitions of live.frames between them (each starts at
+    their end)."""
     partitions = {
         sample.labels["partition"]
-        for sample in samples(settings, "live")
+        for instance in range(instances)
+        for sample in samples(settings, "live", instance)
         if sample.name == "rlimpact_consumer_lag" and sample.labels["topic"] == LIVE_FRAMES.name
     }
     return len(partitions) == settings.partitions(LIVE_FRAMES)
@@ -210,8 +213,8 @@ async def measure(
                 for record in records:
                     score = decode(LiveScore, record.value)
                     frames += len(score.frames_received_at)
-                    for received in score.frames_received_at:
-                        emit.append((score.emitted_at - received).total_seconds() * 1e3)
+                    for received_at in score.frames_received_at:
+                        emit.append((score.emitted_at - received_at).total_seconds() * 1e3)
     finally:
         stop(bridge)
         stop(simulator)
@@ -257,14 +260,15 @@ def fresh_stack(name: str, default_offset: int) -> tuple[dict[str, str], Setting
 
 async def run(args) -> list[Round]:
     env, settings, logs = fresh_stack("bench-live", 800)
-    live = start("services.live", env, logs / "live.log")
+    lives = [start_live(env, settings, logs, k) for k in range(args.live_instances)]
     try:
         deadline = time.monotonic() + 120
-        while not live_ready(settings):
-            if time.monotonic() > deadline or live.poll() is not None:
-                raise SystemExit(f"bench: the live service did not start: see {logs}/live.log")
+        while not live_ready(settings, len(lives)):
+            if time.monotonic() > deadline or any(live.poll() is not None for live in lives):
+                raise SystemExit(f"bench: the live service did not start: see {logs}/live*.log")
             await asyncio.sleep(0.5)
-        resident = {"live service": live.pid, "broker": broker_pid(settings.data_dir)}
+        resident = {f"live service {k}": live.pid for k, live in enumerate(lives)}
+        resident["broker"] = broker_pid(settings.data_dir)
         game = (settings, env, logs, args.replay)
         if args.stack_warmup > 0:
             n = args.stack_warmup_matches
@@ -277,8 +281,19 @@ async def run(args) -> list[Round]:
             print_round(rounds[-1])
         return rounds
     finally:
-        stop(live)
+        for live in lives:
+            stop(live)
         subprocess.run([*STACK, "stop"], env=env, check=False, stdout=subprocess.DEVNULL)
+
+
+def start_live(
+    env: dict[str, str], settings: Settings, logs: Path, instance: int
+) -> subprocess.Popen[bytes]:
+    """Instance ``instance`` of the live service, with its own metrics and HTTP ports."""
+    own = {"RLIMPACT_INSTANCE": str(instance)}
+    own["RLIMPACT_LIVE_HTTP_PORT"] = str(settings.live_http_port + instance)
+    name = "live" if instance == 0 else f"live-{instance}"
+    return start("services.live", {**env, **own}, logs / f"{name}.log")
 
 
 def broker_pid(data_dir: Path) -> int:
@@ -322,6 +337,12 @@ def main() -> None:
         help="the simulator's niceness: it stands in for the game, which runs on the players' "
         "machines, not on the scoring host (0: compete for the CPU as an equal)",
     )
+    parser.add_argument(
+        "--live-instances",
+        type=int,
+        default=1,
+        help="live service instances sharing live.frames' partitions (a consumer group)",
+    )
     parser.add_argument("--replay", type=Path, default=default_replay)
     args = parser.parse_args()
     if not args.replay.exists():
@@ -331,6 +352,7 @@ def main() -> None:
         n = args.stack_warmup_matches
         print(f"first {args.stack_warmup:g} s of {n} matches to warm the stack, not measured")
     print(f"the simulator (the game) runs at niceness {args.load_niceness}")
+    print(f"{args.live_instances} live service instance(s)")
     print("                                             latency (ms)")
     print("matches  offered/s  received/s  sustained/s      p50      p99   frames")
     asyncio.run(run(args))
