@@ -50,6 +50,7 @@ from aiokafka import AIOKafkaConsumer
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from services.cli.instances import Instance, instance_environment
 from shared.events import LIVE_FRAMES, SCORES_LIVE, LiveScore, decode
 from shared.settings import REPO_ROOT, Settings
 
@@ -289,9 +290,9 @@ async def run(args) -> list[Round]:
 def start_live(
     env: dict[str, str], settings: Settings, logs: Path, instance: int
 ) -> subprocess.Popen[bytes]:
-    """Instance ``instance`` of the live service, with its own metrics and HTTP ports."""
-    own = {"RLIMPACT_INSTANCE": str(instance)}
-    own["RLIMPACT_LIVE_HTTP_PORT"] = str(settings.live_http_port + instance)
+    """Instance ``instance`` of the live service, with its own ports, as the supervisor
+    gives them."""
+    own = instance_environment(settings, Instance("live", instance))
     name = "live" if instance == 0 else f"live-{instance}"
     return start("services.live", {**env, **own}, logs / f"{name}.log")
 

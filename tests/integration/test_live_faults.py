@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
+from services.cli.instances import Instance, instance_environment
 from services.live.model import LiveModel
 from services.live.scorer import LiveScorer
 from services.live.state import ScoringModel
@@ -44,8 +45,7 @@ def _live_env(stack: Stack, instance: int) -> dict[str, str]:
     supervisor gives them (``RLIMPACT_INSTANCE``)."""
     if instance == 0:
         return stack.env
-    http = stack.settings.live_http_port + instance
-    return {**stack.env, "RLIMPACT_INSTANCE": str(instance), "RLIMPACT_LIVE_HTTP_PORT": str(http)}
+    return {**stack.env, **instance_environment(stack.settings, Instance("live", instance))}
 
 
 def _start_live(stack: Stack, instance: int) -> subprocess.Popen[bytes]:
