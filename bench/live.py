@@ -25,7 +25,9 @@ After ``--warmup`` seconds it reads ``scores.live`` for ``--seconds`` and prints
   ``emitted_at``), so this script reads ``scores.live`` in batches (every 100 ms), adding
   little load of its own to the machine it measures;
 - the CPU time each process used in the window, in % of one core (live service, broker,
-  bridge, simulator, this script).
+  bridge, simulator, this script), and the time its threads spent runnable but waiting for
+  a CPU (the kernel's schedstat run-queue delay, summed over threads, in % of the window):
+  how much of the latency is the machine's cores being taken, not the work itself.
 
 Target (the issue): p99 <= 20 ms at N = 10. Every process runs on this machine, the load
 generator included.
@@ -66,6 +68,7 @@ class Round:
     emit_ms: tuple[float, float]
     n_latencies: int
     cpu: dict[str, float]  # % of one core over the measured window, per process
+    waited: dict[str, float]  # % of the window its threads waited, runnable, for a CPU
 
 
 def bench_env(offset: int, data_dir: Path) -> dict[str, str]:
@@ -200,10 +203,12 @@ async def measure(
             if window_start is None and elapsed >= warmup and frames_seen(batches):
                 window_start = arrived
                 cpu_start = {name: cpu_seconds(pid) for name, pid in pids.items()}
+                wait_start = {name: run_queue_seconds(pid) for name, pid in pids.items()}
                 received_start = bridge_received(settings)
             if window_start is not None and elapsed >= warmup + seconds:
                 window_end = arrived
                 cpu_end = {name: cpu_seconds(pid) for name, pid in pids.items()}
+                wait_end = {name: run_queue_seconds(pid) for name, pid in pids.items()}
                 received = bridge_received(settings) - received_start
                 break
             if elapsed > warmup + seconds + 120:
@@ -229,6 +234,7 @@ async def measure(
         emit_ms=(float(np.percentile(emit, 50)), float(np.percentile(emit, 99))),
         n_latencies=len(emit),
         cpu={name: 100 * (cpu_end[name] - cpu_start[name]) / seconds for name in pids},
+        waited={name: 100 * (wait_end[name] - wait_start[name]) / seconds for name in pids},
     )
 
 
@@ -236,6 +242,19 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (Linux ``/proc/PID/stat``)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_queue_seconds(pid: int) -> float:
+    """Time the threads of a process have spent runnable but waiting for a CPU, summed
+    (``/proc/PID/task/*/schedstat``, second field, ns; 0 where the kernel keeps no
+    schedstats). A thread that ended before the reading is not counted."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1e9
 
 
 def frames_seen(batches) -> bool:
@@ -304,10 +323,12 @@ def broker_pid(data_dir: Path) -> int:
 
 def print_round(r: Round) -> None:
     cpu = ", ".join(f"{name} {share:.0f}" for name, share in r.cpu.items())
+    waited = ", ".join(f"{name} {share:.0f}" for name, share in r.waited.items())
     print(
         f"{r.matches:>7}  {r.offered:>9.0f}  {r.received:>10.0f}  {r.sustained:>11.0f}  "
         f"{r.emit_ms[0]:>7.1f}  {r.emit_ms[1]:>7.1f}  {r.n_latencies:>7}\n"
-        f"         CPU, % of one core: {cpu}",
+        f"         CPU, % of one core: {cpu}\n"
+        f"         waiting for a CPU, % of the window: {waited}",
         flush=True,
     )
 

@@ -170,9 +170,10 @@ class ScoreEmitted(Event):
     team: Literal[0, 1]
     model_id: int = Field(description="the impact model (registry id) that scored this")
     model_version: str
-    impact: float = Field(description="offence + defence")
+    impact: float = Field(description="offence + defence + pace")
     offence: float | None = Field(None, description="None only on rows scored before 004")
     defence: float | None = None
+    pace: float | None = Field(None, description="None only on rows scored before 008")
     impact_per_minute: float | None = Field(None, description="None only on rows before 005")
     touches: int | None = Field(None, description="ball touches the impact was credited over")
     n_frames: int
@@ -274,9 +275,10 @@ class LivePlayerScore(BaseModel):
     id: str
     name: str
     team: Literal[0, 1]
-    impact: float = Field(description="offence + defence, running over the match so far")
+    impact: float = Field(description="offence + defence + pace, running over the match so far")
     offence: float
     defence: float
+    pace: float = Field(0.0, description="the part from outpacing the cars on the pitch")
     p_score: float = Field(description="P(own team scores within the horizon), latest frame")
     p_concede: float = Field(description="P(own team concedes within the horizon), latest frame")
     n_frames: int

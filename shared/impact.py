@@ -25,10 +25,12 @@ the sum over the player's touches, x100 (100 points = one goal of forecast goal 
 ``impact_per_minute`` divides it by the live minutes of the replay (``rlimpact validate``
 measures how far it can be trusted: README, *How far impact can be trusted*).
 
-Off-ball play is credited through the threat and held value only: what the team holds between
-a touch and the next one goes to the player who made the first touch, so positioning (a
-teammate's run, a defender's shadowing) counts through the touches it leads to or prevents and
-the threat the team keeps meanwhile.
+Off-ball play is credited through the threat and held value, and through *pace*: what the
+team holds between a touch and the next one goes to the player who made the first touch, so
+positioning (a teammate's run, a defender's shadowing) counts through the touches it leads to
+or prevents and the threat the team keeps meanwhile; and every player, frame by frame, is
+credited for its speed above the mean of the cars on the pitch (:func:`pace_per_frame`,
+weighed by :mod:`shared.rating`). A player's impact is offence + defence + pace.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from shared.rating import SHIPPED_WEIGHTS, RatingWeights, TouchParts, offence_de
 IMPACT_SCALE = 100.0
 SECONDS_PER_MINUTE = 60.0
 DEMOLISHED = FEATURE_NAMES.index("demolished")
+SPEED = FEATURE_NAMES.index("speed")  # the car's speed / its top speed
 # The forecast's horizon (the shipped model's P(score within 10 s)): P / horizon is a goal rate
 FORECAST_HORIZON_SECONDS = 10.0
 
@@ -54,12 +57,13 @@ class PlayerScore:
     player_index: int
     name: str
     team: int
-    impact: float  # offence + defence, summed over the replay (100 = one goal)
+    impact: float  # offence + defence + pace, summed over the replay (100 = one goal)
     offence: float  # the part from raising the team's P(score)
     defence: float  # the part from lowering its P(concede) (positive = good defending)
     n_frames: int
     impact_per_minute: float = 0.0  # impact / live minutes of the replay
     touches: int = 0
+    pace: float = 0.0  # the part from outpacing the cars on the pitch
 
 
 @dataclass(frozen=True)
@@ -200,10 +204,41 @@ def live_minutes(table: FeatureTable) -> float:
     return float(table.live.sum()) * frame_step(table) / SECONDS_PER_MINUTE
 
 
-def score_credits(table: FeatureTable, credits: list[TouchCredit]) -> list[PlayerScore]:
-    """Sum touch credits per player."""
+def pace_per_frame(
+    speed: np.ndarray,
+    on_pitch: np.ndarray,
+    live: np.ndarray,
+    step: float,
+    horizon: float = FORECAST_HORIZON_SECONDS,
+) -> np.ndarray:
+    """[T, P] each player's pace in each frame (:mod:`shared.rating`): ``speed`` [T, P] (the
+    car's speed / its top speed) above the mean of the cars on the pitch (``on_pitch`` [T,
+    P]), x ``step`` / ``horizon``; 0 in frames not ``live`` [T] and for a car off the pitch."""
+    speed = speed.astype(np.float64)
+    cars = np.maximum(on_pitch.sum(axis=1, keepdims=True), 1)
+    mean = np.where(on_pitch, speed, 0.0).sum(axis=1, keepdims=True) / cars
+    counted = on_pitch & live[:, None]
+    return np.where(counted, speed - mean, 0.0) * (step / horizon)
+
+
+def table_pace(table: FeatureTable) -> np.ndarray:
+    """[T, P] :func:`pace_per_frame` of a feature table's frames."""
+    on_pitch = table.features[:, :, DEMOLISHED] < 0.5
+    return pace_per_frame(table.features[:, :, SPEED], on_pitch, table.live, frame_step(table))
+
+
+def pace_credit(pace: np.ndarray | float, weights: RatingWeights = SHIPPED_WEIGHTS) -> np.ndarray:
+    """Pace (summed over frames) as impact points."""
+    return IMPACT_SCALE * weights.scale * weights.pace * np.asarray(pace, dtype=np.float64)
+
+
+def score_credits(
+    table: FeatureTable, credits: list[TouchCredit], weights: RatingWeights = SHIPPED_WEIGHTS
+) -> list[PlayerScore]:
+    """Sum touch credits per player, with each player's pace credit."""
     n_players = len(table.players)
     offence, defence = np.zeros(n_players), np.zeros(n_players)
+    pace = pace_credit(table_pace(table).sum(axis=0), weights)
     touches = np.zeros(n_players, dtype=np.int64)
     for credit in credits:
         offence[credit.player_index] += IMPACT_SCALE * credit.offence
@@ -212,7 +247,7 @@ def score_credits(table: FeatureTable, credits: list[TouchCredit]) -> list[Playe
     minutes = live_minutes(table)
     scores = []
     for player in table.players:
-        impact = float(offence[player.index] + defence[player.index])
+        impact = float(offence[player.index] + defence[player.index] + pace[player.index])
         scores.append(
             PlayerScore(
                 player_index=player.index,
@@ -224,9 +259,19 @@ def score_credits(table: FeatureTable, credits: list[TouchCredit]) -> list[Playe
                 n_frames=int(table.time.shape[0]),
                 impact_per_minute=impact / minutes if minutes > 0 else 0.0,
                 touches=int(touches[player.index]),
+                pace=float(pace[player.index]),
             )
         )
     return scores
+
+
+def impact_so_far(table: FeatureTable, credits: list[TouchCredit]) -> np.ndarray:
+    """[T, P] each player's impact up to and including each frame: its touches' credits at
+    their frames and its pace frame by frame (the last row is the replay's impact)."""
+    per_frame = pace_credit(table_pace(table))
+    for credit in credits:
+        per_frame[credit.frame, credit.player_index] += IMPACT_SCALE * credit.value
+    return np.cumsum(per_frame, axis=0)
 
 
 @dataclass(frozen=True)

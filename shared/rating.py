@@ -13,7 +13,15 @@ the other's), over the frames from the touch to the next touch or the end of pla
 - *held*: the expected goals for meanwhile, the sum of P_for x step / horizon;
 - *touch*: a constant per touch (being involved).
 
-A touch's credit is ``scale x (threat + change x Δ + held x xG + touch)``. The weights are
+Besides its touches, a player is credited for *pace*, frame by frame: over the live frames it
+is on the pitch, its speed above the mean speed of the cars on the pitch (in units of the
+car's top speed, the feature's scale) x the frame step / horizon. Pace is what the touches
+miss: how much of the pitch a player covers (rotating, challenging, shadowing, supporting),
+and a team that outpaces the other in one part of a match tends to outscore it in the next
+(README: *How far impact can be trusted*). Over the cars on the pitch in a frame it sums to 0.
+
+A touch's credit is ``scale x (threat + change x Δ + held x xG + touch)``, a player's pace
+``scale x pace x its pace``. The weights are
 fitted (``rlimpact fit-rating``, ``services/trainer/rating_fit.py``) to what a team's edge in
 the credit over one part of a match forecasts, the goal difference of the later part, while
 keeping a player's rating per minute as steady from one half of a match to the other as
@@ -37,11 +45,13 @@ REFERENCE_P_SCORE = 0.066
 
 @dataclass(frozen=True)
 class RatingWeights:
-    """A touch's credit in goals: ``scale x (threat + change x Δ + held x xG + touch)``."""
+    """A touch's credit in goals: ``scale x (threat + change x Δ + held x xG + touch)``; a
+    player's pace credit: ``scale x pace x`` its pace."""
 
     change: float  # per goal of change in P_for - P_against by the next touch
     held: float  # per expected goal for while the possession lasts
     touch: float  # per touch
+    pace: float = 0.0  # per horizon of play at the top speed above the cars' mean
     scale: float = 1.0  # the whole in goals of the later goal difference it forecasts
     reference: float = REFERENCE_P_SCORE
 
@@ -50,7 +60,7 @@ class RatingWeights:
 
 
 # From `rlimpact fit-rating` on corpus + more (158 matches) with the shipped model
-SHIPPED_WEIGHTS = RatingWeights(change=0.4, held=4.0, touch=0.18, scale=0.0632)
+SHIPPED_WEIGHTS = RatingWeights(change=1.7, held=2.0, touch=0.13, pace=4.0, scale=0.0534)
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,12 @@ player's impact accumulated over the match. Pure: a :class:`ScoredReplay` in, a 
 from __future__ import annotations
 
 import html
-import itertools
 from dataclasses import dataclass
 
 import numpy as np
 
 from shared.features.table import FeatureTable
-from shared.impact import IMPACT_SCALE, ScoredReplay
+from shared.impact import IMPACT_SCALE, ScoredReplay, impact_so_far
 from shared.scope import in_scope
 
 OUT_OF_SCOPE_NOTE = (
@@ -146,27 +145,31 @@ def probability_chart(table: FeatureTable, scored: ScoredReplay) -> str:
 
 
 def impact_chart(table: FeatureTable, scored: ScoredReplay) -> str:
-    """Each player's impact summed over the touches so far."""
+    """Each player's impact so far: its touches' credits and its pace."""
     time = table.time - table.time[0]
     end = float(time[-1]) if time.size else 1.0
-    paths: dict[int, list[tuple[float, float]]] = {p.index: [(0.0, 0.0)] for p in table.players}
-    for credit in scored.credits:
-        points = paths[credit.player_index]
-        points.append((float(time[credit.frame]), points[-1][1] + IMPACT_SCALE * credit.value))
-    values = [v for points in paths.values() for _, v in points]
-    low, high = min(values, default=0.0), max(values, default=1.0)
-    axis = _Axis(0.0, end, min(low, 0.0) - 5, max(high, 0.0) + 5, IMPACT_HEIGHT)
+    so_far = impact_so_far(table, scored.credits)  # [T, P]
+    # every touch's frame (a jump) and the frame before it, and a few hundred frames between
+    marks = {c.frame for c in scored.credits} | {max(c.frame - 1, 0) for c in scored.credits}
+    step = max(1, time.shape[0] // 400)
+    frames = sorted(marks | set(range(0, time.shape[0], step)) | {time.shape[0] - 1})
+    frames = [f for f in frames if 0 <= f < time.shape[0]]
+    low = float(min(so_far.min(initial=0.0), 0.0))
+    high = float(max(so_far.max(initial=1.0), 0.0))
+    axis = _Axis(0.0, end, low - 5, high + 5, IMPACT_HEIGHT)
     parts = [_frame(axis, "impact so far per player (100 = one goal)", [0.0])]
     parts.append(_goal_lines(table, axis))
     order = {team: 0 for team in (0, 1)}
     for player in table.players:
         dash = PLAYER_DASHES[order[player.team] % len(PLAYER_DASHES)]
         order[player.team] += 1
-        points = paths[player.index] + [(end, paths[player.index][-1][1])]
-        steps = [pt for a, b in itertools.pairwise(points) for pt in (a, (b[0], a[1]))]
-        steps.append(points[-1])
-        xy = [(axis.x(t), axis.y(v)) for t, v in steps]
-        parts.append(_polyline_titled(xy, TEAM_COLOURS[player.team], dash, player.name))
+        values = so_far[:, player.index] if so_far.size else np.zeros(0)
+        xy = [(axis.x(time[f]), axis.y(values[f])) for f in frames] if values.size else []
+        parts.append(
+            _polyline_titled(
+                [(axis.x(0.0), axis.y(0.0)), *xy], TEAM_COLOURS[player.team], dash, player.name
+            )
+        )
     return _svg("impact", IMPACT_HEIGHT, parts)
 
 
@@ -203,11 +206,22 @@ def player_table(table: FeatureTable, scored: ScoredReplay) -> str:
             f"<td>{html.escape(score.name)}</td>"
             f'<td style="color:{colour}">{TEAM_NAMES[score.team]}</td>'
             f'<td class="impact">{score.impact:.1f}</td><td>{score.offence:.1f}</td>'
-            f"<td>{score.defence:.1f}</td><td>{score.impact_per_minute:.2f}</td><td>{score.touches}</td></tr>"
+            f"<td>{score.defence:.1f}</td><td>{score.pace:.1f}</td>"
+            f"<td>{score.impact_per_minute:.2f}</td><td>{score.touches}</td></tr>"
         )
     head = "".join(
         f"<th>{h}</th>"
-        for h in ("", "player", "team", "impact", "offence", "defence", "per min", "touches")
+        for h in (
+            "",
+            "player",
+            "team",
+            "impact",
+            "offence",
+            "defence",
+            "pace",
+            "per min",
+            "touches",
+        )
     )
     return (
         f'<table id="players"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'

@@ -120,7 +120,8 @@ REPLAY_FIELDS = (
     "in_scope",
 )
 PLAYER_FIELDS = (
-    "player", "team", "platform_id", "impact", "offence", "defence", "impact_per_minute", "touches",
+    "player", "team", "platform_id", "impact", "offence", "defence", "pace", "impact_per_minute",
+    "touches",
 )  # fmt: skip
 CSV_COLUMNS = ("file", "replay_id", "in_scope", *PLAYER_FIELDS)
 
@@ -199,6 +200,7 @@ def replay_json(path: Path, parsed: ParsedReplay, scores: list[PlayerScore]) -> 
                 "impact": round(s.impact, 3),
                 "offence": round(s.offence, 3),
                 "defence": round(s.defence, 3),
+                "pace": round(s.pace, 3),
                 "impact_per_minute": round(s.impact_per_minute, 4),
                 "touches": s.touches,
             }
@@ -218,12 +220,13 @@ def print_score_table(replay: dict) -> None:
         print(f"  {OUT_OF_SCOPE_NOTE}")
     print(
         f"  {'player':<24} {'team':<7} {'impact':>8} {'offence':>8} {'defence':>8} "
-        f"{'per min':>8} {'touches':>8}"
+        f"{'pace':>8} {'per min':>8} {'touches':>8}"
     )
     for p in replay["players"]:
         print(
             f"  {p['player'][:24]:<24} {p['team']:<7} {p['impact']:>8.1f} {p['offence']:>8.1f} "
-            f"{p['defence']:>8.1f} {p['impact_per_minute']:>8.2f} {p['touches']:>8d}"
+            f"{p['defence']:>8.1f} {p['pace']:>8.1f} {p['impact_per_minute']:>8.2f} "
+            f"{p['touches']:>8d}"
         )
 
 

@@ -197,7 +197,7 @@ def cmd_fit_rating(args: argparse.Namespace, settings: Settings) -> int:
     print(f"REFERENCE_P_SCORE = {np.exp(np.log(np.clip(p_score, 1e-6, 1)).mean()):.3f}")
     print(
         f"SHIPPED_WEIGHTS = RatingWeights(change={weights.change:g}, held={weights.held:g}, "
-        f"touch={weights.touch:g}, scale={weights.scale:.4f})"
+        f"touch={weights.touch:g}, pace={weights.pace:g}, scale={weights.scale:.4f})"
     )
     return 0
 
@@ -373,5 +373,8 @@ def format_summary(summary: dict) -> str:
 
 
 def _weights_text(weights: dict[str, float], scale: bool = True) -> str:
-    text = f"change {weights['change']:g}, held {weights['held']:g}, touch {weights['touch']:g}"
+    text = (
+        f"change {weights['change']:g}, held {weights['held']:g}, touch {weights['touch']:g}, "
+        f"pace {weights.get('pace', 0.0):g}"
+    )
     return text + f", scale {weights['scale']:.4f}" if scale else text

@@ -56,7 +56,10 @@ def encode(state: MatchState) -> bytes:
         "closed": False,
         "players": [p.model_dump(mode="json") for p in state.players],
         "credit_from": state.credit_from,
-        "totals": {k: [t.offence, t.defence, t.touches, t.n] for k, t in state.totals.items()},
+        "pace_from": state.pace_from,
+        "totals": {
+            k: [t.offence, t.defence, t.touches, t.n, t.pace_units] for k, t in state.totals.items()
+        },
         "latest": state.latest.model_dump_json() if state.latest is not None else None,
         "score": list(state.score) if state.score is not None else None,
         "touch_counts": state.touch_counts,
@@ -151,6 +154,10 @@ def _stream(header: Any, arrays: dict[str, np.ndarray]) -> StreamFeaturizer | No
     return stream
 
 
+def _unsettled(stream: StreamFeaturizer | None) -> int:
+    return stream.first + stream.settled() if stream is not None else 0
+
+
 def _state(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> MatchState:
     state = MatchState(header["match_id"])
     state.offset = header["offset"]
@@ -159,10 +166,9 @@ def _state(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> MatchState:
     state.p_score = arrays["p_score"]
     state.latest_probabilities = arrays.get("latest_probabilities")
     state.credit_from = header["credit_from"]
-    state.totals = {
-        k: Totals(offence, defence, touches, n)
-        for k, (offence, defence, touches, n) in header["totals"].items()
-    }
+    # snapshots from before pace was credited: its count starts at the first frame not settled
+    state.pace_from = header.get("pace_from", _unsettled(state.stream))
+    state.totals = {k: Totals(*values) for k, values in header["totals"].items()}
     if header["latest"] is not None:
         state.latest = LiveFrame.model_validate_json(header["latest"])
     state.score = tuple(header["score"]) if header["score"] is not None else None

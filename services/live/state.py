@@ -12,9 +12,9 @@ scored with the replays' :class:`ImpactModel`, one ONNX call for the new rows of
 
 Impact is the replay scorer's, with the same functions (``shared/impact.py``): a touch
 is credited once, when the frame before the next touch (or the goal, or the end of play after
-it) is known and settled (a kickoff is recognised a second late), and each player's credits
-add up to a running total. On the same frames it is the replay scorer's impact
-(``tests/unit/test_bridge_live.py``).
+it) is known and settled (a kickoff is recognised a second late), a frame's pace once it
+is settled, and each player's credits add up to a running total. On the same frames it is
+the replay scorer's impact (``tests/unit/test_bridge_live.py``).
 """
 
 from __future__ import annotations
@@ -30,10 +30,20 @@ from shared.events import (
     LivePlayer,
     PlayerInfo,
 )
+from shared.features.context import vector_length
+from shared.features.scales import CAR_SPEED_SCALE
 from shared.features.stream import StreamFeaturizer
 from shared.features.table import FeatureTable
-from shared.frames import BALL_FIELDS, PLAYER_FIELDS
-from shared.impact import DEMOLISHED, IMPACT_SCALE, TouchCredit, credit_touches, team_probability
+from shared.frames import BALL_FIELDS, PLAYER_FIELD, PLAYER_FIELDS
+from shared.impact import (
+    DEMOLISHED,
+    IMPACT_SCALE,
+    TouchCredit,
+    credit_touches,
+    pace_credit,
+    pace_per_frame,
+    team_probability,
+)
 from shared.model import ImpactModel
 
 # the order in which _row and _car write a frame's numbers
@@ -54,6 +64,8 @@ _CAR_ROW = (
 )
 assert _BALL_ROW == BALL_FIELDS and _CAR_ROW == PLAYER_FIELDS, "shared/frames.py layout changed"
 
+PACE_UNIT = 1e-9  # impact points
+_CAR_VEL = slice(PLAYER_FIELD["vx"], PLAYER_FIELD["vz"] + 1)
 MAX_BALL_SPEED = 6000.0  # uu/s
 MAX_CAR_SPEED = 2300.0
 MIN_DT = 1 / 240  # seconds: closer frames give no usable finite difference
@@ -73,6 +85,14 @@ class Totals:
     defence: float = 0.0
     touches: int = 0
     n: int = 0  # frames scored
+    # x100 over the settled frames, in PACE_UNIT steps: an integer sum, so the total does not
+    # depend on how the frames were grouped into polls (a restored state's are not the lost
+    # one's)
+    pace_units: int = 0
+
+    @property
+    def pace(self) -> float:
+        return self.pace_units * PACE_UNIT
 
 
 @dataclass
@@ -94,6 +114,7 @@ class MatchState:
     p_score: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))  # [stream frame, team]
     latest_probabilities: np.ndarray | None = None  # [P, 2] of the newest frame
     credit_from: int = 0  # stream frame of the first touch not credited yet
+    pace_from: int = 0  # stream frame of the first frame whose pace is not counted yet
     totals: dict[str, Totals] = field(default_factory=dict)
     rows: list[Row] = field(default_factory=list)  # new since the last update
     pending: list[LiveFrame] = field(default_factory=list)  # their frames
@@ -135,7 +156,7 @@ class MatchState:
 
     def restart(self, players: list[LivePlayer]) -> None:
         self.players, self.stream, self.rows, self.pending = players, None, [], []
-        self.last_row, self.new_goals, self.credit_from = None, [], 0
+        self.last_row, self.new_goals, self.credit_from, self.pace_from = None, [], 0, 0
 
     def _count_goals(self, frame: LiveFrame, time: float) -> None:
         score = (frame.blue_goals, frame.orange_goals)
@@ -223,6 +244,7 @@ class MatchState:
             self.totals.setdefault(player.id, Totals()).n += new
         self.pending = []
         credits = self._credit(stream)
+        self._count_pace(stream, stream.settled())
         keep_from = max(self.credit_from - stream.first - 1, 0)
         first = stream.first
         stream.drop(keep_from)
@@ -233,7 +255,26 @@ class MatchState:
         """The match ended: credit the touches left, as the replay scorer does at its end."""
         if self.stream is None or self.stream.n_frames == 0 or self.pending:
             return []
+        self._count_pace(self.stream, self.stream.n_frames)
         return self._credit(self.stream, ended=True)
+
+    def _count_pace(self, stream: StreamFeaturizer, settled: int) -> None:
+        """Add the pace of the buffer's frames from ``pace_from`` to ``settled`` (whose live
+        flags are known) to the totals: the replay scorer's :func:`table_pace` of them."""
+        begin = self.pace_from - stream.first
+        if settled <= begin:
+            return
+        assert stream.context is not None
+        cars = stream.cars[begin:settled]
+        speed = vector_length(cars[:, :, _CAR_VEL]) / CAR_SPEED_SCALE  # the speed feature
+        on_pitch = cars[:, :, PLAYER_FIELD["demolished"]] < 0.5
+        live = stream.context.live[begin:settled]
+        step = 1.0 / stream.frames_per_second  # the median step, as frame_step's
+        points = pace_credit(pace_per_frame(speed, on_pitch, live, step))  # [k, P]
+        units = np.rint(points / PACE_UNIT).astype(np.int64).sum(axis=0)
+        for player, added in zip(self.players, units.tolist(), strict=True):
+            self.totals.setdefault(player.id, Totals()).pace_units += added
+        self.pace_from = stream.first + settled
 
     def _credit(self, stream: StreamFeaturizer, ended: bool = False) -> list[TouchCredit]:
         """Credit each touch from ``credit_from`` whose next touch or end of play is settled

@@ -194,6 +194,7 @@ async def stored_scores(
             n_frames=s.n_frames,
             impact_per_minute=s.impact_per_minute,
             touches=s.touches,
+            pace=s.pace,
             skill=ratings.get(s.player_index),
             skill_model_id=skill.record.id if skill else None,
         )
@@ -268,6 +269,7 @@ def score_events(pending: list[StoredScore], scorers: Scorers) -> list[ScoreEmit
             defence=row.defence,
             impact_per_minute=row.impact_per_minute,
             touches=row.touches,
+            pace=row.pace,
             n_frames=row.n_frames,
             skill=row.skill,
             skill_model_id=row.skill_model_id,

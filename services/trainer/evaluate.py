@@ -329,6 +329,9 @@ def impact_plot(
     defence = [s.defence for s in ordered]
     bottom.bar(x, offence, color=[TEAM_COLOURS[s.team] for s in ordered], label="offence")
     bottom.bar(x, defence, bottom=offence, color="lightgrey", edgecolor="grey", label="defence")
+    above = np.add(offence, defence)
+    pace = [s.pace for s in ordered]
+    bottom.bar(x, pace, bottom=above, color="white", edgecolor="black", hatch="//", label="pace")
     bottom.scatter(x, [s.impact for s in ordered], color="black", zorder=3, label="impact")
     bottom.axhline(0, color="black", linewidth=0.6)
     bottom.set_xticks(x, names, rotation=20, ha="right")

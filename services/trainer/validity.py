@@ -39,20 +39,31 @@ from services.trainer.statistics import (
     standardised,
 )
 from shared.features.table import FEATURE_NAMES, FeatureTable
-from shared.impact import DEMOLISHED, IMPACT_SCALE, SECONDS_PER_MINUTE, TouchCredit, frame_step
-from shared.rating import NO_PARTS
+from shared.impact import (
+    DEMOLISHED,
+    IMPACT_SCALE,
+    SECONDS_PER_MINUTE,
+    TouchCredit,
+    frame_step,
+    pace_credit,
+    table_pace,
+)
+from shared.rating import NO_PARTS, SHIPPED_WEIGHTS, RatingWeights
 
 TEAM_SIZE = FEATURE_NAMES.index("team_size")
 TEAM_SIZE_SCALE = 4.0  # features.py stores team_size / 4
 MIN_PRESENCE = 0.5  # a player counts in a part when on the pitch for this share of its frames
 MIN_LIVE_MINUTES = 2.0  # shorter replays (clips, aborted matches) are too short to cut in parts
 IMPACT = "impact"
-PLAYER_METRICS = ("impact", "offence", "defence", "touches")
+PLAYER_METRICS = ("impact", "offence", "defence", "pace", "touches")
 TEAM_METRICS = ("mean P(score)", "goal difference")
 POOLED = "pooled"
-# A touch's parts (shared.rating.TouchParts) summed per player and part, x IMPACT_SCALE: what
-# the rating's weights are fitted on (services/trainer/rating_fit.py)
-PART_TOTALS = ("change_for", "change_against", "threat_for", "threat_against", "held_for")
+# A touch's parts (shared.rating.TouchParts) summed per player and part, and the player's pace
+# (shared.impact.pace_per_frame), x IMPACT_SCALE: what the rating's weights are fitted on
+# (services/trainer/rating_fit.py)
+TOUCH_PARTS = ("change_for", "change_against", "threat_for", "threat_against", "held_for")
+PACE_TOTAL = "pace_total"
+PART_TOTALS = (*TOUCH_PARTS, PACE_TOTAL)
 
 
 @dataclass(frozen=True)
@@ -112,9 +123,11 @@ def match_parts(
     credits: Sequence[TouchCredit],
     n_parts: int = 2,
     whole_match: dict[str, np.ndarray] | None = None,
+    weights: RatingWeights = SHIPPED_WEIGHTS,
 ) -> MatchParts:
     """``table`` cut into ``n_parts`` of equal live time; ``p_score`` [T, 2] and ``credits``
-    as :mod:`shared.impact` makes them (impact in points: x IMPACT_SCALE)."""
+    as :mod:`shared.impact` makes them (impact in points: x IMPACT_SCALE), with ``weights``
+    (those the credits were weighed with) for the players' pace."""
     bounds = part_bounds(table.live, n_parts)
     part_of_frame = np.searchsorted(bounds, np.arange(table.time.shape[0]), side="right") - 1
     n_players = len(table.players)
@@ -125,9 +138,13 @@ def match_parts(
         totals["defence"][part, player] += IMPACT_SCALE * credit.defence
         totals["touches"][part, player] += 1
         parts = credit.parts or NO_PARTS
-        for name in PART_TOTALS:
+        for name in TOUCH_PARTS:
             totals[name][part, player] += IMPACT_SCALE * getattr(parts, name)
-    totals["impact"] = totals["offence"] + totals["defence"]
+    pace = table_pace(table)
+    for k in range(n_parts):
+        totals[PACE_TOTAL][k] = IMPACT_SCALE * pace[bounds[k] : bounds[k + 1]].sum(axis=0)
+    totals["pace"] = pace_credit(totals[PACE_TOTAL] / IMPACT_SCALE, weights)
+    totals["impact"] = totals["offence"] + totals["defence"] + totals["pace"]
     step = frame_step(table)
     on_pitch = (table.features[:, :, DEMOLISHED] < 0.5) & table.live[:, None]
     minutes, present, p_mean = np.zeros(n_parts), np.zeros((n_parts, n_players), bool), []

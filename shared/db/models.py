@@ -122,6 +122,7 @@ class ScoreRow:
     skill_model_id: int | None = None
     impact_per_minute: float | None = None
     touches: int | None = None
+    pace: float | None = None
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,8 @@ async def insert_scores(conn: asyncpg.Connection, rows: Sequence[ScoreRow]) -> s
     written = await conn.fetch(
         f"INSERT INTO scores ({', '.join(columns)})"
         " SELECT * FROM unnest($1::text[], $2::int[], $3::int[], $4::float8[], $5::float8[],"
-        " $6::float8[], $7::int[], $8::float8[], $9::int[], $10::float8[], $11::int[])"
+        " $6::float8[], $7::int[], $8::float8[], $9::int[], $10::float8[], $11::int[],"
+        " $12::float8[])"
         " ON CONFLICT DO NOTHING RETURNING player_index",
         *([getattr(r, name) for r in rows] for name in columns),
     )
@@ -152,7 +154,8 @@ async def unemitted_scores(
 ) -> list[StoredScore]:
     rows = await conn.fetch(
         "SELECT s.replay_id, s.player_index, s.model_id, s.impact, s.offence, s.defence,"
-        " s.n_frames, s.skill, s.skill_model_id, s.impact_per_minute, s.touches, p.name, p.team"
+        " s.n_frames, s.skill, s.skill_model_id, s.impact_per_minute, s.touches, s.pace, p.name,"
+        " p.team"
         " FROM scores s JOIN replay_players p USING (replay_id, player_index)"
         " WHERE s.replay_id = $1 AND s.model_id = $2 AND NOT s.emitted ORDER BY s.player_index",
         replay_id,

@@ -139,11 +139,13 @@ def test_live_impact_is_the_replay_scorers_on_the_same_frames(parsed, model):
     totals = {p.name: scorer.matches["m"].totals[p.id] for p in updates[-1].players}
     assert sum(s.touches for s in expected.values()) > 20, "a real stretch of play"
     assert sum(abs(s.impact) for s in expected.values()) > 1.0
+    assert sum(abs(s.pace) for s in expected.values()) > 1.0
     for name, reference in expected.items():
         assert live[name].n_frames == stop
         assert totals[name].touches == reference.touches, name
         assert live[name].offence == pytest.approx(reference.offence, abs=1e-3), name
         assert live[name].defence == pytest.approx(reference.defence, abs=1e-3), name
+        assert live[name].pace == pytest.approx(reference.pace, abs=1e-3), name
         assert live[name].impact == pytest.approx(reference.impact, abs=1e-3), name
 
 
@@ -347,8 +349,8 @@ def test_a_restored_snapshot_goes_on_exactly_as_the_match_it_was_taken_from(pars
 
     want, got = undisturbed.matches["m"].totals, second.matches["m"].totals
     assert sum(t.touches for t in want.values()) > 20
-    assert {k: (t.offence, t.defence, t.touches, t.n) for k, t in got.items()} == {
-        k: (t.offence, t.defence, t.touches, t.n) for k, t in want.items()
+    assert {k: (t.offence, t.defence, t.touches, t.n, t.pace) for k, t in got.items()} == {
+        k: (t.offence, t.defence, t.touches, t.n, t.pace) for k, t in want.items()
     }
 
 

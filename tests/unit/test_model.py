@@ -25,6 +25,7 @@ from shared.impact import (
     live_minutes,
     score_credits,
     score_table,
+    table_pace,
     team_score_probability,
 )
 from shared.model import ImpactModel, ModelSchemaError, predict_table
@@ -113,7 +114,7 @@ def test_one_score_per_player(exported, tables):
     assert [s.player_index for s in scores] == [p.index for p in table.players]
     assert sum(s.touches for s in scores) == int(table.touched.sum()) > 0
     for s in scores:
-        assert np.isfinite(s.impact) and s.impact == pytest.approx(s.offence + s.defence)
+        assert np.isfinite(s.impact) and s.impact == pytest.approx(s.offence + s.defence + s.pace)
         assert s.impact_per_minute == pytest.approx(s.impact / live_minutes(table))
 
 
@@ -154,7 +155,12 @@ def test_touch_credits_add_up_to_how_each_segment_ended(exported, tables):
     w = SHIPPED_WEIGHTS
     held_for = sum(k * p.held_for for k, p in parts)
     touches = sum(k for k, _ in parts)
+    pace = table_pace(table)  # [T, P]: zero-sum over the cars on the pitch in every frame
+    assert pace.sum(axis=1) == pytest.approx(0.0, abs=1e-9) and np.abs(pace).max() > 0
+    teams = np.array([p.team for p in table.players])
+    pace_edge = pace[:, teams == 0].sum() - pace[:, teams == 1].sum()
     weighed = w.scale * (threat + w.change * change + w.held * held_for + w.touch * touches)
+    weighed += w.scale * w.pace * pace_edge
     scores = score_credits(table, credits)
     by_team = [sum(s.impact for s in scores if s.team == team) for team in (0, 1)]
     assert by_team[0] - by_team[1] == pytest.approx(IMPACT_SCALE * weighed, abs=1e-6)

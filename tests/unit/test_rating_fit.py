@@ -40,12 +40,12 @@ def test_a_matchs_parts_weigh_into_the_impact_its_touches_were_credited(standard
     table = featurize(parse_replay_file(standard_replay.path, standard_replay.sha256))
     rng = np.random.default_rng(0)
     p_score = rng.uniform(0.01, 0.6, (table.time.shape[0], 2))
-    other = RatingWeights(change=2.0, held=1.0, touch=0.1, scale=0.3)
+    other = RatingWeights(change=2.0, held=1.0, touch=0.1, pace=2.5, scale=0.3)
     for weights in (SHIPPED_WEIGHTS, other):
         credits = credit_touches(table, p_score, weights=weights)
-        parts = match_parts(table, p_score, credits, 4)
+        parts = match_parts(table, p_score, credits, 4, weights=weights)
         rated = weighted_totals(replace(parts, player_totals=dict(parts.player_totals)), weights)
-        for name in ("impact", "offence", "defence"):
+        for name in ("impact", "offence", "defence", "pace"):
             assert rated.player_totals[name] == pytest.approx(parts.player_totals[name])
 
 

@@ -47,7 +47,9 @@ def test_score_json_and_csv_follow_the_schema(standard_replay):
     for player in replay["players"]:
         assert list(player) == list(PLAYER_FIELDS)
         assert player["team"] in ("blue", "orange")
-        assert player["impact"] == pytest.approx(player["offence"] + player["defence"], abs=2e-3)
+        assert player["impact"] == pytest.approx(
+            player["offence"] + player["defence"] + player["pace"], abs=3e-3
+        )
     as_csv = _cli("score", str(standard_replay.path), "--format", "csv")
     assert as_csv.returncode == 0, as_csv.stderr
     rows = list(csv.DictReader(io.StringIO(as_csv.stdout)))

@@ -209,8 +209,13 @@ def test_match_parts_credits_a_touch_to_its_player_and_part(table):
     parts = match_parts(table, np.zeros((table.time.shape[0], 2)), credits, 4)
     expected = np.zeros((4, len(table.players)))
     expected[3, 2] = IMPACT_SCALE * 0.3
-    assert parts.player_totals["impact"] == pytest.approx(expected)
+    pace = parts.player_totals["pace"]
+    assert parts.player_totals["impact"] == pytest.approx(expected + pace)
+    assert parts.player_totals["offence"] + parts.player_totals["defence"] == pytest.approx(
+        expected
+    )
     assert parts.player_totals["defence"][3, 2] == pytest.approx(IMPACT_SCALE * 0.2)
+    assert np.abs(pace).max() > 0 and pace.sum(axis=1) == pytest.approx(0.0, abs=1e-9)
 
 
 def _text(value: str) -> bytes:
@@ -283,7 +288,7 @@ def test_validate_command_writes_json_and_png(tmp_path, good_replays):
     assert 0.5 < auc["value"] < 1 and auc["low"] <= auc["value"] <= auc["high"]
     assert auc["rows"] == 2 * sum(int(t.live.sum()) for t in usable)
     pooled = summary["split_half_reliability"]["pooled_standardised"]
-    assert set(pooled) == {"impact", "offence", "defence", "touches", SHIPPED_IMPACT}
+    assert set(pooled) == {"impact", "offence", "defence", "pace", "touches", SHIPPED_IMPACT}
     assert len(summary["rating_weights"]["cross_fitted"]) == min(FOLDS, len(usable))
     halves, *quarters = summary["predictive_validity"]
     assert set(halves["spearman"]) == {
@@ -291,6 +296,7 @@ def test_validate_command_writes_json_and_png(tmp_path, good_replays):
         SHIPPED_IMPACT,
         "offence",
         "defence",
+        "pace",
         "touches",
         "mean P(score)",
         "goal difference",
