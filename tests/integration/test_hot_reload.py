@@ -211,8 +211,8 @@ async def test_a_promotion_under_load_switches_without_loss_or_duplicates(
     versions = dict(await pg.fetch("SELECT id, version FROM models WHERE id = ANY($1)", [old, new]))
     for e in events:
         assert e.model_version == versions[e.model_id]
-        assert e.offence is not None and e.defence is not None
-        assert e.impact == pytest.approx(e.offence + e.defence, abs=1e-9)
+        assert e.offence is not None and e.defence is not None and e.pace is not None
+        assert e.impact == pytest.approx(e.offence + e.defence + e.pace, abs=1e-9)
         assert e.skill is None and e.skill_model_id is None
 
     # The scorer switched in place: same process, never restarted.
