@@ -22,8 +22,10 @@ from shared.features.table import FEATURE_NAMES, MIRROR_SIGNS, N_FEATURES, Featu
 from shared.impact import (
     IMPACT_SCALE,
     credit_touches,
+    impact_so_far,
     live_minutes,
     score_credits,
+    score_replay,
     score_table,
     table_pace,
     team_score_probability,
@@ -116,6 +118,21 @@ def test_one_score_per_player(exported, tables):
     for s in scores:
         assert np.isfinite(s.impact) and s.impact == pytest.approx(s.offence + s.defence + s.pace)
         assert s.impact_per_minute == pytest.approx(s.impact / live_minutes(table))
+
+
+def test_impact_so_far_ends_at_each_players_impact(exported, tables):
+    """The report's impact over time: touch credits as steps, pace as the drift between them,
+    ending at the player table's impact."""
+    _, path = exported
+    table = tables[0]
+    scored = score_replay(table, ImpactModel(path))
+    so_far = impact_so_far(table, scored.credits)
+    assert so_far.shape == (table.time.shape[0], len(table.players))
+    assert so_far[-1] == pytest.approx([s.impact for s in scored.scores], abs=1e-6)
+    drift = np.diff(so_far, axis=0)
+    touched = {c.frame for c in scored.credits}
+    between = [f + 1 not in touched for f in range(drift.shape[0])]
+    assert np.abs(drift[between]).max() < 1.0, "no jumps between touches: only pace"
 
 
 def test_touch_credits_add_up_to_how_each_segment_ended(exported, tables):
