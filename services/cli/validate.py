@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -64,6 +64,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="folds of matches the rating's weights are cross-fitted in (default 10; 0: leave "
         "one match out)",
     )  # fmt: skip
+    _add_pace_argument(validate)
     add_recipe_arguments(validate)
     validate.set_defaults(func=cmd_validate)
     fit = commands.add_parser(
@@ -71,7 +72,33 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="fit the rating's weights (shared/rating.py) on replays scored by the shipped model",
     )
     _add_replay_arguments(fit)
+    _add_pace_argument(fit)
     fit.set_defaults(func=cmd_fit_rating)
+
+
+def _add_pace_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--pace-weight", type=_pace_weights, default=None, metavar="W|search",
+        help="pace's weight in the rating's fit: a number, or 'search' to search it along the "
+        "other weights (default: the fixed weight of services/trainer/rating_fit.py)",
+    )  # fmt: skip
+
+
+def _pace_weights(text: str) -> tuple[float, ...]:
+    from services.trainer.rating_fit import PACE_SEARCH
+
+    if text == "search":
+        return PACE_SEARCH
+    try:
+        return (float(text),)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number nor 'search': {text!r}") from None
+
+
+def _pace(args: argparse.Namespace) -> tuple[float, ...]:
+    from services.trainer.rating_fit import GRID
+
+    return args.pace_weight or GRID["pace"]
 
 
 def _add_replay_arguments(parser: argparse.ArgumentParser) -> None:
@@ -108,7 +135,7 @@ def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
     if len(halves) < 3:
         raise SystemExit("rlimpact: need at least 3 Soccar replays on standard arenas to validate")
     folds = FOLDS if args.rating_folds is None else args.rating_folds or None
-    validation = validate_matches(halves, quarters, args.rounds, folds)
+    validation = validate_matches(halves, quarters, args.rounds, folds, _pace(args))
     forecast = TeamForecasts.concat(forecast_parts)
     (auc_interval,) = bootstrap_auc_intervals(
         forecast.scored, {"model": forecast.p_score}, forecast.replay, args.rounds
@@ -187,7 +214,7 @@ def cmd_fit_rating(args: argparse.Namespace, settings: Settings) -> int:
     if len(halves) < 3:
         raise SystemExit("rlimpact: need at least 3 Soccar replays on standard arenas to fit")
     p_score = np.concatenate([f.p_score for f in forecasts])
-    weights, margins = fit_rating({2: halves, 4: quarters})
+    weights, margins = fit_rating({2: halves, 4: quarters}, _pace(args))
     print(f"{len(halves)} matches, model {model.version}; margins on them (in-sample): "
           f"predictive validity {margins.prediction:+.3f} over the best baseline, split-half "
           f"r {margins.reliability:+.3f} over touches per minute")  # fmt: skip
@@ -248,11 +275,13 @@ def validate_matches(
     quarters: list[MatchParts],
     rounds: int,
     rating_folds: int | None,
+    pace: Sequence[float] | None = None,
 ) -> Validation:
     """Every measure of services/trainer/validity.py, impact's with the rating's weights
-    cross-fitted in ``rating_folds`` folds of matches (None: leaving one out; ``impact``,
-    ``offence``, ``defence``) and with the shipped ones (SHIPPED_IMPACT)."""
-    from services.trainer.rating_fit import cross_fitted
+    cross-fitted in ``rating_folds`` folds of matches (None: leaving one out) for the rows
+    ``impact``, ``offence``, ``defence`` and ``pace``, searching the pace weights ``pace``
+    (default: the fixed one), and with the shipped ones (SHIPPED_IMPACT)."""
+    from services.trainer.rating_fit import GRID, cross_fitted
     from services.trainer.validity import (
         PLAYER_METRICS,
         TEAM_METRICS,
@@ -262,7 +291,7 @@ def validate_matches(
     )
 
     shipped = {2: [_with_shipped(m) for m in halves], 4: [_with_shipped(m) for m in quarters]}
-    rated, weights = cross_fitted(shipped, rating_folds)
+    rated, weights = cross_fitted(shipped, rating_folds, pace or GRID["pace"])
     halves, quarters = rated[2], rated[4]
     ratings = (*PLAYER_METRICS, SHIPPED_IMPACT)
     metrics = (*ratings, *TEAM_METRICS)

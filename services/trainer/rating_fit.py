@@ -36,11 +36,13 @@ GRID = {
     "change": (0.4, 1.1, 1.7, 2.6),
     "held": (0.0, 2.0, 4.0),
     "touch": (0.08, 0.13, 0.18, 0.23),
-    # Fixed, not searched: with pace in the grid, folds chose among many near-equal weights
-    # and the cross-fitted forecast lost to the mean P(score) edge after three quarters; fixed
-    # anywhere from 3 to 6 it is ahead at every split (README, *How far to trust it*).
+    # Fixed, not searched: with pace in the grid (PACE_SEARCH), folds chose among many
+    # near-equal weights and the cross-fitted forecast lost to the mean P(score) edge after
+    # three quarters; fixed anywhere from 3 to 6 it is ahead at every split (README, *Impact*;
+    # `rlimpact validate --pace-weight W|search`).
     "pace": (4.0,),
 }
+PACE_SEARCH = (0.0, 1.0, 2.0, 3.0, 4.0)
 BASELINES = ("touches", "mean P(score)", "goal difference")
 SPLITS = ((1, 2), (1, 4), (3, 4))  # (earlier parts, of parts): halves, first 1/4, first 3/4
 FOLDS = 10
@@ -184,27 +186,30 @@ def margins(d: Design, w: np.ndarray, chosen: np.ndarray | None = None) -> Margi
     return Margins(float(prediction), float(reliability))
 
 
-def candidates() -> list[RatingWeights]:
+def candidates(pace: Sequence[float] = GRID["pace"]) -> list[RatingWeights]:
+    """The grid, with ``pace`` the pace weights to search (GRID's: the fixed one)."""
     return [
         RatingWeights(change=c, held=h, touch=t, pace=p)
-        for c, h, t, p in itertools.product(
-            GRID["change"], GRID["held"], GRID["touch"], GRID["pace"]
-        )
+        for c, h, t, p in itertools.product(GRID["change"], GRID["held"], GRID["touch"], pace)
     ]
 
 
-def fit_design(d: Design, chosen: np.ndarray | None = None) -> tuple[RatingWeights, Margins]:
+def fit_design(
+    d: Design, chosen: np.ndarray | None = None, pace: Sequence[float] = GRID["pace"]
+) -> tuple[RatingWeights, Margins]:
     """The grid's weights with the largest smaller margin on the ``chosen`` matches, scaled
     to goals, and their margins there."""
     chosen = np.ones(d.n_matches, dtype=bool) if chosen is None else chosen
-    best = max(candidates(), key=lambda w: margins(d, vector(w), chosen).smaller)
+    best = max(candidates(pace), key=lambda w: margins(d, vector(w), chosen).smaller)
     fitted = best.scaled(goal_scale(d, vector(best), chosen))
     return fitted, margins(d, vector(fitted) * fitted.scale, chosen)
 
 
-def fit_rating(by_parts: Mapping[int, Sequence[MatchParts]]) -> tuple[RatingWeights, Margins]:
+def fit_rating(
+    by_parts: Mapping[int, Sequence[MatchParts]], pace: Sequence[float] = GRID["pace"]
+) -> tuple[RatingWeights, Margins]:
     """:func:`fit_design` on every match."""
-    return fit_design(design(by_parts))
+    return fit_design(design(by_parts), pace=pace)
 
 
 def goal_scale(d: Design, w: np.ndarray, chosen: np.ndarray) -> float:
@@ -227,7 +232,9 @@ def fold_of(match_ids: Sequence[str], folds: int | None) -> np.ndarray:
 
 
 def cross_fitted(
-    by_parts: Mapping[int, Sequence[MatchParts]], folds: int | None = FOLDS
+    by_parts: Mapping[int, Sequence[MatchParts]],
+    folds: int | None = FOLDS,
+    pace: Sequence[float] = GRID["pace"],
 ) -> tuple[dict[int, list[MatchParts]], list[RatingWeights]]:
     """Every match rated with the weights :func:`fit_design` finds on the other folds (None:
     on all the other matches), and the weights of each fold, all at the first fold's scale:
@@ -238,7 +245,7 @@ def cross_fitted(
     rated: dict[int, list[MatchParts]] = {n: list(ms) for n, ms in by_parts.items()}
     fitted: list[RatingWeights] = []
     for k in range(int(fold.max()) + 1 if fold.size else 0):
-        weights, _ = fit_design(d, fold != k)
+        weights, _ = fit_design(d, fold != k, pace)
         fitted.append(weights.scaled(fitted[0].scale) if fitted else weights)
         for n, ms in by_parts.items():
             for i in np.flatnonzero(fold == k).tolist():

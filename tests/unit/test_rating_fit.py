@@ -14,6 +14,7 @@ from services.trainer.rating_fit import (
     BASELINES,
     FOLDS,
     GRID,
+    PACE_SEARCH,
     SPLITS,
     cross_fitted,
     design,
@@ -24,6 +25,7 @@ from services.trainer.rating_fit import (
     weighted_totals,
 )
 from services.trainer.validity import (
+    PACE_TOTAL,
     PART_TOTALS,
     MatchParts,
     match_parts,
@@ -94,6 +96,21 @@ def test_the_fit_weighs_the_part_that_forecasts_later_goals_and_scales_to_goals(
     assert np.isfinite(margins.prediction) and np.isfinite(margins.reliability)
 
 
+def test_a_searched_pace_weight_follows_the_pace_that_forecasts_later_goals():
+    cuts = _cuts(5)
+    for matches in cuts.values():  # pace now carries the change's forecast, the change none
+        for m in matches:
+            totals = m.player_totals
+            totals[PACE_TOTAL], totals["change_for"] = totals["change_for"], totals[PACE_TOTAL]
+    searched, with_pace = fit_rating(cuts, PACE_SEARCH)
+    _, without = fit_rating(cuts, (0.0,))
+    assert searched.pace > 0 and with_pace.prediction > without.prediction + 0.05
+    fixed, _ = fit_rating(cuts)
+    assert fixed.pace == GRID["pace"][0] and len(GRID["pace"]) == 1
+    _, weights = cross_fitted(cuts, 5, (1.5,))
+    assert {w.pace for w in weights} == {1.5}
+
+
 def test_folds_deal_the_matches_evenly_by_id():
     ids = [f"{i:03d}" for i in range(25)][::-1]
     fold = fold_of(ids, 5)
@@ -152,3 +169,8 @@ def test_fit_rating_command_prints_weights_to_ship(good_replays):
     weights = {k: float(v) for k, v in re.findall(r"(\w+)=([-\d.]+)", line)}
     assert weights["change"] in GRID["change"] and weights["touch"] in GRID["touch"]
     assert weights["held"] in GRID["held"] and weights["scale"] != 0  # 4 matches: any sign
+    assert weights["pace"] == GRID["pace"][0]
+    two = _cli("fit-rating", "--pace-weight", "2", *(str(r.path) for r in chosen))
+    assert two.returncode == 0 and "pace=2," in two.stdout, two.stderr
+    wrong = _cli("fit-rating", "--pace-weight", "fast", str(chosen[0].path))
+    assert wrong.returncode == 2 and "not a number nor 'search'" in wrong.stderr
