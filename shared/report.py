@@ -152,8 +152,7 @@ def impact_chart(table: FeatureTable, scored: ScoredReplay) -> str:
     # every touch's frame (a jump) and the frame before it, and a few hundred frames between
     marks = {c.frame for c in scored.credits} | {max(c.frame - 1, 0) for c in scored.credits}
     step = max(1, time.shape[0] // 400)
-    frames = sorted(marks | set(range(0, time.shape[0], step)) | {time.shape[0] - 1})
-    frames = [f for f in frames if 0 <= f < time.shape[0]]
+    frames = sorted(marks | set(range(0, time.shape[0], step)) | set(range(time.shape[0])[-1:]))
     low = float(min(so_far.min(initial=0.0), 0.0))
     high = float(max(so_far.max(initial=1.0), 0.0))
     axis = _Axis(0.0, end, low - 5, high + 5, IMPACT_HEIGHT)
@@ -163,8 +162,8 @@ def impact_chart(table: FeatureTable, scored: ScoredReplay) -> str:
     for player in table.players:
         dash = PLAYER_DASHES[order[player.team] % len(PLAYER_DASHES)]
         order[player.team] += 1
-        values = so_far[:, player.index] if so_far.size else np.zeros(0)
-        xy = [(axis.x(time[f]), axis.y(values[f])) for f in frames] if values.size else []
+        values = so_far[:, player.index]
+        xy = [(axis.x(time[f]), axis.y(values[f])) for f in frames]
         parts.append(
             _polyline_titled(
                 [(axis.x(0.0), axis.y(0.0)), *xy], TEAM_COLOURS[player.team], dash, player.name

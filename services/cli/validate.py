@@ -275,13 +275,13 @@ def validate_matches(
     quarters: list[MatchParts],
     rounds: int,
     rating_folds: int | None,
-    pace: Sequence[float] | None = None,
+    pace: Sequence[float],
 ) -> Validation:
     """Every measure of services/trainer/validity.py, impact's with the rating's weights
     cross-fitted in ``rating_folds`` folds of matches (None: leaving one out) for the rows
-    ``impact``, ``offence``, ``defence`` and ``pace``, searching the pace weights ``pace``
-    (default: the fixed one), and with the shipped ones (SHIPPED_IMPACT)."""
-    from services.trainer.rating_fit import GRID, cross_fitted
+    ``impact``, ``offence``, ``defence`` and ``pace``, searching the pace weights ``pace``,
+    and with the shipped ones (SHIPPED_IMPACT)."""
+    from services.trainer.rating_fit import cross_fitted
     from services.trainer.validity import (
         PLAYER_METRICS,
         TEAM_METRICS,
@@ -291,7 +291,7 @@ def validate_matches(
     )
 
     shipped = {2: [_with_shipped(m) for m in halves], 4: [_with_shipped(m) for m in quarters]}
-    rated, weights = cross_fitted(shipped, rating_folds, pace or GRID["pace"])
+    rated, weights = cross_fitted(shipped, rating_folds, pace)
     halves, quarters = rated[2], rated[4]
     ratings = (*PLAYER_METRICS, SHIPPED_IMPACT)
     metrics = (*ratings, *TEAM_METRICS)

@@ -30,8 +30,7 @@ from shared.events import (
     LivePlayer,
     PlayerInfo,
 )
-from shared.features.context import vector_length
-from shared.features.scales import CAR_SPEED_SCALE
+from shared.features.blocks import CAR_VEL, car_speed
 from shared.features.stream import StreamFeaturizer
 from shared.features.table import FeatureTable
 from shared.frames import BALL_FIELDS, PLAYER_FIELD, PLAYER_FIELDS
@@ -65,7 +64,6 @@ _CAR_ROW = (
 assert _BALL_ROW == BALL_FIELDS and _CAR_ROW == PLAYER_FIELDS, "shared/frames.py layout changed"
 
 PACE_UNIT = 1e-9  # impact points
-_CAR_VEL = slice(PLAYER_FIELD["vx"], PLAYER_FIELD["vz"] + 1)
 MAX_BALL_SPEED = 6000.0  # uu/s
 MAX_CAR_SPEED = 2300.0
 MIN_DT = 1 / 240  # seconds: closer frames give no usable finite difference
@@ -266,7 +264,7 @@ class MatchState:
             return
         assert stream.context is not None
         cars = stream.cars[begin:settled]
-        speed = vector_length(cars[:, :, _CAR_VEL]) / CAR_SPEED_SCALE  # the speed feature
+        speed = car_speed(cars[:, :, CAR_VEL])
         on_pitch = cars[:, :, PLAYER_FIELD["demolished"]] < 0.5
         live = stream.context.live[begin:settled]
         step = 1.0 / stream.frames_per_second  # the median step, as frame_step's

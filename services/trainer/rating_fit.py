@@ -29,7 +29,7 @@ import numpy as np
 
 from services.trainer.statistics import pearson, spearman, standardised
 from services.trainer.validity import PACE_TOTAL, MatchParts
-from shared.impact import IMPACT_SCALE
+from shared.impact import IMPACT_SCALE, pace_credit
 from shared.rating import RatingWeights
 
 GRID = {
@@ -79,7 +79,7 @@ def weighted_totals(match: MatchParts, weights: RatingWeights) -> MatchParts:
         + IMPACT_SCALE * weights.touch * t["touches"]
     )
     defence = weights.scale * (t["threat_against"] + weights.change * t["change_against"])
-    pace = weights.scale * weights.pace * t[PACE_TOTAL]
+    pace = pace_credit(t[PACE_TOTAL] / IMPACT_SCALE, weights)
     totals = {
         **t,
         "offence": offence,

@@ -38,6 +38,12 @@ def _norm(vectors: np.ndarray) -> np.ndarray:
     return vector_length(vectors, keepdims=True)
 
 
+def car_speed(velocity: np.ndarray, keepdims: bool = False) -> np.ndarray:
+    """The ``speed`` feature: the length of a car's velocity (last axis) / its top speed.
+    The live scorer's pace reads it from the frames with this function too."""
+    return vector_length(velocity, keepdims=keepdims) / CAR_SPEED_SCALE
+
+
 @dataclass(frozen=True)
 class FeatureBlock:
     """Named feature columns and how to compute them from a :class:`RowView`: ``values``
@@ -156,7 +162,7 @@ def _car(v: RowView) -> list[np.ndarray]:
     return [
         v.pos / POS_SCALE,
         v.vel / CAR_SPEED_SCALE,
-        _norm(v.vel) / CAR_SPEED_SCALE,
+        car_speed(v.vel, keepdims=True),
         v.me[:, states],
     ]
 
