@@ -4,6 +4,7 @@ live service -> scores.live, for each N in one run.
     .venv/bin/python bench/live.py [--matches 1 10 50] [--seconds 20] [--warmup 5]
                                    [--stack-warmup 60] [--stack-warmup-matches 10]
                                    [--load-niceness 10] [--live-instances 1]
+                                   [--scoring model none]
 
 Starts its own Kafka and Postgres (``deploy/stack.sh``, ports from
 ``RLIMPACT_BENCH_PORT_OFFSET``, default 800, data in ``.rlimpact/bench-live``) and the live
@@ -28,6 +29,11 @@ After ``--warmup`` seconds it reads ``scores.live`` for ``--seconds`` and prints
   bridge, simulator, this script), and the time its threads spent runnable but waiting for
   a CPU (the kernel's schedstat run-queue delay, summed over threads, in % of the window):
   how much of the latency is the machine's cores being taken, not the work itself.
+
+``--scoring none`` runs the same rounds with the live service's featurizing and model call
+taken out (``bench/live_floor.py``; every other step of the path stays): the latency the rest
+of the path costs on this machine, the floor under any faster scoring. ``--scoring model
+none`` measures both, one after the other, in one run on one stack.
 
 Target (the issue): p99 <= 20 ms at N = 10. Every process runs on this machine, the load
 generator included.
@@ -59,8 +65,12 @@ from shared.settings import REPO_ROOT, Settings
 RATE = 30.0
 
 
+SCORING_MODULES = {"model": "services.live", "none": "bench.live_floor"}
+
+
 @dataclass(frozen=True)
 class Round:
+    scoring: str
     matches: int
     offered: float
     received: float
@@ -160,6 +170,7 @@ async def measure(
     seconds: float,
     resident: dict[str, int],
     load_niceness: int,
+    scoring: str = "model",
 ) -> Round:
     """One round; ``resident``: the processes that outlive it (name -> pid), whose CPU use is
     reported with the round's own."""
@@ -227,6 +238,7 @@ async def measure(
         await consumer.stop()
     seconds = (window_end - window_start).total_seconds()
     return Round(
+        scoring=scoring,
         matches=n,
         offered=n * RATE,
         received=received / seconds,
@@ -280,7 +292,20 @@ def fresh_stack(name: str, default_offset: int) -> tuple[dict[str, str], Setting
 
 async def run(args) -> list[Round]:
     env, settings, logs = fresh_stack("bench-live", 800)
-    lives = [start_live(env, settings, logs, k) for k in range(args.live_instances)]
+    try:
+        rounds = []
+        for scoring in args.scoring:
+            rounds += await run_scoring(args, scoring, env, settings, logs)
+        return rounds
+    finally:
+        subprocess.run([*STACK, "stop"], env=env, check=False, stdout=subprocess.DEVNULL)
+
+
+async def run_scoring(
+    args, scoring: str, env: dict[str, str], settings: Settings, logs: Path
+) -> list[Round]:
+    """The rounds of every N with the live service of ``scoring`` (started, warmed, stopped)."""
+    lives = [start_live(env, settings, logs, k, scoring) for k in range(args.live_instances)]
     try:
         deadline = time.monotonic() + 120
         while not live_ready(settings, len(lives)):
@@ -290,30 +315,32 @@ async def run(args) -> list[Round]:
         resident = {f"live service {k}": live.pid for k, live in enumerate(lives)}
         resident["broker"] = broker_pid(settings.data_dir)
         game = (settings, env, logs, args.replay)
+        niceness = args.load_niceness
         if args.stack_warmup > 0:
             n = args.stack_warmup_matches
-            await measure(*game, n, args.stack_warmup, 1.0, resident, args.load_niceness)
+            await measure(*game, n, args.stack_warmup, 1.0, resident, niceness, scoring)
         rounds = []
         for n in args.matches:
             rounds.append(
-                await measure(*game, n, args.warmup, args.seconds, resident, args.load_niceness)
+                await measure(*game, n, args.warmup, args.seconds, resident, niceness, scoring)
             )
             print_round(rounds[-1])
         return rounds
     finally:
         for live in lives:
             stop(live)
-        subprocess.run([*STACK, "stop"], env=env, check=False, stdout=subprocess.DEVNULL)
 
 
 def start_live(
-    env: dict[str, str], settings: Settings, logs: Path, instance: int
+    env: dict[str, str], settings: Settings, logs: Path, instance: int, scoring: str = "model"
 ) -> subprocess.Popen[bytes]:
-    """Instance ``instance`` of the live service, with its own ports, as the supervisor
-    gives them."""
+    """Instance ``instance`` of the live service (``scoring`` none: without its scoring), with
+    its own ports, as the supervisor gives them."""
     own = instance_environment(settings, Instance("live", instance))
-    name = "live" if instance == 0 else f"live-{instance}"
-    return start("services.live", {**env, **own}, logs / f"{name}.log")
+    name = ("live" if instance == 0 else f"live-{instance}") + (
+        "" if scoring == "model" else "-" + scoring
+    )
+    return start(SCORING_MODULES[scoring], {**env, **own}, logs / f"{name}.log")
 
 
 def broker_pid(data_dir: Path) -> int:
@@ -325,10 +352,11 @@ def print_round(r: Round) -> None:
     cpu = ", ".join(f"{name} {share:.0f}" for name, share in r.cpu.items())
     waited = ", ".join(f"{name} {share:.0f}" for name, share in r.waited.items())
     print(
-        f"{r.matches:>7}  {r.offered:>9.0f}  {r.received:>10.0f}  {r.sustained:>11.0f}  "
+        f"{r.scoring:>7}  {r.matches:>7}  {r.offered:>9.0f}  {r.received:>10.0f}  "
+        f"{r.sustained:>11.0f}  "
         f"{r.emit_ms[0]:>7.1f}  {r.emit_ms[1]:>7.1f}  {r.n_latencies:>7}\n"
-        f"         CPU, % of one core: {cpu}\n"
-        f"         waiting for a CPU, % of the window: {waited}",
+        f"                  CPU, % of one core: {cpu}\n"
+        f"                  waiting for a CPU, % of the window: {waited}",
         flush=True,
     )
 
@@ -365,6 +393,14 @@ def main() -> None:
         default=1,
         help="live service instances sharing live.frames' partitions (a consumer group)",
     )
+    parser.add_argument(
+        "--scoring",
+        nargs="+",
+        choices=sorted(SCORING_MODULES),
+        default=["model"],
+        help="the live service as it is (model), or without its featurizing and model call "
+        "(none: the floor of the rest of the path); several: one after the other",
+    )
     parser.add_argument("--replay", type=Path, default=default_replay)
     args = parser.parse_args()
     if not args.replay.exists():
@@ -375,8 +411,8 @@ def main() -> None:
         print(f"first {args.stack_warmup:g} s of {n} matches to warm the stack, not measured")
     print(f"the simulator (the game) runs at niceness {args.load_niceness}")
     print(f"{args.live_instances} live service instance(s)")
-    print("                                             latency (ms)")
-    print("matches  offered/s  received/s  sustained/s      p50      p99   frames")
+    print("                                                      latency (ms)")
+    print("scoring  matches  offered/s  received/s  sustained/s      p50      p99   frames")
     asyncio.run(run(args))
 
 
