@@ -372,3 +372,24 @@ def test_a_closed_match_stays_closed_for_the_frames_it_had(parsed, model):
 def test_snapshots_refuse_what_they_cannot_read():
     with pytest.raises(snapshot.SnapshotError):
         snapshot.decode(b"not a snapshot")
+
+
+def test_the_live_benchs_unscored_variant_answers_batches_as_the_scorer_does(
+    parsed, model, monkeypatch
+):
+    """``bench/live.py --scoring none`` measures the path's floor: its live service must send
+    the same updates (one per match and batch, covering the same frames), unscored."""
+    from bench.live_floor import unscored
+
+    frames = plugin_frames(parsed, "a", 500, 530) + plugin_frames(parsed, "b", 700, 730)
+    batches = [frames[i::30] for i in range(30)]  # a frame of each match per batch
+    scorer = LiveScorer()
+    expected = [scorer.score(batch, model, now=0.0)[0] for batch in batches]
+    monkeypatch.setattr(LiveScorer, "_score", unscored)
+    floor = LiveScorer()
+    got = [floor.score(batch, model, now=0.0)[0] for batch in batches]
+    assert [[(u.match_id, u.seq, u.frames_received_at) for u in b] for b in got] == [
+        [(u.match_id, u.seq, u.frames_received_at) for u in b] for b in expected
+    ]
+    assert all(p.impact == 0.0 for b in got for u in b for p in u.players)
+    assert all(not state.pending and not state.rows for state in floor.matches.values())
