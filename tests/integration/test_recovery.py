@@ -317,10 +317,14 @@ async def test_a_file_dropped_again_resumes_its_stranded_replay(
     replay = replays[6]
     slow = {**s3.env, "RLIMPACT_RECONCILE_INTERVAL_SECONDS": "3600"}  # the drop, not the timer
     storage = str(s3.private["ingestor"])
+    starts = stack.log("ingestor").count("ingestor: started")
     await restart_service(stack, "ingestor", **slow, RLIMPACT_STORAGE_DIR=storage)
 
     async def first_pass_done() -> bool:  # else it, not the drop, would find the replay
-        return "reconcile pass:" in stack.log("ingestor").rsplit("ingestor: started", 1)[-1]
+        # the new process's pass: its metrics answer before it logs that it started
+        log = stack.log("ingestor")
+        new_start = log.count("ingestor: started") > starts
+        return new_start and "reconcile pass:" in log.rsplit("ingestor: started", 1)[-1]
 
     try:
         await wait_for(first_pass_done, 60, "the restarted ingestor's start-up reconcile pass")
